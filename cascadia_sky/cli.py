@@ -1,0 +1,68 @@
+"""The `cascadia` command line. Thin: each command parses, calls one library function, prints.
+
+Heavy imports (PuLP, SkyPilot, FastAPI) happen inside the commands, so `cascadia --help` stays fast.
+Errors from the library (`CascadiaError`) become one red line and the error's exit code; set
+CASCADIA_DEBUG=1 to see the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from cascadia_sky import __version__
+from cascadia_sky.constants import DEBUG_ENV_VAR
+from cascadia_sky.errors import CascadiaError
+
+app = typer.Typer(
+    name="cascadia",
+    help="Plan, launch and serve LLM model cascades (the Cascadia method) on clouds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+perf_app = typer.Typer(help="The performance model: estimate one configuration, validate against measurements.",
+                       no_args_is_help=True)
+app.add_typer(perf_app, name="perf")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"cascadia-sky {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Plan, launch and serve LLM model cascades."""
+
+
+def main() -> None:
+    """Console entry point: run the app, turning library errors into one red line."""
+    debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
+    try:
+        app()  # standalone: usage errors print click's own message and exit 2
+    except CascadiaError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line, unless debugging
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
+                          f"(set {DEBUG_ENV_VAR}=1 for the traceback)", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The error hierarchy. The CLI turns each into one red line and an exit code.
+
+Every message should say what is wrong and what to do next.
+"""
+
+from __future__ import annotations
+
+
+class CascadiaError(Exception):
+    """Base of every error the CLI reports as one line (never a traceback)."""
+
+    exit_code: int = 1
+
+
+class UserInputError(CascadiaError):
+    """Bad input from the user (a file, a flag, a field). Exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(UserInputError):
+    """A bad `cascade.yaml` (or other input file): names the file, the field path and the fix."""
+
+    def __init__(self, file: str, field: str, message: str) -> None:
+        self.file = file
+        self.field = field
+        self.message = message
+        where = f"{file}: {field}: " if field else f"{file}: "
+        super().__init__(where + message)
+
+
+class CatalogError(CascadiaError):
+    """A catalog lookup failed (unknown GPU, malformed catalog file)."""
+
+
+class ModelError(CascadiaError):
+    """An unknown model or an unreadable model config."""
+
+
+class PerfError(CascadiaError):
+    """The performance model cannot evaluate a configuration."""
+
+
+class PlanError(CascadiaError):
+    """Planning failed (no feasible plan, solver failure)."""
+
+
+class InfeasibleError(PlanError):
+    """No plan satisfies the constraints; the message says which constraint to relax."""
