@@ -1,0 +1,457 @@
+"""`cascade.yaml`: typed once (pydantic, extra keys forbidden), validated before any side effect.
+
+`load_spec(path)` parses YAML, checks structure and types, then runs the cross-field checks (models known, GPUs
+known, files exist, every stage fits some allowed GPU). Every failure is one `SpecError` line naming the file, the
+field path and the fix, e.g. ``cascade.yaml: stages[1].model: unknown model 'llama-3-7b' (did you mean ...)``.
+The JSON Schema in `cascadia_sky/schema/cascade.schema.json` is generated from these models
+(`python -m cascadia_sky.spec --write-schema`); a test fails when the committed copy is stale.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from cascadia_sky.constants import MAX_PIPELINE_PARALLEL
+from cascadia_sky.errors import CascadiaError, SpecError
+
+SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
+
+Precision = Literal["bf16", "fp16", "fp8", "int4-awq"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- stages ----------------------------------------------------------------------------------
+
+class StageSpec(_Strict):
+    """One model of the cascade. Stages are ordered from the smallest to the largest model."""
+
+    model: str = Field(description="Hugging Face model id (e.g. 'meta-llama/Llama-3.1-8B') or a path to a local "
+                                   "config.json.")
+    name: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
+                             description="Stage name used in plans, services and router headers; default "
+                                         "'stage1', 'stage2', ...")
+    precision: Precision = Field("bf16", description="Weight precision served: bf16, fp16, fp8 or int4-awq.")
+    max_context: int = Field(8192, gt=0, le=1_048_576,
+                             description="Maximum context length (prompt + output tokens) the engine accepts.")
+    aliases: list[str] = Field(default_factory=list,
+                               description="Other names of this model in the quality profile's `model` column.")
+    gpu_types: list[str] | None = Field(None, min_length=1,
+                                        description="Pin this stage to these GPU types (catalog names).")
+    tp: int | None = Field(None, ge=1, le=64, description="Pin the tensor-parallel degree.")
+    pp: int | None = Field(None, ge=1, le=64, description="Pin the pipeline-parallel degree.")
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+class QualitySpec(_Strict):
+    """The quality profile and the target that the routing thresholds must meet."""
+
+    profile: str = Field(description="Path (relative to this file) of the quality profile CSV: prompt_id, model, "
+                                     "score, quality, input_tokens, output_tokens.")
+    target: float | None = Field(None, description="Absolute quality target, on the profile's quality scale.")
+    relative_target: float | None = Field(None, gt=0, le=1,
+                                          description="Target as a fraction of the last stage's quality "
+                                                      "(0.95 = 95 % of the largest model's quality).")
+    scorer: str = Field("mean_logprob", description="Serving-time confidence statistic; must be the one the "
+                                                    "profile's score column was computed with.")
+    confidence: float | None = Field(None, gt=0, lt=1,
+                                     description="If set, the target must hold with this probability under "
+                                                 "bootstrap resampling of the profile (e.g. 0.95).")
+    holdout_fraction: float = Field(0.3, ge=0, lt=1,
+                                    description="Share of profile prompts held out to report unbiased quality.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "QualitySpec":
+        if (self.target is None) == (self.relative_target is None):
+            raise ValueError("set exactly one of quality.target (absolute) or quality.relative_target (fraction "
+                             "of the last stage's quality)")
+        return self
+
+
+# --- workload --------------------------------------------------------------------------------
+
+class FixedDist(_Strict):
+    dist: Literal["fixed"]
+    value: int = Field(gt=0, description="Every request has this many tokens.")
+
+
+class LognormalDist(_Strict):
+    dist: Literal["lognormal"]
+    mean: float = Field(gt=0, description="Mean token count.")
+    sigma: float = Field(1.0, gt=0, le=4, description="Shape (standard deviation of the log).")
+
+
+class EmpiricalDist(_Strict):
+    dist: Literal["empirical"]
+    values: list[int] = Field(min_length=1, description="Observed token counts, sampled uniformly.")
+
+
+LengthDistSpec = Annotated[Union[FixedDist, LognormalDist, EmpiricalDist], Field(discriminator="dist")]
+
+
+class WorkloadSpec(_Strict):
+    """Either a trace CSV (Azure format) or an arrival rate with length distributions."""
+
+    trace: str | None = Field(None, description="Trace CSV with columns TIMESTAMP, ContextTokens, GeneratedTokens "
+                                                "(the Azure LLM inference trace format), relative to this file.")
+    rate_scale: float = Field(1.0, gt=0, description="Multiply the trace's arrival rate by this factor.")
+    rate_rps: float | None = Field(None, gt=0, description="Arrival rate in requests per second (no trace).")
+    input_tokens: LengthDistSpec | None = Field(None, description="Prompt length distribution (no trace).")
+    output_tokens: LengthDistSpec | None = Field(None, description="Output length distribution (no trace). If "
+                                                                   "unset, the quality profile's lengths are used.")
+
+    @model_validator(mode="after")
+    def _trace_or_rate(self) -> "WorkloadSpec":
+        if self.trace is None and self.rate_rps is None:
+            raise ValueError("set workload.trace (a CSV) or workload.rate_rps with input_tokens/output_tokens")
+        if self.trace is not None and (self.rate_rps is not None or self.input_tokens or self.output_tokens):
+            raise ValueError("workload.trace and workload.rate_rps/input_tokens/output_tokens are exclusive; "
+                             "use rate_scale to change a trace's rate")
+        if self.rate_rps is not None and self.input_tokens is None:
+            raise ValueError("workload.rate_rps needs workload.input_tokens (e.g. {dist: lognormal, mean: 512})")
+        return self
+
+
+# --- objective -------------------------------------------------------------------------------
+
+class ObjectiveSpec(_Strict):
+    """What the planner optimises."""
+
+    latency: Literal["e2e", "max-stage"] = Field(
+        "e2e", description="e2e: p95 latency of the slowest path a real share of requests takes (stages 1..k); "
+                           "max-stage: the slowest single stage (the paper's objective).")
+    goal: Literal["min-latency", "min-cost"] = Field(
+        "min-latency", description="min-latency (under the budget or pool) or min-cost (under slo_p95_s).")
+    slo_p95_s: float | None = Field(None, gt=0, description="p95 end-to-end latency SLO in seconds.")
+
+
+# --- resources -------------------------------------------------------------------------------
+
+class PoolSpec(_Strict):
+    """A fixed pool of identical GPUs (the paper's setting)."""
+
+    gpu: str = Field(description="GPU type (catalog name, e.g. H100).")
+    count: int = Field(gt=0, le=4096, description="Number of GPUs in the pool.")
+
+
+class CloudSpec(_Strict):
+    """Rent GPUs from cloud offers in the catalog."""
+
+    clouds: list[str] = Field(min_length=1, description="Clouds to consider, e.g. [aws, gcp, azure, lambda].")
+    gpu_types: list[str] | None = Field(None, min_length=1, description="Allowed GPU types (default: all).")
+    spot: bool = Field(False, description="Use spot prices (and spot instances).")
+    budget_usd_per_hour: float | None = Field(None, gt=0, description="Spending limit in $/hour.")
+    quotas: dict[str, int] = Field(default_factory=dict, description="Maximum GPUs per GPU type, e.g. {H100: 16}.")
+
+
+class ResourcesSpec(_Strict):
+    """Exactly one of `pool` or `cloud`."""
+
+    pool: PoolSpec | None = None
+    cloud: CloudSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "ResourcesSpec":
+        if (self.pool is None) == (self.cloud is None):
+            raise ValueError("set exactly one of resources.pool or resources.cloud")
+        return self
+
+
+# --- the whole file --------------------------------------------------------------------------
+
+class CascadeSpec(_Strict):
+    """A model cascade: stages small to large, a quality target, a workload, an objective and resources."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
+                      description="Cascade name: lower-case letters, digits and '-' (used for services and the "
+                                  "router's model name).")
+    stages: list[StageSpec] = Field(min_length=1, max_length=8, description="Stages, smallest model first.")
+    quality: QualitySpec
+    workload: WorkloadSpec
+    objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
+    resources: ResourcesSpec
+
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        """The file this spec was read from (relative paths inside it are relative to its folder)."""
+        return self._source
+
+    def resolve(self, relative: str) -> Path:
+        """A path from the spec, relative to the spec file's folder."""
+        p = Path(relative).expanduser()
+        if p.is_absolute() or self._source is None:
+            return p
+        return self._source.parent / p
+
+    def stage_names(self) -> list[str]:
+        return [s.name or f"stage{i + 1}" for i, s in enumerate(self.stages)]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "CascadeSpec":
+        names = self.stage_names()
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if self.objective.goal == "min-cost":
+            if self.resources.cloud is None:
+                raise ValueError("objective.goal min-cost needs resources.cloud (a pool has no price)")
+            if self.objective.slo_p95_s is None:
+                raise ValueError("objective.goal min-cost needs objective.slo_p95_s (the latency to meet)")
+        return self
+
+
+# --- loading and errors ----------------------------------------------------------------------
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for did-you-mean on unknown keys)."""
+    model: Any = CascadeSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if part in ("fixed", "lognormal", "empirical"):  # discriminated union tags in pydantic's loc
+            model = {"fixed": FixedDist, "lognormal": LognormalDist, "empirical": EmpiricalDist}[part]
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return model
+        ann = field.annotation
+        for cand in (ann, *getattr(ann, "__args__", ())):
+            for inner in (cand, *getattr(cand, "__args__", ())):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    model = inner
+                    break
+    return model if isinstance(model, type) else None
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    """Turn one pydantic error into (field path, message with the fix)."""
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        owner = _model_at(loc[:-1])
+        allowed = sorted(owner.model_fields) if owner is not None else []
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+        return _loc_to_path(loc), f"unknown key '{key}' ({hint})"
+    if kind == "missing":
+        return _loc_to_path(loc), "required field is missing; add it"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return _loc_to_path(loc), "set 'dist' to one of fixed, lognormal, empirical"
+    msg = err.get("msg", "invalid value")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if "input" in err and kind not in ("model_type",) and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg} (got {err['input']!r})"
+    return _loc_to_path(loc), msg
+
+
+def parse_spec(data: Any, file: str = "cascade.yaml") -> CascadeSpec:
+    """Validate a parsed YAML document structurally; raise one SpecError for the first problem."""
+    if not isinstance(data, dict):
+        raise SpecError(file, "", "the file must be a YAML mapping with keys name, stages, quality, workload, "
+                                  "objective, resources")
+    try:
+        return CascadeSpec.model_validate(data)
+    except ValidationError as exc:
+        field, msg = _describe(exc.errors()[0])
+        raise SpecError(file, field, msg) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Read a YAML file; syntax errors name the line and column."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(p), "", "file not found (check the path; `cascadia validate FILE` checks a spec)")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "syntax"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(str(p), where, f"YAML syntax error: {problem}") from None
+
+
+def load_spec(path: str | Path, check: bool = True) -> CascadeSpec:
+    """Read, type-check and (with `check`) cross-check a cascade.yaml. Nothing else happens before this passes."""
+    p = Path(path)
+    spec = parse_spec(read_yaml(p), file=str(p))
+    spec._source = p
+    if check:
+        check_spec(spec)
+    return spec
+
+
+# --- cross checks that need catalogs, model architectures and files ---------------------------
+
+def _fail(spec: CascadeSpec, field: str, message: str) -> SpecError:
+    return SpecError(str(spec.source) if spec.source else "cascade.yaml", field, message)
+
+
+def _known_gpu(spec: CascadeSpec, name: str, field: str) -> str:
+    from cascadia_sky.catalog import get_gpu
+
+    try:
+        return get_gpu(name).name
+    except CascadiaError as exc:
+        raise _fail(spec, field, str(exc)) from None
+
+
+def allowed_gpu_types(spec: CascadeSpec, stage_index: int) -> list[str]:
+    """Canonical GPU types a stage may use: the pool's type, or the cloud's allowed types, narrowed by pins."""
+    from cascadia_sky.catalog import get_gpu, gpu_names
+
+    res = spec.resources
+    if res.pool is not None:
+        allowed = [get_gpu(res.pool.gpu).name]
+    else:
+        assert res.cloud is not None
+        allowed = [get_gpu(g).name for g in res.cloud.gpu_types] if res.cloud.gpu_types else gpu_names()
+    pins = spec.stages[stage_index].gpu_types
+    if pins:
+        pinned = {get_gpu(g).name for g in pins}
+        allowed = [g for g in allowed if g in pinned]
+    return allowed
+
+
+def check_spec(spec: CascadeSpec) -> None:
+    """Cross-field checks: known models and GPUs, existing files, and every stage fits some allowed GPU."""
+    from cascadia_sky.catalog import clouds as known_clouds
+    from cascadia_sky.models import get_model
+
+    res = spec.resources
+    if res.pool is not None:
+        _known_gpu(spec, res.pool.gpu, "resources.pool.gpu")
+    if res.cloud is not None:
+        cl = known_clouds()
+        for i, c in enumerate(res.cloud.clouds):
+            if c.lower() not in cl:
+                close = difflib.get_close_matches(c.lower(), cl, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known clouds: {', '.join(cl)}"
+                raise _fail(spec, f"resources.cloud.clouds[{i}]", f"unknown cloud '{c}' ({hint})")
+        for i, g in enumerate(res.cloud.gpu_types or []):
+            _known_gpu(spec, g, f"resources.cloud.gpu_types[{i}]")
+        for g, q in res.cloud.quotas.items():
+            _known_gpu(spec, g, f"resources.cloud.quotas.{g}")
+            if q < 0:
+                raise _fail(spec, f"resources.cloud.quotas.{g}", "a quota must be >= 0 GPUs")
+    for i, st in enumerate(spec.stages):
+        for j, g in enumerate(st.gpu_types or []):
+            _known_gpu(spec, g, f"stages[{i}].gpu_types[{j}]")
+        if not allowed_gpu_types(spec, i):
+            raise _fail(spec, f"stages[{i}].gpu_types", "none of the pinned GPU types is allowed by resources; "
+                                                        "pin an allowed type or widen resources")
+    archs = []
+    for i, st in enumerate(spec.stages):
+        model_ref = st.model
+        if model_ref.endswith(".json"):
+            model_ref = str(spec.resolve(model_ref))
+        try:
+            archs.append(get_model(model_ref))
+        except CascadiaError as exc:
+            raise _fail(spec, f"stages[{i}].model", str(exc)) from None
+        if st.max_context > archs[-1].max_context:
+            raise _fail(spec, f"stages[{i}].max_context",
+                        f"{st.max_context} exceeds the model's maximum context {archs[-1].max_context}; lower it")
+    _check_files(spec)
+    _check_fits(spec, archs)
+
+
+def _check_files(spec: CascadeSpec) -> None:
+    prof = spec.resolve(spec.quality.profile)
+    if not prof.is_file():
+        raise _fail(spec, "quality.profile", f"file not found: {prof} (paths are relative to the spec's folder)")
+    if spec.workload.trace is not None:
+        tr = spec.resolve(spec.workload.trace)
+        if not tr.is_file():
+            raise _fail(spec, "workload.trace", f"file not found: {tr} (paths are relative to the spec's folder)")
+
+
+def _check_fits(spec: CascadeSpec, archs: list[Any]) -> None:
+    """Every stage must fit at least one allowed GPU at the largest TP (one node) x PP, with one full context."""
+    from cascadia_sky.catalog import get_gpu
+    from cascadia_sky.perf import Deployment, memory_fit
+
+    for i, (st, arch) in enumerate(zip(spec.stages, archs)):
+        best_reason = ""
+        fits_any = False
+        for g in allowed_gpu_types(spec, i):
+            gpu = get_gpu(g)
+            tp = st.tp or gpu.gpus_per_node
+            pp = st.pp or MAX_PIPELINE_PARALLEL
+            if spec.resources.pool is not None:
+                pp = min(pp, max(1, spec.resources.pool.count // tp)) if st.pp is None else pp
+            fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision), st.max_context)
+            if fit.fits:
+                fits_any = True
+                break
+            best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
+        if not fits_any:
+            raise _fail(spec, f"stages[{i}].model",
+                        f"{arch.name} ({st.precision}) fits no allowed GPU even at the largest TP x PP "
+                        f"({best_reason}); allow bigger GPUs, a lower precision or a shorter max_context")
+
+
+def describe_spec(spec: CascadeSpec) -> list[tuple[str, ...]]:
+    """One row per stage for `cascadia validate`: name, model, precision, context, params, weights, GPUs."""
+    from cascadia_sky.models import get_model
+
+    rows = []
+    for i, (name, st) in enumerate(zip(spec.stage_names(), spec.stages)):
+        arch = get_model(str(spec.resolve(st.model)) if st.model.endswith(".json") else st.model)
+        rows.append((name, arch.name, st.precision, str(st.max_context), f"{arch.params_total() / 1e9:.1f} B",
+                     f"{arch.weight_bytes(st.precision) / 1e9:.1f} GB", ", ".join(allowed_gpu_types(spec, i))))
+    return rows
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of cascade.yaml, generated from the pydantic models."""
+    schema = CascadeSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "cascadia-sky cascade.yaml"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def _main() -> None:  # python -m cascadia_sky.spec --write-schema
+    import sys
+
+    if "--write-schema" in sys.argv:
+        SCHEMA_PATH.parent.mkdir(parents=True, exist_ok=True)
+        SCHEMA_PATH.write_text(schema_text())
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        print(schema_text(), end="")
+
+
+if __name__ == "__main__":
+    _main()
+
+
+__all__ = ["CascadeSpec", "StageSpec", "QualitySpec", "WorkloadSpec", "ObjectiveSpec", "ResourcesSpec",
+           "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types"]
