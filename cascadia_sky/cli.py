@@ -46,6 +46,25 @@ def _root(
     """Plan, launch and serve LLM model cascades."""
 
 
+@app.command()
+def validate(
+    spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade spec to check."),
+) -> None:
+    """Check a cascade.yaml (types, models, GPUs, files, memory fit) without planning anything."""
+    from rich.table import Table
+
+    from cascadia_sky.spec import describe_spec, load_spec
+
+    spec = load_spec(spec_file)
+    table = Table(title=f"cascade '{spec.name}' is valid", show_header=True)
+    for col in ("stage", "model", "precision", "max context", "params", "weights", "GPU types allowed"):
+        table.add_column(col)
+    for row in describe_spec(spec):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"Next: [bold]cascadia plan {spec_file}[/]")
+
+
 def main() -> None:
     """Console entry point: run the app, turning library errors into one red line."""
     debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
