@@ -29,6 +29,10 @@ class SpecError(UserInputError):
         super().__init__(where + message)
 
 
+class ProfileError(SpecError):
+    """A bad quality profile CSV: names the file, the line and column, and the fix."""
+
+
 class CatalogError(CascadiaError):
     """A catalog lookup failed (unknown GPU, malformed catalog file)."""
 

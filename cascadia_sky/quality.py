@@ -1,0 +1,429 @@
+"""Quality profiles: per calibration prompt and per stage model, the serving-time score, the judged quality and the
+token lengths. From a profile, any threshold vector gives the share of requests each stage handles, the lengths of
+the requests that reach it, and the quality of the answers actually returned.
+
+CSV format (one row per prompt and stage model; extra columns are ignored, leading `#` lines are comments)::
+
+    prompt_id,model,score,quality,input_tokens,output_tokens
+
+`score` is the confidence of that model's answer as the router computes it live (higher = more confident, any real
+number; default statistic: mean token logprob). `quality` is the judged quality on any scale consistent with the
+target (0/1 correctness, a 0-10 judge, ...). Rows of models that are not in the cascade are ignored, so one profile
+can serve several cascades; every prompt must have a row for every stage model.
+
+Routing rule (the paper's): a request starts at stage 0; stage i's answer is accepted when its score is
+>= thresholds[i]; the last stage always answers. Everything is stored as numpy arrays by stage so that the threshold
+search can evaluate thousands of threshold vectors per second.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cascadia_sky.errors import ProfileError
+
+PROFILE_COLUMNS = ("prompt_id", "model", "score", "quality", "input_tokens", "output_tokens")
+_BATCH_CELLS = 262_144  # evaluate_many / bootstrap: (vector x prompt) cells per chunk, sized to stay in cache
+
+
+@dataclass(frozen=True, eq=False)
+class RoutingOutcome:
+    """What one threshold vector does to the profile's prompts (fractions are of all evaluated prompts)."""
+
+    reach: np.ndarray  # (S,) fraction of requests that reach stage i; reach[0] == 1
+    answered: np.ndarray  # (S,) fraction of requests whose returned answer comes from stage i
+    quality: float  # mean quality of the returned answers
+    stage_input_tokens: tuple[np.ndarray, ...]  # per stage: input lengths of the requests that reach it
+    stage_output_tokens: tuple[np.ndarray, ...]  # per stage: that stage's output lengths for those requests
+    n_prompts: int
+
+
+@dataclass(frozen=True, eq=False)
+class BatchOutcome:
+    """`evaluate_many` for K threshold vectors at once: shares and quality only (no length arrays)."""
+
+    reach: np.ndarray  # (K, S)
+    answered: np.ndarray  # (K, S)
+    quality: np.ndarray  # (K,)
+
+
+class QualityProfile:
+    """Per-prompt, per-stage scores, qualities and lengths; arrays are read-only, shape (prompts, stages)."""
+
+    def __init__(self, scores: np.ndarray, quality: np.ndarray, input_tokens: np.ndarray,
+                 output_tokens: np.ndarray, *, prompt_ids: Sequence[str] | None = None,
+                 stage_models: Sequence[str] | None = None, source: str = "") -> None:
+        arrays = [np.asarray(a, dtype=float) for a in (scores, quality, input_tokens, output_tokens)]
+        shape = arrays[0].shape
+        if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+            raise ValueError(f"profile arrays must be 2-D (prompts, stages) and non-empty, got shape {shape}")
+        if any(a.shape != shape for a in arrays):
+            raise ValueError(f"profile arrays differ in shape: {[a.shape for a in arrays]}")
+        if not all(np.isfinite(a).all() for a in arrays):
+            raise ValueError("profile arrays must be finite")
+        p, s = shape
+        # Stored by stage (S, P), C-contiguous: the routing loop reads one stage's column at a time.
+        self._s, self._q, self._in, self._out = (np.ascontiguousarray(a.T) for a in arrays)
+        self._in = self._in.astype(np.int64)
+        self._out = self._out.astype(np.int64)
+        for a in (self._s, self._q, self._in, self._out):
+            a.flags.writeable = False
+        self.prompt_ids: tuple[str, ...] = tuple(prompt_ids) if prompt_ids is not None else tuple(
+            str(i) for i in range(p))
+        self.stage_models: tuple[str, ...] = tuple(stage_models) if stage_models is not None else tuple(
+            f"stage{i + 1}" for i in range(s))
+        if len(self.prompt_ids) != p or len(self.stage_models) != s:
+            raise ValueError("prompt_ids / stage_models do not match the array shape")
+        self.source = source
+        self._boot_key: tuple | None = None
+        self._boot_weights: np.ndarray | None = None
+
+    # --- shape and raw data ------------------------------------------------------------------
+    @property
+    def n_prompts(self) -> int:
+        return self._s.shape[1]
+
+    @property
+    def n_stages(self) -> int:
+        return self._s.shape[0]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(P, S) score of stage j's answer to prompt i."""
+        return self._s.T
+
+    @property
+    def quality(self) -> np.ndarray:
+        """(P, S) judged quality of stage j's answer to prompt i."""
+        return self._q.T
+
+    @property
+    def input_tokens(self) -> np.ndarray:
+        return self._in.T
+
+    @property
+    def output_tokens(self) -> np.ndarray:
+        return self._out.T
+
+    # --- routing -----------------------------------------------------------------------------
+    def route(self, thresholds: Sequence[float], idx: np.ndarray | None = None) -> np.ndarray:
+        """The stage whose answer is returned, per prompt (of `idx`, or all prompts)."""
+        thr = self._check_thresholds(thresholds)
+        s = self._s if idx is None else self._s[:, self._check_idx(idx)]
+        last = self.n_stages - 1
+        stage = np.full(s.shape[1], last, dtype=np.intp)
+        for i in range(last - 1, -1, -1):  # earlier stages overwrite: the first accepting stage wins
+            stage[s[i] >= thr[i]] = i
+        return stage
+
+    def evaluate(self, thresholds: Sequence[float], idx: np.ndarray | None = None) -> RoutingOutcome:
+        """Shares per stage, returned quality and the lengths each stage sees, for one threshold vector."""
+        stage = self.route(thresholds, idx)
+        _s, q, tin, tout = self._subset(idx)
+        m = stage.shape[0]
+        n_st = self.n_stages
+        answered = np.bincount(stage, minlength=n_st) / m
+        reach = np.cumsum(answered[::-1])[::-1]
+        quality = float(q.ravel()[stage * m + np.arange(m)].mean())
+        ins, outs = [tin[0]], [tout[0]]  # every request reaches stage 0
+        for i in range(1, n_st):
+            mask = stage >= i
+            ins.append(tin[i][mask])
+            outs.append(tout[i][mask])
+        return RoutingOutcome(reach=reach, answered=answered, quality=quality, stage_input_tokens=tuple(ins),
+                              stage_output_tokens=tuple(outs), n_prompts=m)
+
+    def evaluate_many(self, thresholds: np.ndarray, idx: np.ndarray | None = None) -> BatchOutcome:
+        """Shares and quality for K threshold vectors (a (K, S-1) array) at once: for grids and frontiers."""
+        thr = np.asarray(thresholds, dtype=float)
+        n_st = self.n_stages
+        if thr.ndim != 2 or thr.shape[1] != n_st - 1:
+            raise ValueError(f"thresholds must have shape (K, {n_st - 1}), got {thr.shape}")
+        if np.isnan(thr).any():
+            raise ValueError("thresholds must not be NaN")
+        s, q, _in, _out = self._subset(idx)
+        m = s.shape[1]
+        k_all = thr.shape[0]
+        answered = np.empty((k_all, n_st))
+        qsum = np.zeros(k_all)
+        chunk = max(1, _BATCH_CELLS // m)
+        for a in range(0, k_all, chunk):
+            t = thr[a:a + chunk]
+            rest = np.ones((t.shape[0], m), dtype=bool)  # not yet accepted
+            for i in range(n_st):
+                acc = rest if i == n_st - 1 else rest & (s[i][None, :] >= t[:, i][:, None])
+                answered[a:a + chunk, i] = acc.sum(axis=1)
+                qsum[a:a + chunk] += acc @ q[i]  # bool @ float: BLAS-speed masked sum
+                if i < n_st - 1:
+                    rest &= ~acc
+        answered /= m
+        reach = np.cumsum(answered[:, ::-1], axis=1)[:, ::-1]
+        return BatchOutcome(reach=reach, answered=answered, quality=qsum / m)
+
+    def subset(self, idx: np.ndarray) -> QualityProfile:
+        """A profile of only the prompts in idx: copy once, then evaluate without per-call indexing (the search
+        evaluates the training part thousands of times)."""
+        _s, q, tin, tout = self._subset(idx)
+        ii = np.asarray(idx)
+        return QualityProfile(_s.T, q.T, tin.T, tout.T, prompt_ids=[self.prompt_ids[i] for i in ii],
+                              stage_models=self.stage_models, source=self.source)
+
+    def z1(self, idx: np.ndarray | None = None) -> float:
+        """Quality when every request goes to the last (largest) stage."""
+        return float(self._stage_quality(self.n_stages - 1, idx))
+
+    def z2(self, idx: np.ndarray | None = None) -> float:
+        """Quality when every request is answered by the first (smallest) stage."""
+        return float(self._stage_quality(0, idx))
+
+    def threshold_grid(self, stage: int, n: int, idx: np.ndarray | None = None) -> np.ndarray:
+        """Candidate thresholds for `stage`: -inf (accept all), n score quantiles, +inf (accept none); sorted, unique.
+
+        Quantiles of the scores make the grid follow the data: each step moves about 1/(n+1) of the requests.
+        """
+        if not 0 <= stage < self.n_stages - 1:
+            raise ValueError(f"stage must be in 0..{self.n_stages - 2} (the last stage has no threshold), got {stage}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        s = self._s[stage] if idx is None else self._s[stage, self._check_idx(idx)]
+        levels = np.arange(1, n + 1) / (n + 1)
+        qs = np.quantile(s, levels) if n else np.empty(0)
+        return np.unique(np.concatenate(([-np.inf], qs, [np.inf])))
+
+    def split(self, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """Disjoint sorted (train, holdout) prompt indices: thresholds are chosen on train, quality reported on
+        holdout, so the reported quality is not the optimiser's own (optimistic) estimate."""
+        if not 0 <= holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        p = self.n_prompts
+        n_hold = int(round(holdout_fraction * p))
+        if holdout_fraction > 0:
+            n_hold = max(1, n_hold)
+        if p - n_hold < 1:
+            raise ValueError(f"holdout_fraction {holdout_fraction} leaves no training prompts out of {p}")
+        perm = np.random.default_rng(seed).permutation(p)
+        return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+    def quality_lower_bound(self, thresholds: Sequence[float], confidence: float, n_boot: int, seed: int,
+                            idx: np.ndarray | None = None) -> float:
+        """The quality that the returned answers reach with probability `confidence` under bootstrap resampling of
+        the prompts (percentile bootstrap: the (1 - confidence) quantile of the resampled means).
+
+        The resampling weights depend only on (n_boot, seed, prompts) and are reused across calls, so the bound is
+        a smooth function of the thresholds (common random numbers) and each call after the first is one mat-vec.
+        """
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        if n_boot < 1:
+            raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        stage = self.route(thresholds, idx)
+        m = stage.shape[0]
+        q = self._subset(idx)[1]
+        per_prompt = q.ravel()[stage * m + np.arange(m)]
+        means = self._bootstrap_weights(n_boot, seed, idx, m) @ per_prompt / m
+        return float(np.quantile(means, 1.0 - confidence))
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _subset(self, idx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, quality, input, output), each (S, m), for the prompts in idx (all when None)."""
+        if idx is None:
+            return self._s, self._q, self._in, self._out
+        ii = self._check_idx(idx)
+        return self._s[:, ii], self._q[:, ii], self._in[:, ii], self._out[:, ii]
+
+    def _stage_quality(self, stage: int, idx: np.ndarray | None) -> float:
+        q = self._q[stage] if idx is None else self._q[stage, self._check_idx(idx)]
+        return q.mean()
+
+    def _check_thresholds(self, thresholds: Sequence[float]) -> np.ndarray:
+        thr = np.asarray(thresholds, dtype=float).reshape(-1)
+        if thr.shape[0] != self.n_stages - 1:
+            raise ValueError(f"need {self.n_stages - 1} thresholds (one per stage but the last), got {thr.shape[0]}")
+        if np.isnan(thr).any():
+            raise ValueError("thresholds must not be NaN")
+        return thr
+
+    def _check_idx(self, idx: np.ndarray) -> np.ndarray:
+        arr = np.asarray(idx)
+        if arr.ndim != 1 or arr.shape[0] == 0:
+            raise ValueError("idx must be a non-empty 1-D array of prompt indices")
+        if arr.dtype.kind not in "iu":
+            raise ValueError(f"idx must hold integer prompt indices, got dtype {arr.dtype}")
+        return arr
+
+    def _bootstrap_weights(self, n_boot: int, seed: int, idx: np.ndarray | None, m: int) -> np.ndarray:
+        """(n_boot, m) multiplicity of each prompt in each resample; one cached entry."""
+        key = (n_boot, seed, m, None if idx is None else np.asarray(idx).tobytes())
+        if self._boot_key != key:
+            rng = np.random.default_rng(seed)
+            w = np.empty((n_boot, m))
+            rows = max(1, _BATCH_CELLS // m)
+            for a in range(0, n_boot, rows):
+                b = min(n_boot, a + rows)
+                draw = rng.integers(0, m, size=(b - a, m)) + (np.arange(b - a) * m)[:, None]
+                w[a:b] = np.bincount(draw.ravel(), minlength=(b - a) * m).reshape(b - a, m)
+            self._boot_key, self._boot_weights = key, w
+        assert self._boot_weights is not None
+        return self._boot_weights
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def load_profile(path: str | Path, stage_models: Sequence[str],
+                 aliases: Mapping[str, str] | None = None) -> QualityProfile:
+    """Read a profile CSV for a cascade whose stages serve `stage_models` (smallest first).
+
+    A row's `model` matches a stage by the stage's model id or an alias, case-insensitively. `aliases` pairs say
+    that two names denote the same model, in either direction ({profile_name: stage_model} or the reverse).
+    Every error names the file, the line and column, and the fix.
+    """
+    path = Path(path)
+    file = str(path)
+    if not stage_models:
+        raise ProfileError(file, "", "the cascade has no stages; list at least one stage model")
+    if not path.is_file():
+        raise ProfileError(file, "", "file not found; pass a quality profile CSV with columns "
+                                     f"{', '.join(PROFILE_COLUMNS)} (see examples/profiles/README.md)")
+    lookup = _name_lookup(stage_models, aliases or {})
+    n_st = len(stage_models)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(file, "", f"cannot read the file ({exc}); save it as UTF-8 CSV") from None
+    lines = text.splitlines()
+    skip = 0
+    while skip < len(lines) and (not lines[skip].strip() or lines[skip].lstrip().startswith("#")):
+        skip += 1
+    reader = csv.reader(lines[skip:])
+    header = next(reader, None)
+    if header is None:
+        raise ProfileError(file, "", f"no header line; the first line must be: {','.join(PROFILE_COLUMNS)}")
+    cols = [h.strip().lower() for h in header]
+    missing = [c for c in PROFILE_COLUMNS if c not in cols]
+    if missing:
+        raise ProfileError(file, f"line {skip + 1}", f"missing column(s) {', '.join(repr(c) for c in missing)}; "
+                                                     f"the header must name {', '.join(PROFILE_COLUMNS)} "
+                                                     f"(found: {', '.join(cols)})")
+    pos = {c: cols.index(c) for c in PROFILE_COLUMNS}
+    prompt_index: dict[str, int] = {}
+    first_line: list[int] = []
+    rows: list[tuple[int, int, int, float, float, int, int]] = []  # (line, prompt, stage, s, q, in, out)
+    seen: dict[tuple[int, int], int] = {}
+    stage_rows = [0] * n_st
+    other_models: dict[str, str] = {}  # lower-case -> spelling, for did-you-mean
+    for cells in reader:
+        line = skip + reader.line_num
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if len(cells) < len(cols):
+            raise ProfileError(file, f"line {line}", f"expected {len(cols)} cells like the header, found "
+                                                     f"{len(cells)}; fill in every column")
+        pid = cells[pos["prompt_id"]].strip()
+        if not pid:
+            raise ProfileError(file, f"line {line}, column 'prompt_id'", "empty prompt id; give every prompt an id")
+        model = cells[pos["model"]].strip()
+        score = _real(cells[pos["score"]], file, line, "score")
+        qual = _real(cells[pos["quality"]], file, line, "quality")
+        tin = _count(cells[pos["input_tokens"]], file, line, "input_tokens")
+        tout = _count(cells[pos["output_tokens"]], file, line, "output_tokens")
+        stages = lookup.get(model.lower())
+        if stages is None:
+            other_models.setdefault(model.lower(), model)
+            continue
+        if pid not in prompt_index:
+            prompt_index[pid] = len(prompt_index)
+            first_line.append(line)
+        p = prompt_index[pid]
+        for st in stages:
+            if (p, st) in seen:
+                raise ProfileError(file, f"line {line}", f"prompt '{pid}' already has a row for stage {st + 1} "
+                                                         f"model '{stage_models[st]}' (line {seen[(p, st)]}); "
+                                                         "keep one row per prompt and model")
+            seen[(p, st)] = line
+            stage_rows[st] += 1
+            rows.append((line, p, st, score, qual, tin, tout))
+    for st, count in enumerate(stage_rows):
+        if count == 0:
+            raise ProfileError(file, "model", _no_rows_message(st, stage_models[st], other_models))
+    n_p = len(prompt_index)
+    arrays = np.zeros((4, n_p, n_st))
+    for _line, p, st, score, qual, tin, tout in rows:
+        arrays[:, p, st] = (score, qual, tin, tout)
+    if len(seen) != n_p * n_st:
+        pids = list(prompt_index)
+        for p in range(n_p):
+            for st in range(n_st):
+                if (p, st) not in seen:
+                    raise ProfileError(file, f"line {first_line[p]}",
+                                       f"prompt '{pids[p]}' has no row for stage {st + 1} model "
+                                       f"'{stage_models[st]}'; every prompt needs one row per stage model "
+                                       "(add the row or drop the prompt)")
+    return QualityProfile(arrays[0], arrays[1], arrays[2], arrays[3], prompt_ids=list(prompt_index),
+                          stage_models=list(stage_models), source=file)
+
+
+def _name_lookup(stage_models: Sequence[str], aliases: Mapping[str, str]) -> dict[str, list[int]]:
+    """Lower-case profile name -> stage indices it stands for."""
+    lookup: dict[str, list[int]] = {}
+    for i, m in enumerate(stage_models):
+        lookup.setdefault(m.strip().lower(), []).append(i)
+    base = {k: list(v) for k, v in lookup.items()}
+    for a, b in aliases.items():
+        a_l, b_l = a.strip().lower(), b.strip().lower()
+        for src, dst in ((b_l, a_l), (a_l, b_l)):
+            for st in base.get(src, []):
+                if st not in lookup.setdefault(dst, []):
+                    lookup[dst].append(st)
+    return lookup
+
+
+def _no_rows_message(stage: int, model: str, other_models: Mapping[str, str]) -> str:
+    names = sorted(other_models.values())
+    listing = ", ".join(f"'{n}'" for n in names[:8]) + (" ..." if len(names) > 8 else "")
+    msg = f"stage {stage + 1} model '{model}' has no rows"
+    msg += f" (models in the profile: {listing})" if names else " (the profile has no data rows)"
+    low = model.strip().lower()
+    close = difflib.get_close_matches(low, list(other_models), n=1, cutoff=0.6)
+    tail = low.rsplit("/", 1)[-1]
+    close = close or [k for k in other_models if k.rsplit("/", 1)[-1] == tail][:1]
+    if close:
+        msg += f"; did you mean '{other_models[close[0]]}'?"
+    return msg + " Use the profile's model name in the stage, or add it to the stage's aliases"
+
+
+def _real(cell: str, file: str, line: int, column: str) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise ProfileError(file, f"line {line}, column '{column}'",
+                           f"not a number: '{cell.strip()}'; write a decimal number like -0.25") from None
+    if not math.isfinite(value):
+        raise ProfileError(file, f"line {line}, column '{column}'",
+                           f"must be a finite number, got '{cell.strip()}'")
+    return value
+
+
+def _count(cell: str, file: str, line: int, column: str) -> int:
+    text = cell.strip()
+    try:
+        value = int(text)
+    except ValueError:
+        try:
+            f = float(text)
+        except ValueError:
+            f = math.nan
+        if not (math.isfinite(f) and f.is_integer()):
+            raise ProfileError(file, f"line {line}, column '{column}'",
+                               f"not a whole token count: '{text}'; write a non-negative integer") from None
+        value = int(f)
+    if value < 0:
+        raise ProfileError(file, f"line {line}, column '{column}'",
+                           f"negative token count {value}; write a non-negative integer")
+    return value
