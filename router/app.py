@@ -1,0 +1,291 @@
+"""The router's HTTP face: an OpenAI-compatible API in front of the cascade.
+
+`create_app(config, secrets)` builds the app; its state lives on `app.state` (`runtime`: the live config snapshot,
+`client`: the shared HTTP client opened in the lifespan, `stats`, `metrics`, `secrets`). Every error has the OpenAI
+shape `{"error": {"message", "type", "param", "code"}}`.
+
+Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics, GET /stats,
+GET/POST /admin/config (hot swap). Model name: the cascade's name (or absent) runs the cascade; a stage's name pins
+the request to that stage (its endpoints, retries and fallbacks, no escalation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
+
+from router.config import ConfigError, RouterConfig, parse_config
+from router.errors import RouterError
+from router.security import Secrets
+from router.serving import Cascade, Runtime, Trace, parse_wants
+from router.stats import Metrics, Stats
+
+_JSON = "application/json"
+
+
+def _error_response(err: RouterError, headers: dict[str, str] | None = None) -> Response:
+    return Response(err.json_bytes(), status_code=err.status, media_type=_JSON, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes (declared or actually sent)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            too_big = int(declared) > limit
+        except ValueError:
+            raise RouterError(400, "invalid Content-Length header") from None
+        if too_big:
+            raise RouterError(413, f"request body over {limit} bytes", code="request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RouterError(413, f"request body over {limit} bytes", code="request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class ClientGone(Exception):
+    """The client hung up before the answer was ready."""
+
+
+async def _until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
+    """Run `work`; if the client disconnects first, cancel it (which closes the engine connections)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+        watcher.cancel()
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+class CascadeStream(Response):
+    """ASGI response for a streamed cascade: waits for the answering stage (then sends headers), relays SSE bytes,
+    and cancels everything, engine streams included, when the client disconnects."""
+
+    def __init__(self, gen: AsyncIterator[bytes | Trace], done: Any) -> None:  # noqa: D107 (no Response init)
+        self.background = None
+        self.gen = gen
+        self.done = done  # callback(ok: bool) for stats/metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.ensure_future(self._produce(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        ok = False
+        try:
+            await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                ok = task.result()
+        except OSError:
+            pass  # the client went away while we were sending
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            watcher.cancel()
+            await self.gen.aclose()  # type: ignore[attr-defined]
+            self.done(ok)
+
+    async def _produce(self, send: Send) -> bool:
+        try:
+            first = await self.gen.__anext__()
+        except RouterError as err:
+            await send({"type": "http.response.start", "status": err.status,
+                        "headers": [(b"content-type", _JSON.encode())]})
+            await send({"type": "http.response.body", "body": err.json_bytes()})
+            return False
+        assert isinstance(first, Trace)
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        headers += [(k.encode(), v.encode()) for k, v in first.headers().items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        async for chunk in self.gen:
+            assert isinstance(chunk, bytes)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return True
+
+
+def create_app(config: RouterConfig, secrets: Secrets | None = None,
+               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """Build the router app for `config`. `transport` replaces the network (tests only)."""
+    secrets = secrets or Secrets()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=config.max_connections,
+                              max_keepalive_connections=config.max_connections)
+        async with httpx.AsyncClient(limits=limits, transport=transport, trust_env=False) as client:
+            app.state.client = client
+            yield
+
+    app = FastAPI(title="cascadia router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = Runtime(config)
+    app.state.secrets = secrets
+    app.state.stats = Stats(config.stats_windows_s)
+    app.state.metrics = Metrics()
+    app.state.metrics.config_version.set(1)
+
+    @app.exception_handler(RouterError)
+    async def _router_error(request: Request, exc: RouterError) -> Response:
+        return _error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        return _error_response(RouterError(exc.status_code, str(exc.detail), kind))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> Response:
+        return _error_response(RouterError(500, f"internal error: {type(exc).__name__}", "server_error"))
+
+    def _auth_api(request: Request) -> None:
+        if not secrets.check_api(request.headers.get("authorization")):
+            raise RouterError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                              "authentication_error", "invalid_api_key")
+
+    async def _serve(request: Request, kind: str) -> Response:
+        _auth_api(request)
+        rt: Runtime = request.app.state.runtime  # one snapshot for the whole request (hot swap safe)
+        raw = await _read_body(request, rt.config.max_request_bytes)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise RouterError(400, "request body is not valid JSON", code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise RouterError(400, "request body must be a JSON object", code="invalid_json")
+        model = body.get("model") or rt.config.name
+        if model != rt.config.name and model not in rt.stages:
+            raise RouterError(404, f"model {model!r} does not exist; use {rt.config.name!r} (the cascade) or a "
+                                   f"stage name: {', '.join(rt.stages)}", "invalid_request_error",
+                              "model_not_found", "model")
+        pinned = model if model in rt.stages else None
+        if kind == "completions" and body.get("echo") and pinned is None:
+            raise RouterError(400, "echo is not supported by the cascade (prompt logprobs would be scored); pin a "
+                                   "stage by its model name", param="echo", code="unsupported_parameter")
+        wants = parse_wants(kind, body)
+        cascade = Cascade(rt, request.app.state.client)
+        trace = Trace(model=model)
+        metrics: Metrics = request.app.state.metrics
+        stats: Stats = request.app.state.stats
+        t0 = time.perf_counter()
+        metrics.in_flight.inc()
+
+        def done(ok: bool, result: str | None = None) -> None:
+            seconds = time.perf_counter() - t0
+            metrics.in_flight.dec()
+            if result is None:
+                result = ("fallback" if trace.fallback else "ok") if ok else "error"
+            metrics.record(trace, result, seconds)
+            stats.record(trace, ok, seconds)
+
+        if body.get("stream"):
+            return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done)
+        try:
+            out = await _until_disconnect(request.receive, cascade.complete(kind, body, wants, trace, pinned))
+        except ClientGone:
+            done(False, "cancelled")
+            return Response(status_code=499)
+        except RouterError as err:
+            done(False)
+            return _error_response(err, trace.headers())
+        except BaseException:
+            done(False)
+            raise
+        done(True)
+        return Response(json.dumps(out), media_type=_JSON, headers=trace.headers())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await _serve(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await _serve(request, "completions")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        _auth_api(request)
+        rt: Runtime = request.app.state.runtime
+        ids = [rt.config.name] + [s.name for s in rt.config.stages]
+        data = [{"id": i, "object": "model", "created": 0, "owned_by": "cascadia"} for i in ids]
+        return JSONResponse({"object": "list", "data": data})
+
+    @app.get("/health")
+    async def health(request: Request) -> Response:
+        rt: Runtime = request.app.state.runtime
+        now = time.monotonic()
+        stages = {name: [{"url": e.url, "healthy": e.down_until <= now, "outstanding": e.outstanding}
+                         for e in pool.endpoints] for name, pool in rt.pools.items()}
+        return JSONResponse({"status": "ok", "cascade": rt.config.name, "config_version": rt.version,
+                             "stages": stages})
+
+    @app.get("/metrics")
+    async def metrics_route(request: Request) -> Response:
+        _auth_api(request)
+        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/stats")
+    async def stats_route(request: Request) -> Response:
+        _auth_api(request)
+        rt: Runtime = request.app.state.runtime
+        snap = request.app.state.stats.snapshot([s.name for s in rt.config.stages])
+        snap.update({"cascade": rt.config.name, "config_version": rt.version})
+        return JSONResponse(snap)
+
+    def _auth_admin(request: Request) -> None:
+        if not secrets.admin_enabled:
+            raise RouterError(403, "the admin API is disabled (no admin key configured)", "permission_error",
+                              "admin_disabled")
+        if not secrets.check_admin(request.headers.get("authorization")):
+            raise RouterError(401, "missing or invalid admin key", "authentication_error", "invalid_admin_key")
+
+    @app.get("/admin/config")
+    async def get_config(request: Request) -> Response:
+        _auth_admin(request)
+        rt: Runtime = request.app.state.runtime
+        return JSONResponse({"version": rt.version, "config": rt.config.model_dump(mode="json")})
+
+    @app.post("/admin/config")
+    async def put_config(request: Request) -> Response:
+        """Hot swap: a full router config, or {"plan": plan.json, "endpoints": {stage: [url]}}. Atomic: requests
+        in flight finish on the snapshot they started with."""
+        _auth_admin(request)
+        old: Runtime = request.app.state.runtime
+        raw = await _read_body(request, old.config.max_request_bytes)
+        try:
+            doc = json.loads(raw)
+            if isinstance(doc, dict) and "plan" in doc:
+                new_config = RouterConfig.from_plan(doc["plan"], doc.get("endpoints") or {})
+            else:
+                new_config = parse_config(doc, "admin config")
+        except (ValueError, TypeError, AttributeError) as exc:  # ConfigError, JSON errors, wrong shapes
+            raise RouterError(400, str(exc) if isinstance(exc, ConfigError) else f"invalid JSON: {exc}",
+                              code="invalid_config") from None
+        request.app.state.runtime = Runtime(new_config, old.version + 1, previous=old)
+        request.app.state.metrics.config_version.set(old.version + 1)
+        return JSONResponse({"version": old.version + 1, "cascade": new_config.name,
+                             "stages": [s.name for s in new_config.stages]})
+
+    return app

@@ -1,0 +1,168 @@
+"""The router config: the cascade's stages (in order) with their endpoints, scorer and threshold, plus limits.
+
+Two ways in:
+- a router config file (YAML or JSON) in the shape of `RouterConfig` (see README.md for an example);
+- `RouterConfig.from_plan(plan, endpoints)`: plan.json (written by the planner) plus the endpoints the launcher
+  knows. Mapping: `plan["name"]` -> `name`; for each `plan["stages"][i]`: `name` -> `name`, `model` -> `model`,
+  `served_model_name` -> `served_model_name`, `threshold` -> `threshold` (null on the last stage), and
+  `plan["scorer"]` -> every stage's `scorer`; `endpoints[stage name]` -> `endpoints`. The planner's other keys
+  (share, replicas, gpu_type, tp, pp) do not affect routing and are ignored.
+
+An endpoint is the server's base URL, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped); the
+router posts to `<endpoint>/v1/chat/completions` and `<endpoint>/v1/completions`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from router.errors import ConfigError
+from router.scorers import SCORERS, make_scorer
+
+ROUTER_CONFIG_SCHEMA_VERSION = 1
+
+
+class EarlyDecision(BaseModel):
+    """Decide a streamed non-final stage before it finishes, from the running score of the tokens so far.
+
+    After `min_tokens` tokens: escalate at once (abort the stage) when running score < threshold - reject_margin;
+    commit to the stage (stream the rest live) when running score >= threshold + accept_margin. A margin of null
+    turns that side off. Between the two bands the stage finishes and its full-answer score decides.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    min_tokens: int = Field(16, ge=1, description="tokens seen before any early decision")
+    reject_margin: float | None = Field(0.5, ge=0, description="escalate early below threshold - this")
+    accept_margin: float | None = Field(0.5, ge=0, description="commit early at or above threshold + this")
+
+
+class StageConfig(BaseModel):
+    """One stage of the cascade."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, description="stage name; also a model name that pins a request to this stage")
+    model: str = Field("", description="the model's Hugging Face id (informational)")
+    served_model_name: str = Field(min_length=1, description="the name the engine serves the model under")
+    endpoints: list[str] = Field(min_length=1, description="base URLs of the stage's engine replicas")
+    scorer: str = Field("mean_logprob", description="scorer registry name (router/scorers.py)")
+    scorer_args: dict[str, float] = Field(default_factory=dict, description="scorer arguments, e.g. {q: 0.1}")
+    threshold: float | None = Field(None, description="accept when score >= threshold; null on the last stage")
+    timeout_s: float = Field(120.0, gt=0, description="per attempt: whole response (non-streamed) or gap "
+                                                       "between streamed chunks")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, v: list[str]) -> list[str]:
+        out = []
+        for url in v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"endpoint {url!r} must be an http(s) base URL such as http://127.0.0.1:8000")
+            url = url.rstrip("/")
+            out.append(url[:-3] if url.endswith("/v1") else url)
+        return out
+
+    @field_validator("scorer")
+    @classmethod
+    def _check_scorer(cls, v: str) -> str:
+        if v not in SCORERS:
+            raise ValueError(f"unknown scorer {v!r}; known: {', '.join(sorted(SCORERS))}")
+        return v
+
+
+class RouterConfig(BaseModel):
+    """The whole router config. Frozen in use: a hot swap replaces it, never edits it."""
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: int = ROUTER_CONFIG_SCHEMA_VERSION
+    name: str = Field(min_length=1, description="the cascade's model name, as clients send it")
+    stages: list[StageConfig] = Field(min_length=1)
+    connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to an engine")
+    health_cooldown_s: float = Field(5.0, ge=0, description="an endpoint that failed is skipped this long")
+    max_request_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
+    max_connections: int = Field(1024, gt=0, description="open connections to all engines together")
+    early_decision: EarlyDecision | None = Field(default_factory=EarlyDecision,
+                                                 description="streamed early accept/escalate; null: off")
+    stats_windows_s: list[int] = Field(default_factory=lambda: [60, 300, 3600],
+                                       description="sliding windows reported by /stats")
+
+    @model_validator(mode="after")
+    def _check_cascade(self) -> RouterConfig:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if self.name in names:
+            raise ValueError(f"cascade name {self.name!r} must differ from the stage names")
+        for i, s in enumerate(self.stages):
+            last = i == len(self.stages) - 1
+            if last and s.threshold is not None:
+                raise ValueError(f"stages[{i}] ({s.name}): the last stage always answers; set threshold to null")
+            if not last and s.threshold is None:
+                raise ValueError(f"stages[{i}] ({s.name}): a non-final stage needs a threshold")
+            try:
+                make_scorer(s.scorer, s.scorer_args)
+            except ValueError as exc:
+                raise ValueError(f"stages[{i}] ({s.name}): {exc}") from None
+        if not self.stats_windows_s or min(self.stats_windows_s) <= 0:
+            raise ValueError("stats_windows_s must be a non-empty list of positive seconds")
+        return self
+
+    @classmethod
+    def from_plan(cls, plan: dict[str, Any], endpoints: dict[str, list[str]], **overrides: Any) -> RouterConfig:
+        """Map plan.json plus the launcher's endpoints onto a router config (see the module docstring)."""
+        try:
+            stages_in = plan["stages"]
+            scorer = plan.get("scorer") or "mean_logprob"
+            stages = []
+            for i, st in enumerate(stages_in):
+                name = st["name"]
+                if name not in endpoints:
+                    raise ConfigError(f"plan.json: stages[{i}].name: no endpoints given for stage {name!r}; "
+                                      f"pass them as {name}=http://HOST:PORT")
+                stages.append({"name": name, "model": st.get("model", ""),
+                               "served_model_name": st.get("served_model_name") or st.get("model") or name,
+                               "endpoints": list(endpoints[name]), "scorer": scorer,
+                               "threshold": st.get("threshold") if i < len(stages_in) - 1 else None})
+            doc = {"name": plan["name"], "stages": stages, **overrides}
+        except KeyError as exc:
+            raise ConfigError(f"plan.json: missing key {exc}; is this a plan written by `cascadia plan`?") from None
+        return parse_config(doc, "plan.json")
+
+
+def parse_config(doc: Any, source: str) -> RouterConfig:
+    """Validate a config document; ConfigError names the source, the field and the problem."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return RouterConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise ConfigError(f"{source}: {loc}: {err['msg']}") from None
+
+
+def load_config(path: str | Path, endpoints: dict[str, list[str]] | None = None) -> RouterConfig:
+    """Load a router config file (YAML/JSON), or a plan.json when `endpoints` are given or the file is a plan."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    try:
+        doc = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{p}: not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}") from None
+    is_plan = isinstance(doc, dict) and doc.get("stages") and all(
+        isinstance(s, dict) and "endpoints" not in s for s in doc["stages"])
+    if is_plan:
+        if not endpoints:
+            raise ConfigError(f"{p}: this is a plan (its stages have no endpoints); give each stage's endpoints, "
+                              f"e.g. --endpoint {doc['stages'][0].get('name', 'STAGE')}=http://127.0.0.1:8000")
+        return RouterConfig.from_plan(doc, endpoints)
+    return parse_config(doc, str(p))

@@ -1,0 +1,408 @@
+"""The cascade: send a request to stage 1 with logprobs on, score the answer, accept or escalate; the last stage
+always answers.
+
+Non-streamed requests: each stage answers in full; score >= threshold accepts.
+
+Streamed requests (`stream: true`), stage by stage:
+- a non-final stage is streamed from the engine into a buffer while its running score is kept. With
+  `early_decision` on (and n == 1), after `min_tokens` tokens the router escalates at once (closing the engine's
+  stream, which stops its generation) when the running score is below threshold - reject_margin, or commits to the
+  stage when it is at least threshold + accept_margin: the buffer is flushed to the client and the rest is streamed
+  live. Otherwise the stage finishes, its full-answer score decides, and an accepted answer is replayed as SSE.
+- the final stage (or a pinned stage) is streamed live.
+- the response headers go out when the answering stage is known, so they carry the provenance; the final score of a
+  live-streamed stage is sent as an SSE comment line (`: cascadia {...}`) before `data: [DONE]`.
+
+Failures: an attempt that is refused, times out, answers 5xx or breaks before the answer is complete is retried on
+another endpoint of the same stage; when all fail the request escalates; when the last stage fails the best answer
+already obtained (from the latest stage that answered) is returned, marked `x-cascadia-fallback: true`. A 4xx from an
+engine (a bad request) is returned to the client as is. A stream that breaks after bytes reached the client ends with
+an OpenAI-style error event.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from router.config import RouterConfig, StageConfig
+from router.errors import RouterError
+from router.scorers import Scorer, make_scorer, parse_logprobs
+from router.upstream import Endpoint, StagePool, UpstreamError, open_stream, post_json
+
+PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+
+
+class Runtime:
+    """An immutable snapshot of the config with its pools and scorers. A hot swap installs a new one; a request
+    keeps the one it started with."""
+
+    def __init__(self, config: RouterConfig, version: int = 1, previous: Runtime | None = None) -> None:
+        self.config = config
+        self.version = version
+        self.stages = {s.name: s for s in config.stages}
+        self.pools = {s.name: StagePool.of(s.endpoints, config.health_cooldown_s,
+                                           previous.pools.get(s.name) if previous else None)
+                      for s in config.stages}
+        self.scorers = {s.name: make_scorer(s.scorer, s.scorer_args) for s in config.stages}
+
+
+@dataclass
+class StageStep:
+    """What one stage did for one request (provenance, metrics, stats)."""
+
+    stage: str
+    outcome: str  # accepted | escalated | early_escalated | committed | answered | failed | fallback
+    score: float | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Trace:
+    """Everything the router learned about one request."""
+
+    model: str
+    steps: list[StageStep] = field(default_factory=list)
+    stage: str | None = None          # the answering stage
+    score: float | None = None
+    fallback: bool = False
+    retries: int = 0                  # failed endpoint attempts
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (stage, kind) per failed attempt
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+    def headers(self) -> dict[str, str]:
+        """Provenance headers; stage times in seconds, path as stage=outcome(score)."""
+        h = {"x-cascadia-stage": self.stage or "",
+             "x-cascadia-escalations": str(sum(1 for s in self.steps if s.stage != self.stage)),
+             "x-cascadia-stage-seconds": ",".join(f"{s.stage}={s.seconds:.4f}" for s in self.steps),
+             "x-cascadia-path": ",".join(f"{s.stage}={s.outcome}" + (f"({s.score:.4f})" if _finite(s.score) else "")
+                                         for s in self.steps),
+             "x-cascadia-retries": str(self.retries)}
+        if _finite(self.score):
+            h["x-cascadia-score"] = f"{self.score:.4f}"
+        if self.fallback:
+            h["x-cascadia-fallback"] = "true"
+        return h
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+@dataclass
+class Wants:
+    """What the client asked for that the router adds or removes: logprobs and usage in streams."""
+
+    logprobs: bool
+    top: int
+    usage: bool
+    n: int
+
+
+def parse_wants(kind: str, body: dict) -> Wants:
+    """Read the client's logprob/usage/n options; RouterError(400) on wrong types."""
+    try:
+        n = int(body.get("n") or 1)
+        if kind == "chat":
+            want, top = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
+        else:
+            lp = body.get("logprobs")
+            want, top = lp is not None and lp is not False, int(lp or 0)
+        opts = body.get("stream_options")
+        usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
+    except (TypeError, ValueError):
+        raise RouterError(400, "n, logprobs and top_logprobs must be integers (logprobs a boolean for chat)",
+                          code="invalid_value") from None
+    if n < 1:
+        raise RouterError(400, "n must be at least 1", param="n", code="invalid_value")
+    return Wants(want, top, usage, n)
+
+
+def stage_payload(kind: str, body: dict, stage: StageConfig, scorer: Scorer, wants: Wants, stream: bool) -> dict:
+    """The client's body (unknown fields kept) with the stage's model name and the logprobs the scorer needs."""
+    p = dict(body)
+    p["model"] = stage.served_model_name
+    top = max(wants.top, scorer.top_logprobs_needed, 1)  # llama.cpp returns no logprobs at all for 0
+    if kind == "chat":
+        p["logprobs"] = True
+        p["top_logprobs"] = top
+    else:
+        p["logprobs"] = top
+    p["stream"] = stream
+    if stream:
+        p["stream_options"] = {"include_usage": True}
+    else:
+        p.pop("stream_options", None)
+    return p
+
+
+def _trim_top(lp: dict, k: int) -> None:
+    content = lp.get("content")
+    if isinstance(content, list):
+        for item in content:
+            if isinstance(item, dict) and isinstance(item.get("top_logprobs"), list):
+                item["top_logprobs"] = item["top_logprobs"][:k]
+    tops = lp.get("top_logprobs")
+    if isinstance(tops, list):
+        lp["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:k]) if isinstance(t, dict) else t
+                              for t in tops]
+
+
+def strip_response(obj: dict, wants: Wants, model: str) -> dict:
+    """Remove what the router added: logprobs the client did not ask for, extra top alternatives, usage."""
+    obj["model"] = model
+    for choice in obj.get("choices") or ():
+        if not isinstance(choice, dict) or "logprobs" not in choice:
+            continue
+        if not wants.logprobs:
+            choice["logprobs"] = None
+        elif isinstance(choice["logprobs"], dict):
+            _trim_top(choice["logprobs"], wants.top)
+    return obj
+
+
+def score_choices(scorer: Scorer, data: dict) -> float:
+    """Score of a complete response: the minimum over its choices (see scorers.py)."""
+    scores = []
+    for choice in data.get("choices") or ():
+        s = scorer.fresh()
+        s.update(parse_logprobs(choice.get("logprobs") if isinstance(choice, dict) else None))
+        scores.append(s.value)
+    return min(scores) if scores else -math.inf
+
+
+def _usage(trace: Trace, data: dict, first_stage: bool) -> None:
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        if first_stage and isinstance(usage.get("prompt_tokens"), int):
+            trace.input_tokens = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            trace.output_tokens = usage["completion_tokens"]
+
+
+def _no_answer(trace: Trace) -> RouterError:
+    kinds = {k for _, k in trace.failures}
+    detail = "; ".join(f"{s.stage}: {s.error}" for s in trace.steps if s.error)
+    if kinds == {"timeout"}:
+        return RouterError(504, f"no stage answered in time ({detail})", "upstream_error", "upstream_timeout")
+    return RouterError(502, f"no stage could answer ({detail})", "upstream_error", "upstream_unavailable")
+
+
+def _client_error(e: UpstreamError) -> RouterError:
+    return RouterError(e.status or 400, f"the engine rejected the request: {e}", "invalid_request_error",
+                       "upstream_rejected")
+
+
+class Cascade:
+    """Runs requests through the stages of one Runtime with one shared HTTP client."""
+
+    def __init__(self, rt: Runtime, client: httpx.AsyncClient) -> None:
+        self.rt = rt
+        self.client = client
+
+    def stages_for(self, pinned: str | None) -> list[StageConfig]:
+        return [self.rt.stages[pinned]] if pinned else list(self.rt.config.stages)
+
+    def _fail(self, trace: Trace, stage: StageConfig, pool: StagePool, ep: Endpoint, e: UpstreamError) -> None:
+        if e.retryable:
+            pool.failed(ep)
+        trace.retries += 1
+        trace.failures.append((stage.name, e.kind))
+
+    # ---- non-streamed -----------------------------------------------------------------------------------------
+    async def _call(self, stage: StageConfig, kind: str, payload: dict, trace: Trace) -> dict:
+        pool = self.rt.pools[stage.name]
+        tried: set[Endpoint] = set()
+        last: UpstreamError | None = None
+        while (ep := pool.pick(tried)) is not None:
+            tried.add(ep)
+            try:
+                data = await post_json(self.client, ep, PATHS[kind], payload, stage.timeout_s,
+                                       self.rt.config.connect_timeout_s)
+            except UpstreamError as e:
+                self._fail(trace, stage, pool, ep, e)
+                if not e.retryable:
+                    raise
+                last = e
+                continue
+            pool.succeeded(ep)
+            return data
+        assert last is not None
+        raise last
+
+    async def complete(self, kind: str, body: dict, wants: Wants, trace: Trace, pinned: str | None) -> dict:
+        """Run the cascade for a non-streamed request; return the client's response body."""
+        stages = self.stages_for(pinned)
+        best: tuple[StageConfig, dict, float] | None = None
+        for i, stage in enumerate(stages):
+            final = i == len(stages) - 1
+            scorer = self.rt.scorers[stage.name]
+            t0 = time.perf_counter()
+            try:
+                data = await self._call(stage, kind, stage_payload(kind, body, stage, scorer, wants, False), trace)
+            except UpstreamError as e:
+                trace.steps.append(StageStep(stage.name, "failed", None, time.perf_counter() - t0, str(e)))
+                if not e.retryable and best is None:
+                    raise _client_error(e) from None
+                continue
+            score = score_choices(scorer, data)
+            _usage(trace, data, first_stage=trace.input_tokens is None)
+            accepted = final or score >= (stage.threshold if stage.threshold is not None else -math.inf)
+            trace.steps.append(StageStep(stage.name, ("answered" if final else "accepted") if accepted
+                                         else "escalated", score, time.perf_counter() - t0))
+            if accepted:
+                trace.stage, trace.score = stage.name, score
+                return strip_response(data, wants, trace.model)
+            best = (stage, data, score)
+        if best is None:
+            raise _no_answer(trace)
+        stage, data, score = best
+        trace.stage, trace.score, trace.fallback = stage.name, score, True
+        _usage(trace, data, first_stage=False)
+        return strip_response(data, wants, trace.model)
+
+    # ---- streamed ---------------------------------------------------------------------------------------------
+    async def stream(self, kind: str, body: dict, wants: Wants, trace: Trace,
+                     pinned: str | None) -> AsyncIterator[bytes | Trace]:
+        """Yield the Trace once the answering stage is known (headers go out then), then SSE bytes.
+
+        Raises RouterError before the first yield when nothing can answer.
+        """
+        stages = self.stages_for(pinned)
+        early = self.rt.config.early_decision
+        best: tuple[StageConfig, list[dict], float] | None = None
+        for i, stage in enumerate(stages):
+            final = i == len(stages) - 1
+            pool = self.rt.pools[stage.name]
+            proto = self.rt.scorers[stage.name]
+            payload = stage_payload(kind, body, stage, proto, wants, True)
+            tried: set[Endpoint] = set()
+            t0 = time.perf_counter()
+            step = StageStep(stage.name, "failed")
+            while (ep := pool.pick(tried)) is not None:
+                tried.add(ep)
+                scorers: dict[int, Scorer] = {}
+                buffer: list[dict] = []
+                live = False
+                try:
+                    async with open_stream(self.client, ep, PATHS[kind], payload, stage.timeout_s,
+                                           self.rt.config.connect_timeout_s) as events:
+                        async for ev in events:
+                            self._observe(ev, scorers, proto, trace)
+                            if live:
+                                if (chunk := _sse(ev, wants, trace.model)) is not None:
+                                    yield chunk
+                                continue
+                            buffer.append(ev)
+                            if final:
+                                live = True
+                            elif early is not None and wants.n == 1 and 0 in scorers \
+                                    and scorers[0].count >= early.min_tokens:
+                                running = scorers[0].value
+                                assert stage.threshold is not None
+                                if early.reject_margin is not None and running < stage.threshold - early.reject_margin:
+                                    step = StageStep(stage.name, "early_escalated", running)
+                                    break
+                                if early.accept_margin is not None and running >= stage.threshold + early.accept_margin:
+                                    live = True
+                            if live:
+                                step = StageStep(stage.name, "answered" if final else "committed")
+                                trace.stage = stage.name
+                                trace.steps.append(step)
+                                step.seconds = time.perf_counter() - t0
+                                yield trace
+                                yield b"".join(c for ev in buffer if (c := _sse(ev, wants, trace.model)))
+                                buffer = []
+                except UpstreamError as e:
+                    self._fail(trace, stage, pool, ep, e)
+                    if live:  # bytes already reached the client: end the stream with an error event
+                        step.error = str(e)
+                        yield _error_event(e)
+                        return
+                    if not e.retryable:
+                        if best is None:
+                            raise _client_error(e) from None
+                        step = StageStep(stage.name, "failed", error=str(e))
+                        break
+                    step = StageStep(stage.name, "failed", error=str(e))
+                    continue
+                pool.succeeded(ep)
+                score = min((s.value for s in scorers.values()), default=-math.inf)
+                if live:  # finished streaming live (final stage, pinned stage or committed)
+                    step.score = trace.score = score
+                    step.seconds = time.perf_counter() - t0
+                    yield _summary(trace)
+                    return
+                if step.outcome == "early_escalated":
+                    break
+                threshold = stage.threshold if stage.threshold is not None else -math.inf
+                step = StageStep(stage.name, "accepted" if score >= threshold else "escalated", score)
+                if step.outcome == "accepted":
+                    step.seconds = time.perf_counter() - t0
+                    trace.steps.append(step)
+                    trace.stage, trace.score = stage.name, score
+                    yield trace
+                    yield _replay(buffer, wants, trace)
+                    return
+                best = (stage, buffer, score)
+                break
+            step.seconds = time.perf_counter() - t0
+            if step.outcome == "failed" and step.error is None:
+                step.error = "no endpoint could answer"
+            trace.steps.append(step)
+        if best is None:
+            raise _no_answer(trace)
+        stage, buffer, score = best
+        trace.stage, trace.score, trace.fallback = stage.name, score, True
+        yield trace
+        yield _replay(buffer, wants, trace)
+
+    @staticmethod
+    def _observe(ev: dict, scorers: dict[int, Scorer], proto: Scorer, trace: Trace) -> None:
+        """Fold one chunk's logprobs into the running scores (one per choice index) and note usage."""
+        for choice in ev.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            idx = int(choice.get("index") or 0)
+            tokens = parse_logprobs(choice.get("logprobs"))
+            if idx not in scorers:
+                scorers[idx] = proto.fresh()
+            scorers[idx].update(tokens)
+        usage = ev.get("usage")
+        if isinstance(usage, dict):
+            if trace.input_tokens is None and isinstance(usage.get("prompt_tokens"), int):
+                trace.input_tokens = usage["prompt_tokens"]
+            if isinstance(usage.get("completion_tokens"), int):
+                trace.output_tokens = usage["completion_tokens"]
+
+
+def _sse(ev: dict, wants: Wants, model: str) -> bytes | None:
+    if "usage" in ev and not wants.usage:
+        if not ev.get("choices"):
+            return None
+        ev = dict(ev)
+        del ev["usage"]
+    return b"data: " + json.dumps(strip_response(ev, wants, model)).encode() + b"\n\n"
+
+
+def _summary(trace: Trace) -> bytes:
+    info = {"stage": trace.stage, "score": trace.score if _finite(trace.score) else None,
+            "escalations": int(trace.headers()["x-cascadia-escalations"]), "fallback": trace.fallback}
+    return b": cascadia " + json.dumps(info).encode() + b"\n\ndata: [DONE]\n\n"
+
+
+def _replay(buffer: list[dict], wants: Wants, trace: Trace) -> bytes:
+    return b"".join(c for ev in buffer if (c := _sse(ev, wants, trace.model))) + _summary(trace)
+
+
+def _error_event(e: UpstreamError) -> bytes:
+    err = RouterError(502, f"the engine failed mid-stream: {e}", "upstream_error", "upstream_stream_broken")
+    return b"data: " + err.json_bytes() + b"\n\ndata: [DONE]\n\n"
