@@ -1,0 +1,141 @@
+"""plan.json: the one contract between the planner, the launcher, the router, the simulator and the re-scheduler.
+
+A frozen, schema-versioned pydantic model written as JSON (never pickle). These keys are stable because other
+components and users' scripts read them: `stages[].model`, `stages[].gpu_type`, `stages[].gpus`, `stages[].tp`,
+`stages[].pp`, `stages[].replicas`, `stages[].threshold` (accept when score >= threshold; null on the last stage),
+`stages[].share` (fraction of all requests that reach the stage), `predicted.quality`, `predicted.p95_latency_s`,
+`predicted.usd_per_hour`, `solver.status`, `solver.wall_s`; and for the router `name`, `scorer`, `stages[].name`,
+`stages[].served_model_name`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cascadia_sky.constants import PLAN_SCHEMA_VERSION
+from cascadia_sky.errors import SpecError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StagePlan(_Frozen):
+    """How one stage is deployed and routed."""
+
+    name: str
+    model: str = Field(description="Hugging Face model id.")
+    served_model_name: str = Field(description="The name the engine serves the model under.")
+    precision: str
+    max_context: int
+    gpu_type: str
+    gpus: int = Field(description="tp * pp * replicas")
+    tp: int
+    pp: int
+    replicas: int
+    cloud: str | None = None
+    region: str | None = None
+    instance_type: str | None = None
+    gpus_per_instance: int | None = None
+    instances: int | None = None
+    spot: bool = False
+    usd_per_hour: float = 0.0
+    threshold: float | None = Field(description="Accept the answer when score >= threshold; null on the last stage.")
+    share: float = Field(description="Fraction of all requests that reach this stage.")
+    answered_share: float = Field(description="Fraction of all requests this stage answers.")
+    rate_rps: float = Field(description="Planned arrival rate at this stage (requests/s).")
+    p95_latency_s: float = Field(description="Predicted p95 latency of this stage under its planned load.")
+    e2e_p50_s: float | None = None
+    ttft_p50_s: float | None = None
+    tpot_s: float | None = None
+    max_rate_rps_per_replica: float | None = None
+    utilization: float | None = None
+    binding: str = Field("", description="Why the stage got what it got (the constraint that binds).")
+
+
+class Predicted(_Frozen):
+    quality: float = Field(description="Quality of returned answers on the profile prompts used for planning.")
+    quality_holdout: float | None = Field(None, description="Same, on held-out prompts (unbiased).")
+    quality_lower_bound: float | None = Field(None, description="Bootstrap lower bound at quality.confidence.")
+    quality_target: float
+    quality_all_last: float = Field(description="z1: quality when every request goes to the last stage.")
+    quality_all_first: float = Field(description="z2: quality when the first stage answers everything.")
+    p95_latency_s: float = Field(description="The objective: p95 end-to-end (or slowest stage) latency.")
+    usd_per_hour: float
+    gpus: int
+
+
+class SolverInfo(_Frozen):
+    status: str
+    wall_s: float
+    iterations: int = Field(description="Outer (threshold) search iterations.")
+    deployment_solves: int = Field(description="Deployment MILPs solved (after caching).")
+    objective_j: float = Field(description="J = L + mu * max(0, (q_min - Q) / (z1 - z2)) at the chosen thresholds.")
+    mu_s: float
+    stable_rounds: int
+    milp_status: str = ""
+    pool_relaxed: bool = False
+
+
+class FrontierPoint(_Frozen):
+    thresholds: list[float | None]
+    quality: float
+    p95_latency_s: float
+    usd_per_hour: float
+    last_stage_share: float
+    last_stage_gpus: int
+
+
+class Plan(_Frozen):
+    """The planner's output. `schema_version` changes whenever a stable key changes meaning."""
+
+    schema_version: int = PLAN_SCHEMA_VERSION
+    name: str
+    created_at: str
+    scorer: str
+    mode: Literal["pool", "cloud"]
+    objective: str
+    goal: str
+    slo_p95_s: float | None = None
+    budget_usd_per_hour: float | None = None
+    workload_rate_rps: float
+    stages: list[StagePlan]
+    predicted: Predicted
+    solver: SolverInfo
+    inputs: dict[str, str] = Field(default_factory=dict, description="sha256 of the spec, profile, trace, catalogs.")
+    frontier: list[FrontierPoint] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def write_plan(plan: Plan, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(plan.to_json())
+    return p
+
+
+def read_plan(path: str | Path) -> Plan:
+    """Read plan.json; a missing file, bad JSON or another schema version is one clear error."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(p), "", "plan file not found (make one with `cascadia plan cascade.yaml -o plan.json`)")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpecError(str(p), f"line {exc.lineno}", f"not valid JSON: {exc.msg}") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != PLAN_SCHEMA_VERSION:
+        raise SpecError(str(p), "schema_version", f"is {version!r}, this cascadia-sky reads version "
+                                                  f"{PLAN_SCHEMA_VERSION}; re-run `cascadia plan`")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise SpecError(str(p), loc, err["msg"]) from None
