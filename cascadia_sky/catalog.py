@@ -16,19 +16,39 @@ import difflib
 import functools
 import os
 import re
-from dataclasses import dataclass
+import shutil
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from cascadia_sky.constants import CATALOG_DIR_ENV_VAR
 from cascadia_sky.errors import CatalogError
 
 GPUS_FILE = "gpus.csv"
+OFFERS_DIR = "offers"
+OFFER_SOURCES_FILE = "offer_sources.csv"
+GCP_HOSTS_FILE = "gcp_hosts.csv"
 GPU_COLUMNS: tuple[str, ...] = (
     "name", "aliases", "vendor", "memory_gb", "bf16_dense_tflops", "fp8_dense_tflops", "int8_dense_tops",
     "hbm_tb_s", "interconnect", "interconnect_gb_s", "gpus_per_node", "source",
 )
+
+# SkyPilot's v8 `<cloud>/vms.csv` layouts, column order included (skypilot-catalog catalogs/v8/*/vms.csv, and
+# sky/catalog/data_fetchers/fetch_*.py). offers/<cloud>.csv must match exactly, so it can seed SkyPilot's cache.
+SKYPILOT_VMS_COLUMNS: dict[str, tuple[str, ...]] = {
+    "aws": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "GpuInfo", "Price",
+            "SpotPrice", "Region", "AvailabilityZone", "Arch"),
+    "azure": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "GpuInfo", "Price",
+              "SpotPrice", "Region", "Generation"),
+    "gcp": ("InstanceType", "vCPUs", "MemoryGiB", "AcceleratorName", "AcceleratorCount", "GpuInfo", "Region",
+            "AvailabilityZone", "Price", "SpotPrice"),
+    "lambda": ("InstanceType", "AcceleratorName", "AcceleratorCount", "vCPUs", "MemoryGiB", "Price", "Region",
+               "GpuInfo", "SpotPrice"),
+}
+# SkyPilot's display names, for common/accelerators.csv (its `Clouds` column lists these).
+SKYPILOT_CLOUD_NAMES = {"aws": "AWS", "azure": "Azure", "gcp": "GCP", "lambda": "Lambda"}
 
 _T = TypeVar("_T")
 
@@ -61,6 +81,12 @@ class GpuSpec:
         if p == "int8" and self.int8_tops is not None:
             return self.int8_tops
         return self.bf16_tflops
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        out = asdict(self)
+        out["aliases"] = list(self.aliases)
+        return out
 
 
 # --- files -----------------------------------------------------------------------------------
@@ -114,7 +140,7 @@ def _cell(file: str, line: int, row: dict[str, str], column: str, parse: Callabl
     try:
         value = parse(raw)
     except ValueError:
-        kind = "an integer" if parse is int else "a number"
+        kind = "an integer" if parse in (int, _int) else "a number"
         raise CatalogError(f"{file}: line {line}, column '{column}': {raw!r} is not {kind}") from None
     if positive and isinstance(value, (int, float)) and not value > 0:
         raise CatalogError(f"{file}: line {line}, column '{column}': {raw!r} must be > 0")
@@ -224,3 +250,276 @@ def canonical_gpu_name(name: str) -> str:
 def get_gpu(name: str) -> GpuSpec:
     """The spec of a GPU by canonical name or alias, case-insensitive."""
     return _gpu_specs_at(str(catalog_dir()))[canonical_gpu_name(name)]
+
+
+# --- cloud offers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One rentable instance: a cloud instance type with `gpus` GPUs of one type, in one region, and its price.
+
+    GCP prices GPUs apart from the host VM; its offers carry host + GPUs, as SkyPilot's optimizer adds them.
+    `price_date` is the day the price was taken from its source (a SkyPilot catalog snapshot, whose own fetch
+    date may be earlier; see catalogs/offers/SOURCES.md).
+    """
+
+    cloud: str
+    instance_type: str
+    gpu: str                           # canonical GPU name (gpus.csv)
+    gpus: int                          # GPUs per instance
+    vcpus: float
+    memory_gib: float
+    region: str
+    usd_per_hour: float                # on-demand, whole instance
+    spot_usd_per_hour: float | None    # None where the source lists no spot price
+    source: str
+    price_date: str
+    zone: str = ""                     # availability zone of the row ("" where the cloud's catalog has none)
+
+    def price(self, spot: bool = False) -> float | None:
+        """$/hour of the whole instance; None when spot is asked for and not offered."""
+        return self.spot_usd_per_hour if spot else self.usd_per_hour
+
+    def usd_per_gpu_hour(self, spot: bool = False) -> float | None:
+        """$/hour per GPU, the figure to compare instances of different sizes."""
+        price = self.price(spot)
+        return None if price is None else price / self.gpus
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def offer_csv_path(cloud: str) -> Path:
+    """The offers file of a cloud, laid out as SkyPilot's v8 `<cloud>/vms.csv` (the launcher seeds SkyPilot with it)."""
+    name = _check_cloud(cloud)
+    path = catalog_dir() / OFFERS_DIR / f"{name}.csv"
+    if not path.is_file():
+        raise CatalogError(f"{OFFERS_DIR}/{name}.csv: not found in {catalog_dir()}; restore it or fix "
+                           f"{CATALOG_DIR_ENV_VAR}")
+    return path
+
+
+def clouds() -> list[str]:
+    """Clouds that have an offers file, sorted; a file for a cloud whose layout is unknown is an error."""
+    return _cloud_names()
+
+
+def _cloud_names() -> list[str]:
+    offers_dir = catalog_dir() / OFFERS_DIR
+    names = sorted(p.stem for p in offers_dir.glob("*.csv")) if offers_dir.is_dir() else []
+    for name in names:
+        if name not in SKYPILOT_VMS_COLUMNS:
+            raise CatalogError(f"{OFFERS_DIR}/{name}.csv: unknown cloud {name!r}; offers files must be named after a "
+                               f"cloud with a known SkyPilot layout: {', '.join(sorted(SKYPILOT_VMS_COLUMNS))}")
+    return names
+
+
+def _check_cloud(cloud: str) -> str:
+    name = cloud.strip().lower()
+    if name not in SKYPILOT_VMS_COLUMNS:
+        close = difflib.get_close_matches(name, list(SKYPILOT_VMS_COLUMNS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise CatalogError(f"unknown cloud {cloud!r}{hint}; known clouds: {', '.join(sorted(SKYPILOT_VMS_COLUMNS))}")
+    return name
+
+
+def _read_offer_file(path: Path, cloud: str) -> list[tuple[int, dict[str, str]]]:
+    """Rows of an offers file whose header is exactly SkyPilot's layout for the cloud."""
+    expected = SKYPILOT_VMS_COLUMNS[cloud]
+    rows = _read_rows(path, expected)
+    with path.open(newline="", encoding="utf-8") as f:
+        header = tuple(next(csv.reader(f), []))
+    if header != expected:
+        raise CatalogError(f"{OFFERS_DIR}/{path.name}: header: columns must be exactly SkyPilot's v8 {cloud}/vms.csv "
+                           f"layout {','.join(expected)}; got {','.join(header)}")
+    return rows
+
+
+def _offer_sources(directory: Path) -> dict[str, tuple[str, str]]:
+    """cloud -> (source, retrieved date) from offer_sources.csv."""
+    path = directory / OFFER_SOURCES_FILE
+    out: dict[str, tuple[str, str]] = {}
+    for line, row in _read_rows(path, ("cloud", "source", "retrieved")):
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", row["retrieved"]):
+            raise CatalogError(f"{path.name}: line {line}, column 'retrieved': {row['retrieved']!r} is not a "
+                               f"YYYY-MM-DD date")
+        out[row["cloud"].lower()] = (row["source"], row["retrieved"])
+    return out
+
+
+def _gcp_hosts(directory: Path) -> dict[tuple[str, int], str]:
+    """(GPU, count) -> GCP host VM type, as SkyPilot's gcp_catalog pairs them."""
+    path = directory / GCP_HOSTS_FILE
+    return {(row["AcceleratorName"], _cell(path.name, line, row, "AcceleratorCount", _int)):
+            row["InstanceType"] for line, row in _read_rows(path, ("AcceleratorName", "AcceleratorCount",
+                                                                    "InstanceType"))}
+
+
+def _gpu_of(file: str, line: int, row: dict[str, str], index: dict[str, str]) -> str:
+    found = index.get(_key(row["AcceleratorName"]))
+    if found is None:
+        raise CatalogError(f"{file}: line {line}, column 'AcceleratorName': GPU {row['AcceleratorName']!r} is not in "
+                           f"{GPUS_FILE}; add it there or drop the row")
+    return found
+
+
+def _parse_offers(directory: Path, cloud: str) -> list[Offer]:
+    path = directory / OFFERS_DIR / f"{cloud}.csv"
+    file = f"{OFFERS_DIR}/{path.name}"
+    rows = _read_offer_file(path, cloud)
+    sources = _offer_sources(directory)
+    if cloud not in sources:
+        raise CatalogError(f"{OFFER_SOURCES_FILE}: no row for cloud {cloud!r}; every offers file needs its source "
+                           f"and date")
+    source, retrieved = sources[cloud]
+    index = _gpu_index(str(directory))
+
+    def price(line: int, row: dict[str, str], column: str, optional: bool) -> float | None:
+        value = _cell(file, line, row, column, float, optional=optional, positive=False)
+        if value is not None and value < 0:
+            raise CatalogError(f"{file}: line {line}, column '{column}': {row[column]!r} must be >= 0")
+        return value
+
+    def make(line: int, row: dict[str, str], host: dict[str, str] | None, host_line: int) -> Offer:
+        gpu = _gpu_of(file, line, row, index)
+        gpus = _cell(file, line, row, "AcceleratorCount", _int)
+        usd = price(line, row, "Price", optional=False)
+        spot = price(line, row, "SpotPrice", optional=True)
+        base = host if host is not None else row
+        base_line = host_line if host is not None else line
+        if host is not None:  # GCP: the host VM is priced apart; SkyPilot adds the two
+            host_usd = price(host_line, host, "Price", optional=False)
+            host_spot = price(host_line, host, "SpotPrice", optional=True)
+            usd = usd + host_usd
+            spot = None if spot is None or host_spot is None else spot + host_spot
+        if not usd > 0:
+            raise CatalogError(f"{file}: line {line}, column 'Price': the instance price must be > 0")
+        return Offer(cloud=cloud, instance_type=base["InstanceType"], gpu=gpu, gpus=gpus,
+                     vcpus=_cell(file, base_line, base, "vCPUs", float),
+                     memory_gib=_cell(file, base_line, base, "MemoryGiB", float),
+                     region=row["Region"], usd_per_hour=round(usd, 6),
+                     spot_usd_per_hour=None if spot is None else round(spot, 6),
+                     source=source, price_date=retrieved, zone=row.get("AvailabilityZone", ""))
+
+    offers_: list[Offer] = []
+    if cloud == "gcp":
+        hosts_for = _gcp_hosts(directory)
+        host_rows = {(row["InstanceType"], row["AvailabilityZone"]): (line, row) for line, row in rows
+                     if row["InstanceType"]}
+        for line, row in rows:
+            if row["InstanceType"] or not row["AcceleratorName"]:
+                continue  # host VM rows are joined below; CPU-only rows are not GPU offers
+            gpus = _cell(file, line, row, "AcceleratorCount", _int)
+            host_type = hosts_for.get((row["AcceleratorName"], gpus))
+            if host_type is None:
+                raise CatalogError(f"{file}: line {line}: no host VM for {row['AcceleratorName']}:{gpus} in "
+                                   f"{GCP_HOSTS_FILE}; add the pairing SkyPilot uses")
+            host_line, host = host_rows.get((host_type, row["AvailabilityZone"]), (0, None))
+            if host is None:
+                raise CatalogError(f"{file}: line {line}: host VM {host_type} has no row in zone "
+                                   f"{row['AvailabilityZone']}; add it (SkyPilot prices the host apart)")
+            offers_.append(make(line, row, host, host_line))
+    else:
+        for line, row in rows:
+            if row["AcceleratorName"]:
+                offers_.append(make(line, row, None, 0))
+    return offers_
+
+
+@functools.lru_cache(maxsize=16)
+def _offers_at(directory: str, cloud: str) -> tuple[Offer, ...]:
+    return tuple(_parse_offers(Path(directory), cloud))
+
+
+def clear_cache() -> None:
+    """Forget parsed catalogs (after editing the files in a running process)."""
+    _gpu_specs_at.cache_clear()
+    _gpu_index.cache_clear()
+    _offers_at.cache_clear()
+
+
+def offers(clouds: Iterable[str] | None = None, gpu_types: Iterable[str] | None = None,
+           spot: bool = False) -> list[Offer]:
+    """Every offer of the given clouds (all by default) and GPU types (names or aliases; all by default).
+
+    With `spot`, offers without a spot price are left out. Sorted by GPU (catalog order), GPUs per instance,
+    then price per hour (spot or on-demand as asked).
+    """
+    directory = str(catalog_dir())
+    wanted_clouds = [_check_cloud(c) for c in clouds] if clouds is not None else _cloud_names()
+    wanted_gpus = {canonical_gpu_name(g) for g in gpu_types} if gpu_types is not None else None
+    order = {name: i for i, name in enumerate(gpu_names())}
+    out = [o for c in wanted_clouds for o in _offers_at(directory, c)
+           if (wanted_gpus is None or o.gpu in wanted_gpus) and (not spot or o.spot_usd_per_hour is not None)]
+    out.sort(key=lambda o: (order[o.gpu], o.gpus, o.price(spot), o.cloud, o.region, o.instance_type))
+    return out
+
+
+def cheapest_offers(clouds: Iterable[str] | None = None, gpu_types: Iterable[str] | None = None,
+                    spot: bool = False, max_usd_per_hour: float | None = None) -> list[Offer]:
+    """The cheapest offer per (GPU type, GPUs per instance): the planner's menu of node shapes.
+
+    Kept per instance size, not per GPU type alone, because TP/PP need GPUs in one node: an 8-GPU node is not
+    interchangeable with eight 1-GPU nodes. `max_usd_per_hour` drops instances costing more per hour.
+    """
+    best: dict[tuple[str, int], Offer] = {}
+    for offer in offers(clouds, gpu_types, spot):  # sorted by price within (GPU, size): the first one wins
+        price = offer.price(spot)
+        if price is None or (max_usd_per_hour is not None and price > max_usd_per_hour):
+            continue
+        best.setdefault((offer.gpu, offer.gpus), offer)
+    return list(best.values())
+
+
+def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None) -> list[Path]:
+    """Write `<dest>/<cloud>/vms.csv` and `<dest>/common/accelerators.csv` (SkyPilot's v8 cache layout).
+
+    Point dest at `<home>/.sky/catalogs/v8`. Files without a `.meta/*.md5` are never refreshed by SkyPilot.
+    Other files SkyPilot reads (e.g. aws/images.csv) are the launcher's business.
+    """
+    names = [_check_cloud(c) for c in cloud_names] if cloud_names is not None else _cloud_names()
+    written: list[Path] = []
+    accelerators: dict[str, set[str]] = {}
+    for name in names:
+        for offer in _offers_at(str(catalog_dir()), name):
+            accelerators.setdefault(offer.gpu, set()).add(SKYPILOT_CLOUD_NAMES[name])
+        target = dest / name / "vms.csv"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(offer_csv_path(name), target)
+        written.append(target)
+    common = dest / "common" / "accelerators.csv"
+    common.parent.mkdir(parents=True, exist_ok=True)
+    with common.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["AcceleratorName", "Clouds"])
+        for gpu in sorted(accelerators):
+            writer.writerow([gpu, repr(sorted(accelerators[gpu]))])
+    written.append(common)
+    return written
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """What `cascadia catalog` shows: GPU specs and the cheapest offer per (GPU type, GPUs per instance)."""
+
+    gpus: tuple[GpuSpec, ...]
+    offers: tuple[Offer, ...]
+    spot: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (the `--json` output)."""
+        return {"spot": self.spot, "gpus": [g.to_dict() for g in self.gpus],
+                "cheapest_offers": [o.to_dict() for o in self.offers]}
+
+
+def catalog_view(clouds: Iterable[str] | None = None, gpu_types: Iterable[str] | None = None,
+                 spot: bool = False, max_usd_per_hour: float | None = None) -> CatalogView:
+    """GPU specs (filtered by `gpu_types`) and the cheapest offers under the filters."""
+    gpu_list = list(gpu_types) if gpu_types is not None else None
+    specs = gpu_specs()
+    names = [canonical_gpu_name(g) for g in gpu_list] if gpu_list else list(specs)
+    chosen = tuple(specs[n] for n in dict.fromkeys(names))
+    return CatalogView(gpus=chosen, offers=tuple(cheapest_offers(clouds, gpu_list or None, spot, max_usd_per_hour)),
+                       spot=spot)

@@ -65,6 +65,47 @@ def validate(
     console.print(f"Next: [bold]cascadia plan {spec_file}[/]")
 
 
+@app.command()
+def catalog(
+    cloud: list[str] = typer.Option(None, "--cloud", "-c", help="Only these clouds (repeatable): aws, gcp, ..."),
+    gpu: list[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU types (repeatable; aliases work)."),
+    spot: bool = typer.Option(False, "--spot", help="Price spot instances (offers without spot are left out)."),
+    max_price: float = typer.Option(None, "--max-price", min=0.0,
+                                    help="Leave out instances above this many USD per hour."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """List GPU types (specs) and the cheapest cloud offer per GPU type and instance size."""
+    import json
+
+    from rich.table import Table
+
+    from cascadia_sky.catalog import catalog_view
+
+    view = catalog_view(cloud or None, gpu or None, spot, max_price)
+    if as_json:
+        print(json.dumps(view.to_dict(), indent=2))
+        return
+    specs = Table(title="GPU types (dense datasheet peaks)")
+    for col in ("GPU", "vendor", "memory GB", "BF16 TFLOP/s", "FP8 TFLOP/s", "HBM TB/s", "link GB/s", "per node"):
+        specs.add_column(col, justify="left" if col in ("GPU", "vendor") else "right", overflow="fold")
+    for g in view.gpus:
+        specs.add_row(g.name, g.vendor, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}",
+                      "-" if g.fp8_tflops is None else f"{g.fp8_tflops:g}", f"{g.hbm_tb_s:g}",
+                      f"{g.interconnect_gb_s:g}", str(g.gpus_per_node))
+    console.print(specs)
+    dates = ", ".join(sorted({f"{o.cloud} {o.price_date}" for o in view.offers}))
+    table = Table(title=f"Cheapest {'spot' if spot else 'on-demand'} offer per GPU type and instance size",
+                  caption=f"prices taken on: {dates or '-'} (sources: catalogs/offers/SOURCES.md)")
+    for col in ("GPU", "GPUs", "cloud", "instance type", "region", "$/h", "$/GPU-h"):
+        table.add_column(col, justify="right" if col in ("GPUs", "$/h", "$/GPU-h") else "left", overflow="fold")
+    for o in view.offers:
+        table.add_row(o.gpu, str(o.gpus), o.cloud, o.instance_type, o.region, f"{o.price(spot):.3f}",
+                      f"{o.usd_per_gpu_hour(spot):.3f}")
+    console.print(table)
+    if not view.offers:
+        console.print("No offers match; drop a filter (--cloud, --gpu, --max-price) or --spot.")
+
+
 def main() -> None:
     """Console entry point: run the app, turning library errors into one red line."""
     debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
