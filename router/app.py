@@ -73,9 +73,10 @@ async def _until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        watcher.cancel()
         if not task.done():
             task.cancel()
-        watcher.cancel()
+            await asyncio.gather(task, return_exceptions=True)  # engine connections closed before we go on
     if task.cancelled():
         raise ClientGone
     return task.result()

@@ -47,7 +47,7 @@ class StagePool:
 
     endpoints: list[Endpoint]
     cooldown_s: float
-    _rr: int = field(default=0)
+    _rr: int = field(default=-1)
 
     @classmethod
     def of(cls, urls: list[str], cooldown_s: float, previous: StagePool | None = None) -> StagePool:
