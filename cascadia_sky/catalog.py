@@ -58,7 +58,7 @@ class GpuSpec:
     """One GPU type: what the performance model and the planner need to know about it."""
 
     name: str                     # SkyPilot's canonical accelerator name
-    memory_gb: float              # device memory, GB (10^9 bytes) as on the datasheet
+    memory_gb: float              # device memory as the datasheet states it (nominal: an "80 GB" H100 shows 81559 MiB)
     bf16_tflops: float            # dense BF16 tensor throughput, TFLOP/s
     fp8_tflops: float | None      # dense FP8 tensor throughput, TFLOP/s; None where the GPU has no FP8
     hbm_tb_s: float               # device memory bandwidth, TB/s

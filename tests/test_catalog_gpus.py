@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,18 +11,9 @@ from cascadia_sky import catalog
 from cascadia_sky.catalog import GPU_COLUMNS, GpuSpec, get_gpu, gpu_names, gpu_specs, load_gpu_specs
 from cascadia_sky.constants import CATALOG_DIR_ENV_VAR
 from cascadia_sky.errors import CatalogError
+from test_catalog_helpers import use_catalog_copy
 
 REQUIRED = ("A10G", "L4", "L40S", "A100", "A100-80GB", "H100", "H200", "B200", "MI300X")
-SHIPPED = catalog.catalog_dir()
-
-
-@pytest.fixture()
-def catalog_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the shipped catalogs, made active through CASCADIA_CATALOG_DIR."""
-    root = tmp_path / "catalogs"
-    shutil.copytree(SHIPPED, root, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    monkeypatch.setenv(CATALOG_DIR_ENV_VAR, str(root))
-    return root
 
 
 def rewrite_gpus(root: Path, edit: dict[str, dict[str, str]] | None = None, drop: str | None = None,
@@ -100,7 +90,8 @@ def test_tflops_by_precision() -> None:
     assert a100.tflops("int8") == a100.int8_tops
 
 
-def test_round_trip_of_an_edited_catalog(catalog_copy: Path) -> None:
+def test_round_trip_of_an_edited_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_copy = use_catalog_copy(tmp_path, monkeypatch)
     rewrite_gpus(catalog_copy, edit={"L4": {"memory_gb": "25", "aliases": "my-l4;l4_pcie"}})
     spec = get_gpu("my_l4")
     assert isinstance(spec, GpuSpec) and spec.name == "L4" and spec.memory_gb == 25
@@ -116,14 +107,16 @@ def test_round_trip_of_an_edited_catalog(catalog_copy: Path) -> None:
     ({"H100": {"bf16_dense_tflops": ""}}, r"gpus\.csv: line 9, column 'bf16_dense_tflops': empty"),
     ({"H200": {"aliases": "h100_sxm"}}, r"gpus\.csv: line \d+, column 'aliases': 'h100_sxm' already names 'H100'"),
 ])
-def test_malformed_cells_name_file_line_and_column(catalog_copy: Path, edit: dict[str, dict[str, str]],
-                                                   message: str) -> None:
+def test_malformed_cells_name_file_line_and_column(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   edit: dict[str, dict[str, str]], message: str) -> None:
+    catalog_copy = use_catalog_copy(tmp_path, monkeypatch)
     rewrite_gpus(catalog_copy, edit=edit)
     with pytest.raises(CatalogError, match=message):
         gpu_specs()
 
 
-def test_missing_column_and_extra_cells_are_reported(catalog_copy: Path) -> None:
+def test_missing_column_and_extra_cells_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_copy = use_catalog_copy(tmp_path, monkeypatch)
     rewrite_gpus(catalog_copy, drop="hbm_tb_s")
     with pytest.raises(CatalogError, match=r"gpus\.csv: header: missing column\(s\) hbm_tb_s"):
         gpu_specs()

@@ -13,19 +13,9 @@ import pytest
 from cascadia_sky import catalog
 from cascadia_sky.catalog import (SKYPILOT_VMS_COLUMNS, Offer, cheapest_offers, clouds, gpu_names, offer_csv_path,
                                   offers, write_skypilot_catalog)
-from cascadia_sky.constants import CATALOG_DIR_ENV_VAR
 from cascadia_sky.errors import CatalogError
+from test_catalog_helpers import SHIPPED, use_catalog_copy
 
-SHIPPED = catalog.catalog_dir()
-
-
-@pytest.fixture()
-def catalog_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private copy of the shipped catalogs, made active through CASCADIA_CATALOG_DIR."""
-    root = tmp_path / "catalogs"
-    shutil.copytree(SHIPPED, root, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
-    monkeypatch.setenv(CATALOG_DIR_ENV_VAR, str(root))
-    return root
 
 
 def raw_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -164,7 +154,8 @@ def test_write_skypilot_catalog_seeds_the_v8_layout(tmp_path: Path) -> None:
     assert listed["H100-MEGA"] == "['GCP']" and "'Lambda'" in listed["GH200"]
 
 
-def test_malformed_offer_files(catalog_copy: Path) -> None:
+def test_malformed_offer_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_copy = use_catalog_copy(tmp_path, monkeypatch)
     def bad_price(header: list[str], rows: list[dict[str, str]]) -> None:
         rows[2]["Price"] = "cheap"
     edit_offer_file(catalog_copy, "aws", bad_price)
@@ -189,7 +180,8 @@ def test_malformed_offer_files(catalog_copy: Path) -> None:
         offers(["gcp"])
 
 
-def test_missing_provenance_and_stray_files(catalog_copy: Path) -> None:
+def test_missing_provenance_and_stray_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog_copy = use_catalog_copy(tmp_path, monkeypatch)
     sources = catalog_copy / "offer_sources.csv"
     sources.write_text("\n".join(line for line in sources.read_text().splitlines()
                                  if not line.startswith("azure,")) + "\n")
