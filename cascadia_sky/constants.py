@@ -20,3 +20,9 @@ WORKLOAD_SEED = 20250604              # fixed: plans must be reproducible
 # --- spec validation -------------------------------------------------------------------------
 MAX_PIPELINE_PARALLEL = 8             # largest PP the planner considers (and the fit check allows)
 MIN_KV_CONTEXT_FRACTION = 1.0         # a model "fits" when one request of max_context tokens fits in KV memory
+
+# --- deployment MILP -------------------------------------------------------------------------
+DEPLOY_MILP_TIME_LIMIT_SECONDS = 60.0  # CBC wall-clock limit per solve; on expiry the incumbent is kept ("feasible")
+DEPLOY_MILP_GAP_REL = 0.0             # CBC relative gap; 0 = proven optimal (the tests compare with brute force)
+DEPLOY_SHARE_EPSILON_FRACTION = 0.01  # stages reached by fewer requests than this still deploy but don't bind L
+DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the optimum counts as a tie (lexicographic)

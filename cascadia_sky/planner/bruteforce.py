@@ -1,0 +1,142 @@
+"""Reference solvers that share nothing with the MILP: exhaustive enumeration and, for pool mode, an exact DP.
+
+`brute_force` tries every combination of one candidate per stage (tests only, small instances) and applies the
+same lexicographic goal as `deploy.solve` (see `verify.objective_values`). `dp_pool` solves pool mode exactly by
+dynamic programming over stages and GPUs used, which scales to the benchmark's 256-GPU pools, so the MILP's
+optimum can be cross-checked where enumeration is out of reach.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+import time
+
+from cascadia_sky.errors import PlanError
+from cascadia_sky.planner.deploy import (
+    Candidate,
+    DeployProblem,
+    DeployResult,
+    DeployStatus,
+    validate_problem,
+)
+from cascadia_sky.planner.verify import (
+    binding_stages,
+    evaluate,
+    objective_values,
+    tie_bound,
+    violations,
+    within,
+)
+
+BRUTE_FORCE_MAX_PLANS = 200_000
+
+
+def _best_plan(problem: DeployProblem, *, pool_relaxed: bool) -> tuple[Candidate, ...] | None:
+    """Lexicographic optimum over all feasible plans: minimal primary, then minimal tie-break among ties."""
+    scored = [(objective_values(problem, plan), plan) for plan in itertools.product(*problem.candidates)
+              if not violations(problem, plan, pool_relaxed=pool_relaxed)]
+    if not scored:
+        return None
+    bound = tie_bound(min(primary for (primary, _), _ in scored))
+    return min(((tie, plan) for (primary, tie), plan in scored if primary <= bound), key=lambda tp: tp[0])[1]
+
+
+def brute_force(problem: DeployProblem) -> DeployResult:
+    """The optimum by enumerating every plan; pool mode falls back to sum <= N exactly like `deploy.solve`."""
+    validate_problem(problem)
+    plans = math.prod(len(stage) for stage in problem.candidates)
+    if plans > BRUTE_FORCE_MAX_PLANS:
+        raise PlanError(f"brute force: {plans} plans exceed {BRUTE_FORCE_MAX_PLANS}; use a smaller instance")
+    start = time.perf_counter()
+    relaxed = False
+    plan = _best_plan(problem, pool_relaxed=False)
+    if plan is None and problem.mode == "pool":
+        relaxed = True
+        plan = _best_plan(problem, pool_relaxed=True)
+    wall = time.perf_counter() - start
+    if plan is None:
+        return DeployResult(status=DeployStatus.INFEASIBLE, chosen=(), latency_s=math.inf, usd_per_hour=0.0, gpus=0,
+                            wall_s=wall, binding={}, reason="no plan satisfies the constraints (brute force)")
+    m = evaluate(problem, plan)
+    return DeployResult(status=DeployStatus.OPTIMAL, chosen=plan, latency_s=m.latency_s,
+                        usd_per_hour=m.usd_per_hour, gpus=m.gpus, wall_s=wall, binding={"method": "brute-force"},
+                        pool_relaxed=relaxed)
+
+
+def dp_pool(problem: DeployProblem) -> tuple[float, bool] | None:
+    """(optimal L, pool_relaxed) of a pool-mode problem by DP over (stage, GPUs used); None when infeasible.
+
+    best[g] = the least objective over stages 0..i using exactly g GPUs, combining binding stages' latencies
+    with + (e2e; K is a prefix since shares do not increase) or max (max-stage); stages outside K add nothing.
+    GPUs are capped by N and by the pool type's quota; the SLO is checked on the optimum (L is minimised).
+    """
+    validate_problem(problem)
+    if problem.mode != "pool" or problem.budget_usd_per_hour is not None:
+        raise PlanError("dp_pool: only for pool-mode problems without a budget; use deploy.solve")
+    cap = min([problem.pool_gpus] + [q for t, q in problem.quotas.items()
+                                     if t == problem.pool_gpu_type or problem.pool_gpu_type is None])
+    combine = max if problem.objective == "max-stage" else (lambda a, b: a + b)
+    binds = set(binding_stages(problem))
+    best: dict[int, float] = {0: 0.0}
+    for i, stage in enumerate(problem.candidates):
+        nxt: dict[int, float] = {}
+        for g, value in best.items():
+            for c in stage:
+                if math.isfinite(c.p95_latency_s) and g + c.gpus <= cap:
+                    v = combine(value, c.p95_latency_s) if i in binds else value
+                    if v < nxt.get(g + c.gpus, math.inf):
+                        nxt[g + c.gpus] = v
+        best = nxt
+    slo = problem.slo_p95_s
+
+    def ok(v: float) -> bool:
+        return slo is None or within(v, slo)
+
+    if problem.pool_gpus in best and ok(best[problem.pool_gpus]):
+        return best[problem.pool_gpus], False
+    # sum <= N: the relaxation is used only when no sum = N plan meets the SLO
+    feasible = [v for v in best.values() if ok(v)]
+    return (min(feasible), True) if feasible else None
+
+
+def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goal: str = "min-latency",
+                   stages: int = 3, per_stage: int = 6, quotas: bool = False, budget: bool = False,
+                   slo: bool = False, share_epsilon: float = 0.05) -> DeployProblem:
+    """A small seeded instance for brute-force comparisons: duplicates and dominated candidates on purpose,
+    some infinite latencies, shares that drop below epsilon, and tight pools, budgets, quotas and SLOs.
+
+    Latencies are multiples of 1/8 s and prices multiples of $0.5/h, so sums are exact and ties are real ties.
+    """
+    rng = random.Random(seed)
+    types = {"A": (8, 4.0), "B": (4, 2.0), "C": (1, 1.0)} if mode == "cloud" else {"H100": (8, 0.0)}
+    table = []
+    for i in range(stages):
+        cands = []
+        for j in range(per_stage):
+            gpu_type = rng.choice(sorted(types))
+            gpi, usd_per_gpu = types[gpu_type]
+            tp, pp, replicas = min(rng.choice([1, 2]), gpi), rng.choice([1, 2]), rng.randint(1, 3)
+            gpus = tp * pp * replicas
+            speed = {"A": 1.6, "B": 1.2, "C": 1.0, "H100": 1.0}[gpu_type] * gpus ** 0.7 * rng.uniform(0.6, 1.4)
+            latency = math.inf if rng.random() < 0.1 else max(1, round(8 * (1 + i) * 2.0 / speed)) / 8
+            usd = max(1, round(2 * usd_per_gpu * gpus * rng.choice([0.5, 1.0, 1.0, 1.5]))) / 2 if usd_per_gpu else 0.0
+            cands.append(Candidate(stage=i, gpu_type=gpu_type, tp=tp, pp=pp, replicas=replicas, gpus=gpus,
+                                   p95_latency_s=latency, usd_per_hour=usd, key=f"s{i}_{gpu_type}_tp{tp}_pp{pp}"
+                                   f"_r{replicas}_{j}", gpus_per_instance=gpi if mode == "cloud" else None,
+                                   instances=replicas * math.ceil(tp * pp / gpi) if mode == "cloud" else None))
+        table.append(tuple(cands))
+    shares = [1.0]
+    for _ in range(stages - 1):
+        shares.append(shares[-1] * rng.choice([1.0, 0.5, 0.25, 0.03]))
+    cost_lo = sum(min(c.usd_per_hour for c in s) for s in table)
+    cost_hi = sum(max(c.usd_per_hour for c in s) for s in table)
+    return DeployProblem(
+        candidates=tuple(table), shares=tuple(shares), mode=mode, objective=objective, goal=goal,
+        pool_gpus=rng.randint(stages, 5 * stages) if mode == "pool" else None,
+        pool_gpu_type="H100" if mode == "pool" else None,
+        budget_usd_per_hour=round(rng.uniform(cost_lo * 0.9, (cost_lo + cost_hi) / 2) * 2) / 2 if budget else None,
+        slo_p95_s=rng.randint(4, 8 * 3 * stages) / 8 if slo else None,
+        quotas={t: rng.randint(2, 4 * stages) for t in sorted(types) if rng.random() < 0.6} if quotas else {},
+        share_epsilon=share_epsilon)

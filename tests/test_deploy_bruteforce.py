@@ -1,0 +1,130 @@
+"""The deployment MILP's optimum equals exhaustive enumeration on every instance small enough to enumerate.
+
+Seeded random instances (2-4 stages, 6 candidates each with duplicates, dominated and infinite-latency ones) in pool
+and cloud mode, both objectives, both goals, with quotas, budgets, SLOs, shares below epsilon, relaxed pools and
+infeasible cases. Both answers must pass `verify`, agree on feasibility and on (primary, tie-break) values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+import pytest
+
+from cascadia_sky.planner.bruteforce import brute_force, dp_pool, random_problem
+from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, reduce_candidates, solve
+from cascadia_sky.planner.verify import objective_values, verify
+
+CONFIGS = {
+    "pool-e2e": dict(mode="pool"),
+    "pool-e2e-slo-quota": dict(mode="pool", slo=True, quotas=True),
+    "pool-max-stage": dict(mode="pool", objective="max-stage"),
+    "pool-max-stage-slo": dict(mode="pool", objective="max-stage", slo=True),
+    "cloud-latency-budget-quota": dict(mode="cloud", budget=True, quotas=True),
+    "cloud-latency-max-stage-budget-slo": dict(mode="cloud", objective="max-stage", budget=True, slo=True),
+    "cloud-latency-unbounded": dict(mode="cloud", quotas=True),
+    "cloud-cost-slo-quota": dict(mode="cloud", goal="min-cost", slo=True, quotas=True),
+    "cloud-cost-max-stage-slo-budget": dict(mode="cloud", goal="min-cost", objective="max-stage", slo=True,
+                                            budget=True),
+}
+SEEDS = range(40)
+
+
+def instance(config: str, seed: int) -> DeployProblem:
+    return random_problem(seed, stages=2 + seed % 3, **CONFIGS[config])
+
+
+def assert_same_optimum(problem: DeployProblem, got: DeployResult, want: DeployResult) -> None:
+    assert (got.status == DeployStatus.INFEASIBLE) == (want.status == DeployStatus.INFEASIBLE), (got, want)
+    if want.status == DeployStatus.INFEASIBLE:
+        assert got.chosen == () and got.reason
+        return
+    assert got.status == DeployStatus.OPTIMAL
+    assert verify(problem, got) == []
+    assert verify(problem, want) == []
+    assert got.pool_relaxed == want.pool_relaxed
+    for a, b in zip(objective_values(problem, got.chosen), objective_values(problem, want.chosen), strict=True):
+        assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9), (got.chosen, want.chosen)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_milp_equals_brute_force(config: str, seed: int) -> None:
+    problem = instance(config, seed)
+    assert_same_optimum(problem, solve(problem), brute_force(problem))
+
+
+def test_random_instances_cover_every_outcome() -> None:
+    """The instances above are not all easy: they include infeasible, relaxed-pool and sub-epsilon cases."""
+    outcomes = set()
+    for config in CONFIGS:
+        for seed in SEEDS:
+            problem = instance(config, seed)
+            result = brute_force(problem)
+            outcomes.add((problem.mode, result.status, result.pool_relaxed))
+            if min(problem.shares) < problem.share_epsilon and result.chosen:
+                outcomes.add("below-epsilon")
+    assert outcomes >= {("pool", DeployStatus.OPTIMAL, False), ("pool", DeployStatus.OPTIMAL, True),
+                        ("pool", DeployStatus.INFEASIBLE, False), ("cloud", DeployStatus.OPTIMAL, False),
+                        ("cloud", DeployStatus.INFEASIBLE, False), "below-epsilon"}
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_reduction_keeps_the_optimum(config: str) -> None:
+    """Brute force over the reduced table finds the same optimum as over the full table, and reduction bites."""
+    before = after = 0
+    for seed in SEEDS:
+        problem = instance(config, seed)
+        reduced = reduce_candidates(problem)
+        before += sum(len(s) for s in problem.candidates)
+        after += sum(len(s) for s in reduced)
+        assert all(c in full for stage, full in zip(reduced, problem.candidates, strict=True) for c in stage)
+        assert_same_optimum(problem, brute_force(dataclasses.replace(problem, candidates=reduced)),
+                            brute_force(problem))
+    assert after < before
+
+
+@pytest.mark.parametrize("config", ["pool-e2e-slo-quota", "cloud-latency-budget-quota", "cloud-cost-slo-quota"])
+def test_unreduced_milp_equals_reduced(config: str) -> None:
+    for seed in SEEDS[:8]:
+        problem = instance(config, seed)
+        assert_same_optimum(problem, solve(problem, reduce=False), solve(problem))
+
+
+def test_dp_agrees_with_brute_force_on_small_pools() -> None:
+    for config in ("pool-e2e", "pool-e2e-slo-quota", "pool-max-stage", "pool-max-stage-slo"):
+        for seed in SEEDS:
+            problem = instance(config, seed)
+            want = brute_force(problem)
+            got = dp_pool(problem)
+            if want.status == DeployStatus.INFEASIBLE:
+                assert got is None
+            else:
+                assert got == pytest.approx((want.latency_s, want.pool_relaxed))
+
+
+def large_pool(seed: int, objective: str, pool_gpus: int) -> DeployProblem:
+    """3 stages, one or two strategies for every GPU count 1..40 (some infinite), shares dropping below epsilon."""
+    rng = random.Random(seed)
+    table = []
+    for i in range(3):
+        table.append(tuple(
+            Candidate(stage=i, gpu_type="H100", tp=1, pp=1, replicas=g, gpus=g, key=f"s{i}_r{g}_{v}", usd_per_hour=0.0,
+                      p95_latency_s=math.inf if g < 2 * i or rng.random() < 0.05
+                      else round(8 * (i + 1) * 20 / g ** rng.uniform(0.5, 0.9)) / 8)
+            for g in range(1, 41) for v in range(2)))
+    return DeployProblem(candidates=tuple(table), shares=(1.0, 0.4, rng.choice([0.2, 0.01])), pool_gpus=pool_gpus,
+                         pool_gpu_type="H100", objective=objective, slo_p95_s=rng.choice([None, 30.0]))
+
+
+@pytest.mark.parametrize("objective", ["e2e", "max-stage"])
+@pytest.mark.parametrize("seed", range(4))
+def test_milp_equals_dp_on_larger_pools(objective: str, seed: int) -> None:
+    """Pools of 48-96 GPUs with 80 candidates per stage: far beyond enumeration, exact by DP."""
+    problem = large_pool(seed, objective, pool_gpus=48 + 16 * seed)
+    result = solve(problem)
+    want = dp_pool(problem)
+    assert want is not None and result.status == DeployStatus.OPTIMAL and verify(problem, result) == []
+    assert (result.latency_s, result.pool_relaxed) == pytest.approx(want)
