@@ -106,6 +106,32 @@ def catalog(
         console.print("No offers match; drop a filter (--cloud, --gpu, --max-price) or --spot.")
 
 
+@app.command()
+def router(
+    plan: str = typer.Option(None, "--plan", help="plan.json (written by `cascadia plan`); give --endpoint or "
+                                                  "--local-engines"),
+    config: str = typer.Option(None, "--config", help="A router config file (YAML/JSON) instead of a plan."),
+    endpoint: list[str] = typer.Option(None, "--endpoint", "-e", help="STAGE=URL[,URL...] (repeatable)."),
+    local_engines: bool = typer.Option(False, "--local-engines",
+                                       help="Start bundled local engines (xllamacpp) for the plan's stages."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (non-loopback needs API keys)."),
+    port: int = typer.Option(8800, "--port"),
+    api_keys_file: str = typer.Option(None, "--api-keys-file", help="Bearer keys for /v1, one per line."),
+    admin_key_file: str = typer.Option(None, "--admin-key-file", help="The key for /admin (hot swap)."),
+) -> None:
+    """Serve the cascade as an OpenAI-compatible endpoint (clients change only their base_url)."""
+    from pathlib import Path
+
+    from cascadia_sky.engines.local_router import run_router
+    from cascadia_sky.errors import UserInputError
+
+    if (plan is None) == (config is None):
+        raise UserInputError("give exactly one of --plan plan.json or --config router.yaml")
+    console.print(f"router for {plan or config} on http://{host}:{port}/v1 (Ctrl-C stops)")
+    run_router(Path(plan or config), endpoint or [], local_engines=local_engines, host=host, port=port,
+               api_keys_file=api_keys_file, admin_key_file=admin_key_file)
+
+
 def main() -> None:
     """Console entry point: run the app, turning library errors into one red line."""
     debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")
