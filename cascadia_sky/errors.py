@@ -33,12 +33,12 @@ class ProfileError(SpecError):
     """A bad quality profile CSV: names the file, the line and column, and the fix."""
 
 
-class CatalogError(CascadiaError):
-    """A catalog lookup failed (unknown GPU, malformed catalog file)."""
+class CatalogError(UserInputError):
+    """A catalog lookup failed (unknown GPU or cloud, malformed catalog file). Exit code 2."""
 
 
-class ModelError(CascadiaError):
-    """An unknown model or an unreadable model config."""
+class ModelError(UserInputError):
+    """An unknown model or an unreadable model config. Exit code 2."""
 
 
 class PerfError(CascadiaError):

@@ -130,7 +130,7 @@ CROSS_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("context beyond model", lambda d: d["stages"][0].__setitem__("max_context", 1_000_000),
      "stages[0].max_context", "maximum context"),
     ("pinned gpu not allowed", lambda d: d["stages"][0].__setitem__("gpu_types", ["A100-80GB"]),
-     "stages[0].gpu_types", "not allowed"),
+     "stages[0].gpu_types", "is allowed by resources"),
 ]
 
 
