@@ -205,7 +205,7 @@ def _pareto(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candida
     """
     def resource_class(c: Candidate) -> tuple[int, str, int]:
         if problem.mode == "pool":
-            return (1, "", c.gpus)
+            return (1, c.gpu_type, c.gpus)
         return (1, c.gpu_type, c.gpus) if c.gpu_type in problem.quotas else (0, "", 0)
 
     order = sorted(cands, key=lambda c: (c.p95_latency_s, c.usd_per_hour, resource_class(c), c.key))
@@ -251,7 +251,7 @@ class _Model:
     latency: pulp.LpVariable                      # L
 
     def expr(self, coef: Any, stages: Sequence[int] | None = None) -> pulp.LpAffineExpression:
-        """sum over stages (default: all) of sum_c coef(c) x[c]; coef may also take the stage index."""
+        """sum over stages i (default: all) of sum_{c in C_i} coef(i, c) x[c]."""
         import pulp
         stages = range(len(self.cands)) if stages is None else stages
         return pulp.LpAffineExpression([(self.x[i, j], coef(i, c)) for i in stages
@@ -396,7 +396,9 @@ def _solve_core(problem: DeployProblem, *, reduce: bool) -> tuple[DeployStatus, 
 def solve(problem: DeployProblem, *, reduce: bool = True) -> DeployResult:
     """The optimal deployment, or a result whose status and reason say why there is none. Never None.
 
-    `reduce=False` skips dominance reduction (for benchmarks and tests; the optimum is the same).
+    `reduce=False` skips dominance reduction (for benchmarks and tests; the optimum is the same). The time
+    limit covers the solve (pool mode: sum = N, then sum <= N); diagnosing an infeasible problem re-solves it once
+    per active constraint, each with the same limit.
     """
     start = time.perf_counter()
     validate_problem(problem)
