@@ -13,6 +13,19 @@ DEFAULT_HOME_DIRNAME = ".cascadia"
 # --- catalogs --------------------------------------------------------------------------------
 CATALOG_DIR_ENV_VAR = "CASCADIA_CATALOG_DIR"  # a directory laid out like catalogs/ that replaces the shipped one
 
+# --- performance model (vLLM engine defaults it assumes) -------------------------------------
+VLLM_GPU_MEMORY_UTILIZATION = 0.90         # vLLM's default share of GPU memory it may use
+VLLM_RUNTIME_RESERVE_GIB = 1.5             # CUDA context, NCCL and custom all-reduce buffers, CUDA graphs
+VLLM_LARGE_GPU_MIN_GIB = 70                # vLLM's larger scheduler defaults apply from this memory (A100 excepted)
+VLLM_MAX_BATCHED_TOKENS_LARGE_GPU = 8192   # tokens per engine step (chunked prefill budget), OpenAI server
+VLLM_MAX_BATCHED_TOKENS_SMALL_GPU = 2048
+VLLM_MAX_NUM_SEQS_LARGE_GPU = 1024         # running requests per engine
+VLLM_MAX_NUM_SEQS_SMALL_GPU = 256
+VLLM_REQUEST_OVERHEAD_MS = 25.0           # per request before its first token: HTTP, tokenisation, engine IPC,
+                                           # detokenising and streaming the first token
+BENCHMARK_PROMPTS_PER_CLIENT = 10          # closed-loop benchmarks send about this many prompts per concurrency
+                                           # slot (aiconfigurator's silicon runs); sets the cold-start TTFT share
+
 # --- workload --------------------------------------------------------------------------------
 WORKLOAD_SAMPLE_COUNT = 4000          # length samples drawn for rate + distribution workloads
 WORKLOAD_SEED = 20250604              # fixed: plans must be reproducible

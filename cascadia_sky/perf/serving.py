@@ -1,0 +1,322 @@
+"""Serving a workload on a vLLM replica: continuous batching with chunked prefill, closed and open loop.
+
+Notation: `T(b, p)` is the step time of `step.py` for b decode and p prefill tokens; q = budget - b the prefill
+room of a step (vLLM schedules running decodes first); pp the pipeline depth (pp microbatches of b = B/pp requests
+are in flight, each stage doing 1/pp of the work, so prefill work is shared by pp stages).
+
+Per request, prefill is chunked: `ttft_pf(isl) = sum_j T(b, chunk_j)` (chunks of q tokens), and the extra time it
+adds to the engine is `dT(isl) = sum_j [T(b, chunk_j) - T(b, 0)]`.
+
+Decode: B requests decoding, arrivals lambda per second. Prefill takes a share rho = lambda * E[dT] / pp of the
+engine's time, so one decode step lasts on average
+
+    s = T(B/pp, 0) / (1 - rho)          (= TPOT; the prefills of others stall my decode steps)
+
+and Little's law closes the loop: lambda * E[osl] = B / s. B is capped by the KV cache (requests hold on average
+isl + osl/2 tokens) and by vLLM's max_num_seqs; the rate at the cap is the replica's highest sustainable rate.
+
+Closed loop (a benchmark with C clients): B = min(C, cap), lambda = B / (ttft + (osl - 1) s). The C - B requests
+over the cap wait W = (C - B)/B * (ttft + (osl - 1) s); vLLM pays the prompt's share f = isl / (isl + osl/2) of
+it before the first token (no blocks for the prompt) and the rest as preemption stalls while decoding. TTFT adds
+the residual of the running step (s/2) and an M/D/1 wait for the prefill server (rho * dT / (2 (1 - rho))).
+A benchmark starts all C clients at once; with N prompts per client, 1/N of the requests see that cold start
+(all C prompts queued, chunks of `budget` tokens served in order).
+
+Open loop (Poisson arrivals, lengths drawn from a distribution, DP replicas sharing the rate evenly): B solves
+Little's law on a grid; TTFT_i = s/2 + ttft_pf(isl_i) + waits, e2e_i = TTFT_i + (osl_i - 1) s. Two random waits
+are added: the prefill queue (M/G/1: P(wait) = rho, mean lambda E[S^2] / (2 (1 - rho)) with S = dT/pp) and, near
+the cap, admission to one of c = cap slots (M/M/c, Sakasegawa: P(wait) = u^sqrt(2(c+1)), conditional mean
+D / (c (1 - u)), u = lambda / lambda_max, D the mean time in service). Percentiles of e2e are those of the mixture
+of the per-request deterministic part and these exponential waits.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cascadia_sky.constants import VLLM_REQUEST_OVERHEAD_MS
+from cascadia_sky.errors import PerfError
+from cascadia_sky.perf.step import Deployment, StepModel, max_running, step_model
+
+_GRID = 48                # B grid points for the open-loop fixed point
+_REQUEST_S = VLLM_REQUEST_OVERHEAD_MS * 1e-3
+_CELLS = 16               # quantile bins per length axis when compressing a length distribution
+
+
+@dataclass(frozen=True)
+class ClosedLoopEstimate:
+    """A closed-loop benchmark's mean figures (C clients, fixed lengths), as vLLM's benchmark reports them."""
+
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    running: float                 # requests decoding at once (capped by KV cache and max_num_seqs)
+    throughput_rps: float
+    output_tokens_per_s: float
+    kv_limited: bool               # some clients wait for KV-cache room
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """Input and output token lengths of requests: samples, optionally weighted."""
+
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    weights: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        i = np.asarray(self.input_tokens, dtype=float).ravel()
+        o = np.asarray(self.output_tokens, dtype=float).ravel()
+        if i.size == 0 or i.shape != o.shape:
+            raise PerfError("LengthDist: input_tokens and output_tokens must be non-empty and of equal length")
+        w = np.ones_like(i) if self.weights is None else np.asarray(self.weights, dtype=float).ravel()
+        if w.shape != i.shape or np.any(w < 0) or w.sum() <= 0:
+            raise PerfError("LengthDist: weights must be non-negative, one per sample, not all zero")
+        object.__setattr__(self, "input_tokens", np.maximum(i, 1.0))
+        object.__setattr__(self, "output_tokens", np.maximum(o, 1.0))
+        object.__setattr__(self, "weights", w / w.sum())
+
+    @classmethod
+    def fixed(cls, isl: int, osl: int) -> LengthDist:
+        """Every request has the same lengths."""
+        return cls(np.array([float(isl)]), np.array([float(osl)]))
+
+    @functools.cached_property
+    def cells(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """At most _CELLS^2 weighted (isl, osl) points: quantile bins, each at its weighted mean."""
+        i, o, w = self.input_tokens, self.output_tokens, self.weights
+        assert w is not None
+        if i.size <= _CELLS * _CELLS:
+            return i, o, w
+        q = np.linspace(0, 1, _CELLS + 1)[1:-1]
+        ci = np.searchsorted(np.unique(np.quantile(i, q)), i, side="right")
+        co = np.searchsorted(np.unique(np.quantile(o, q)), o, side="right")
+        cell = ci * (_CELLS + 1) + co
+        size = (_CELLS + 1) ** 2
+        cw = np.bincount(cell, w, size)
+        keep = cw > 0
+        return (np.bincount(cell, w * i, size)[keep] / cw[keep], np.bincount(cell, w * o, size)[keep] / cw[keep],
+                cw[keep])
+
+
+@dataclass(frozen=True)
+class OpenLoopEstimate:
+    """Latency of Poisson traffic on one replica (figures in seconds; percentiles over requests)."""
+
+    ttft_p50_s: float
+    ttft_mean_s: float
+    tpot_s: float
+    e2e_p50_s: float
+    e2e_p95_s: float
+    max_rate_rps: float            # highest sustainable rate per replica
+    utilization: float             # rate per replica / max_rate_rps
+    stable: bool
+    running: float                 # mean requests decoding at once
+
+
+def _checked(dep: Deployment) -> StepModel:
+    sm = step_model(dep)
+    if sm.invalid:
+        raise PerfError(sm.invalid)
+    if sm.kv_avail_bytes <= 0:
+        raise PerfError(f"{dep.model.name} ({dep.precision}) leaves no KV-cache memory on {dep.tp * dep.pp} x "
+                        f"{dep.gpu.name}; use more GPUs or a lower precision")
+    return sm
+
+
+def _prefill(sm: StepModel, b: float | np.ndarray, isl: np.ndarray, c_dec: float) -> tuple[np.ndarray, np.ndarray]:
+    """(time to the first token, extra engine time) of prefilling prompts of `isl` tokens beside b decodes."""
+    q = np.maximum(sm.budget_tokens - b, 1.0)
+    full = np.floor(isl / q)
+    rest = isl - full * q
+    span = isl / 2.0
+    base = sm.step_time(b, 0.0, c_dec, 0.0)
+    t_full = sm.step_time(b, q, c_dec, span, b + 0.0)
+    t_rest = np.where(rest > 0, sm.step_time(b, rest, c_dec, span, b + 1.0), 0.0)
+    ttft = full * t_full + t_rest
+    extra = full * (t_full - base) + np.where(rest > 0, t_rest - base, 0.0)
+    return ttft, np.maximum(extra, 0.0)
+
+
+def closed_loop(dep: Deployment, concurrency: int, isl: int, osl: int,
+                prompts_per_client: float | None = None) -> ClosedLoopEstimate:
+    """Mean TTFT and TPOT of C clients each sending one request after another (fixed isl/osl).
+
+    `prompts_per_client` (the benchmark's prompts / concurrency) adds the cold start of a benchmark where all
+    clients start together; None gives the steady state.
+    """
+    if concurrency < 1 or isl < 1 or osl < 1:
+        raise PerfError(f"concurrency, isl and osl must be >= 1 (got {concurrency}, {isl}, {osl})")
+    sm = _checked(dep)
+    pp = dep.pp
+    footprint = isl + osl / 2.0
+    cap_kv = max_running(sm, footprint)
+    if cap_kv < 1.0 and sm.request_kv_bytes(isl + osl) > sm.kv_avail_bytes:
+        raise PerfError(f"one {isl}+{osl}-token request does not fit the KV cache of {dep.model.name} on "
+                        f"{dep.gpus} x {dep.gpu.name}; use more GPUs or a lower precision")
+    cap = max(1.0, cap_kv)
+    running = min(float(concurrency), cap)
+    b = running / pp
+    c_dec = footprint
+    ttft, s = _steady(sm, running, isl, osl, c_dec)
+    e2e_run = ttft + (osl - 1) * s
+    ttft_out, tpot_out = ttft, s
+    kv_limited = concurrency > cap + 1e-9
+    if kv_limited:
+        wait = (concurrency - cap) / cap * e2e_run
+        share = 1.0 if cap >= sm.max_seqs else isl / footprint
+        ttft_out += share * wait
+        if osl > 1:
+            tpot_out += (1 - share) * wait / (osl - 1)
+    if prompts_per_client:
+        ttft_out = ttft_out * (1 - 1 / prompts_per_client) + _cold_start(sm, concurrency, isl, osl, cap) \
+            / prompts_per_client
+    e2e = ttft_out + (osl - 1) * tpot_out
+    return ClosedLoopEstimate(ttft_s=ttft_out, tpot_s=tpot_out, e2e_s=e2e, running=running,
+                              throughput_rps=concurrency / e2e, output_tokens_per_s=concurrency * osl / e2e,
+                              kv_limited=kv_limited)
+
+
+def _steady(sm: StepModel, running: float, isl: int, osl: int, c_dec: float) -> tuple[float, float]:
+    """(TTFT, TPOT) of `running` clients in steady state: solve for the prefill share rho by bisection.
+
+    rho -> s = T0/(1 - rho), TTFT = s/2 + pf + rho a/(2(1 - rho)), D = TTFT + (osl-1) s, and the others'
+    prefills imply rho' = (running - 1) a / D, decreasing in rho; the fixed point rho' = rho is unique.
+    """
+    pp = sm.dep.pp
+    b = running / pp
+    t0 = float(sm.step_time(b, 0.0, c_dec, 0.0))
+    pf_a, extra_a = _prefill(sm, b, np.array([float(isl)]), c_dec)
+    pf, a = float(pf_a[0]), float(extra_a[0]) / pp
+
+    def times(rho: float) -> tuple[float, float]:
+        s = t0 / (1.0 - rho)
+        return _REQUEST_S + s / 2 + pf + rho * a / (2 * (1.0 - rho)), s
+
+    lo, hi = 0.0, 0.999
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        ttft, s = times(mid)
+        implied = (running - 1) * a / (ttft + (osl - 1) * s)
+        lo, hi = (mid, hi) if implied > mid else (lo, mid)
+    return times(lo)
+
+
+def _cold_start(sm: StepModel, concurrency: int, isl: int, osl: int, cap: float) -> float:
+    """Mean TTFT of the first round: all prompts queued at once, served in budget-sized chunks in order."""
+    admitted = int(min(concurrency, max(1.0, sm.kv_avail_bytes / float(sm.request_kv_bytes(isl + 1)))))
+    j = np.arange(1, admitted + 1, dtype=float)
+    chunk = float(min(sm.budget_tokens, admitted * isl))
+    steps = np.ceil(j * isl / sm.budget_tokens)
+    decoding = np.clip((steps - 1) * sm.budget_tokens / isl, 0, cap) / sm.dep.pp
+    t_chunk = sm.step_time(decoding, chunk, isl + 1.0, isl / 2.0, decoding + 1.0)
+    # cumulative time: each step costs its own chunk time
+    per_step = np.zeros(int(steps[-1]) + 1)
+    np.maximum.at(per_step, steps.astype(int), t_chunk)
+    done = np.cumsum(per_step)[steps.astype(int)]
+    first = float(done.mean())
+    if concurrency > admitted:   # the rest start when the first ones finish
+        first += (concurrency - admitted) / concurrency * (osl * float(sm.step_time(cap / sm.dep.pp, 0, isl + osl / 2,
+                                                                                    0)))
+    return first
+
+
+def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: int = 1) -> OpenLoopEstimate:
+    """Latency percentiles and capacity of `replicas` identical replicas sharing Poisson traffic of `rate_rps`."""
+    if replicas < 1 or rate_rps < 0 or not math.isfinite(rate_rps):
+        raise PerfError(f"replicas must be >= 1 and rate_rps finite and >= 0 (got {replicas}, {rate_rps})")
+    sm = _checked(dep)
+    pp = dep.pp
+    isl, osl, w = lengths.cells
+    lam = rate_rps / replicas
+    osl_m = float(w @ osl)
+    c_dec = float(w @ (osl * (isl + osl / 2))) / osl_m
+    cap = max_running(sm, c_dec)
+    if cap < 1.0:
+        raise PerfError(f"the KV cache of {dep.model.name} on {dep.gpus} x {dep.gpu.name} holds less than one "
+                        f"mean request ({c_dec:.0f} tokens); use more GPUs or a lower precision")
+    # E[dT](B) is nearly linear in B: evaluate at both ends of the grid
+    _, ex0 = _prefill(sm, 0.0, isl, c_dec)
+    _, ex1 = _prefill(sm, cap / pp, isl, c_dec)
+    e0, e1 = float(w @ ex0), float(w @ ex1)
+    grid = cap * np.geomspace(1e-3, 1.0, _GRID)
+    t0 = sm.step_time(grid / pp, 0.0, c_dec, 0.0)
+    ex = e0 + (e1 - e0) * grid / cap
+    # tokens/s at batch B and rate lam: B (1 - lam E[dT]/pp) / T0(B) must reach lam * osl_m
+    max_rate = float(cap / (osl_m * t0[-1] + cap * ex[-1] / pp))
+    util = lam / max_rate if max_rate > 0 else math.inf
+    stable = util < 1.0
+    supply = grid * (1.0 - lam * ex / pp) / t0
+    k = int(np.searchsorted(supply, lam * osl_m)) if stable else _GRID - 1
+    if k <= 0:
+        bstar, frac = float(grid[0]), 0.0
+    elif k >= _GRID:
+        bstar, frac = cap, 1.0
+    else:
+        lo, hi = supply[k - 1], supply[k]
+        frac = float((lam * osl_m - lo) / (hi - lo)) if hi > lo else 1.0
+        bstar = float(grid[k - 1] + frac * (grid[k] - grid[k - 1]))
+    rho = min(lam * (e0 + (e1 - e0) * bstar / cap) / pp, 0.99)
+    tpot = float(sm.step_time(bstar / pp, 0.0, c_dec, 0.0)) / (1.0 - rho)
+    pf, exb = _prefill(sm, bstar / pp, isl, c_dec)
+    if not stable:
+        inf = math.inf
+        return OpenLoopEstimate(inf, inf, tpot, inf, inf, max_rate, util, False, cap)
+    serv = exb / pp
+    ttft_det = _REQUEST_S + tpot / 2 + pf
+    d = ttft_det + (osl - 1) * tpot
+    # random waits: prefill queue (p1, m1) and admission to a slot (p2, m2)
+    p1 = rho
+    m1 = float(lam * (w @ serv**2) / (2 * (1 - rho))) / p1 if p1 > 1e-9 else 0.0
+    service = float(w @ d)
+    p2 = util ** math.sqrt(2 * (cap + 1)) if util > 0 else 0.0
+    m2 = service / (cap * (1 - util)) if p2 > 1e-12 else 0.0
+    mean_wait = p1 * m1 + p2 * m2
+    ttft_p50 = _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
+    e2e_p50 = _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
+    e2e_p95 = _mixture_quantile(d, w, 0.95, p1, m1, p2, m2)
+    return OpenLoopEstimate(ttft_p50_s=ttft_p50, ttft_mean_s=float(w @ ttft_det) + mean_wait, tpot_s=tpot,
+                            e2e_p50_s=e2e_p50, e2e_p95_s=e2e_p95, max_rate_rps=max_rate, utilization=util,
+                            stable=True, running=bstar)
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    cw = np.cumsum(w[order])
+    return float(x[order][min(int(np.searchsorted(cw, q * cw[-1])), x.size - 1)])
+
+
+def _wait_cdf(t: np.ndarray, p1: float, m1: float, p2: float, m2: float) -> np.ndarray:
+    """P(W <= t) for W = X + Y, X = Exp(m1) w.p. p1 else 0, Y = Exp(m2) w.p. p2 else 0 (t >= 0)."""
+    tt = np.maximum(t, 0.0)
+    e1 = np.exp(-tt / m1) if m1 > 0 else np.zeros_like(tt)
+    e2 = np.exp(-tt / m2) if m2 > 0 else np.zeros_like(tt)
+    if m1 > 0 and m2 > 0 and abs(m1 - m2) > 1e-12 * max(m1, m2):
+        both = 1.0 - (m1 * e1 - m2 * e2) / (m1 - m2)
+    else:
+        m = max(m1, m2)
+        both = 1.0 - (1.0 + tt / m) * np.exp(-tt / m) if m > 0 else np.ones_like(tt)
+    cdf = (1 - p1) * (1 - p2) + p1 * (1 - p2) * (1 - e1) + (1 - p1) * p2 * (1 - e2) + p1 * p2 * both
+    return np.where(t >= 0, cdf, 0.0)
+
+
+def _mixture_quantile(d: np.ndarray, w: np.ndarray, q: float, p1: float, m1: float, p2: float, m2: float) -> float:
+    """The q-quantile of d_i + W over requests i (weights w), W the random wait of `_wait_cdf`."""
+    lo = _weighted_quantile(d, w, q)
+    if p1 * m1 + p2 * m2 <= 1e-9 * max(lo, 1e-9):
+        return lo
+    hi = float(d.max()) + (m1 + m2) * (math.log(1.0 / (1.0 - q)) + 2.0) + 1e-9
+    for _ in range(2):          # coarse grid, then a fine grid around the crossing
+        xs = np.linspace(lo, hi, 32)
+        cdf = _wait_cdf(xs[:, None] - d[None, :], p1, m1, p2, m2) @ w
+        k = int(np.searchsorted(cdf, q))
+        if k == 0:
+            return float(xs[0])
+        if k >= xs.size:
+            return float(xs[-1])
+        lo, hi = float(xs[k - 1]), float(xs[k])
+    return hi
