@@ -106,6 +106,66 @@ def catalog(
         console.print("No offers match; drop a filter (--cloud, --gpu, --max-price) or --spot.")
 
 
+@perf_app.command("estimate")
+def perf_estimate(
+    model: str = typer.Option(..., "--model", help="HF id or alias (llama-3.1-8b), or a local config.json."),
+    gpu: str = typer.Option(..., "--gpu", help="GPU type or alias (H100, h200_sxm)."),
+    tp: int = typer.Option(1, "--tp", help="Tensor parallel GPUs."),
+    pp: int = typer.Option(1, "--pp", help="Pipeline stages."),
+    precision: str = typer.Option("bf16", "--precision", help="bf16, fp16, fp8, int4-awq, int4, mxfp4, nvfp4."),
+    concurrency: int = typer.Option(None, "--concurrency", help="Closed loop: this many clients."),
+    rate: float = typer.Option(None, "--rate", help="Open loop: Poisson arrivals, requests per second."),
+    isl: int = typer.Option(1024, "--isl", help="Input tokens per request (mean with --length-sigma)."),
+    osl: int = typer.Option(256, "--osl", help="Output tokens per request (mean with --length-sigma)."),
+    length_sigma: float = typer.Option(0.0, "--length-sigma", help="Open loop: lognormal spread of lengths."),
+    replicas: int = typer.Option(1, "--replicas", help="Open loop: DP replicas sharing the rate."),
+) -> None:
+    """Estimate TTFT, TPOT and end-to-end latency of one configuration."""
+    from rich.table import Table
+
+    from cascadia_sky.perf.estimate import estimate_rows
+
+    rows = estimate_rows(model, gpu, tp, pp, precision, concurrency=concurrency, rate_rps=rate, isl=isl, osl=osl,
+                         length_sigma=length_sigma, replicas=replicas)
+    table = Table(title="Performance estimate (vLLM, analytical)", show_header=False)
+    table.add_column("quantity", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+@perf_app.command("validate")
+def perf_validate(
+    file: str = typer.Argument(..., metavar="FILE.csv", help="Measured rows (aiconfigurator silicon CSV format)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Compare predicted with measured TTFT/TPOT, row by row, with median and p90 errors."""
+    import json
+
+    from rich.table import Table
+
+    from cascadia_sky.perf.validate import validate_csv
+
+    report = validate_csv(file)
+    if as_json:
+        print(json.dumps(report.to_json()))
+        return
+    table = Table(title=f"Predicted vs measured: {file}")
+    for col in ("model", "GPU", "prec", "TPxPP", "conc", "isl/osl", "TTFT ms", "pred", "TPOT ms", "pred"):
+        table.add_column(col, justify="left" if col in ("model", "GPU", "prec") else "right")
+    for r in report.rows:
+        table.add_row(r.model, r.system, r.precision, f"{r.tp}x{r.pp}", str(r.concurrency), f"{r.isl}/{r.osl}",
+                      f"{r.ttft_ms:.1f}", f"{r.ttft_pred_ms:.1f}", f"{r.tpot_ms:.2f}", f"{r.tpot_pred_ms:.2f}")
+    console.print(table)
+    for s in report.skipped:
+        console.print(f"skipped line {s.line} ({s.id}): {s.reason}", highlight=False)
+    summ = report.summary()
+    for key in ("ttft", "tpot"):
+        console.print(f"{key.upper()}: median error {summ[key]['median_ape']:.1%}, p90 {summ[key]['p90_ape']:.1%} "
+                      f"over {summ['rows']} rows ({summ['skipped']} skipped)", highlight=False)
+
+
 @app.command()
 def router(
     plan: str = typer.Option(None, "--plan", help="plan.json (written by `cascadia plan`); give --endpoint or "

@@ -152,7 +152,6 @@ def closed_loop(dep: Deployment, concurrency: int, isl: int, osl: int,
     if concurrency < 1 or isl < 1 or osl < 1:
         raise PerfError(f"concurrency, isl and osl must be >= 1 (got {concurrency}, {isl}, {osl})")
     sm = _checked(dep)
-    pp = dep.pp
     footprint = isl + osl / 2.0
     cap_kv = max_running(sm, footprint)
     if cap_kv < 1.0 and sm.request_kv_bytes(isl + osl) > sm.kv_avail_bytes:
@@ -160,7 +159,6 @@ def closed_loop(dep: Deployment, concurrency: int, isl: int, osl: int,
                         f"{dep.gpus} x {dep.gpu.name}; use more GPUs or a lower precision")
     cap = max(1.0, cap_kv)
     running = min(float(concurrency), cap)
-    b = running / pp
     c_dec = footprint
     ttft, s = _steady(sm, running, isl, osl, c_dec)
     e2e_run = ttft + (osl - 1) * s

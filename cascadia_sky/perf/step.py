@@ -36,11 +36,11 @@ import numpy as np
 from cascadia_sky.catalog import GpuSpec
 from cascadia_sky.constants import (
     VLLM_GPU_MEMORY_UTILIZATION,
+    VLLM_LARGE_GPU_MIN_GIB,
     VLLM_MAX_BATCHED_TOKENS_LARGE_GPU,
     VLLM_MAX_BATCHED_TOKENS_SMALL_GPU,
     VLLM_MAX_NUM_SEQS_LARGE_GPU,
     VLLM_MAX_NUM_SEQS_SMALL_GPU,
-    VLLM_LARGE_GPU_MIN_GIB,
     VLLM_RUNTIME_RESERVE_GIB,
 )
 from cascadia_sky.errors import PerfError
