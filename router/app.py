@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -29,6 +28,7 @@ from router.config import ConfigError, RouterConfig, parse_config
 from router.errors import RouterError
 from router.security import Secrets
 from router.serving import Cascade, Runtime, Trace, parse_wants
+from router.upstream import make_session
 from router.stats import Metrics, Stats
 
 _JSON = "application/json"
@@ -128,17 +128,14 @@ class CascadeStream(Response):
         return True
 
 
-def create_app(config: RouterConfig, secrets: Secrets | None = None,
-               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """Build the router app for `config`. `transport` replaces the network (tests only)."""
+def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
+    """Build the router app for `config` (keys from `secrets`; none: /v1 open, /admin disabled)."""
     secrets = secrets or Secrets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=config.max_connections,
-                              max_keepalive_connections=config.max_connections)
-        async with httpx.AsyncClient(limits=limits, transport=transport, trust_env=False) as client:
-            app.state.client = client
+        async with make_session(config.max_connections) as session:
+            app.state.client = session
             yield
 
     app = FastAPI(title="cascadia router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 from router.config import RouterConfig, StageConfig
 from router.errors import RouterError
@@ -204,7 +204,7 @@ def _client_error(e: UpstreamError) -> RouterError:
 class Cascade:
     """Runs requests through the stages of one Runtime with one shared HTTP client."""
 
-    def __init__(self, rt: Runtime, client: httpx.AsyncClient) -> None:
+    def __init__(self, rt: Runtime, client: aiohttp.ClientSession) -> None:
         self.rt = rt
         self.client = client
 

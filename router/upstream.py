@@ -8,6 +8,7 @@ first is tried anyway (better a retry than a certain failure).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 
 
 class UpstreamError(Exception):
@@ -91,87 +92,104 @@ def _status_error(status: int, content: bytes) -> UpstreamError:
     return UpstreamError("status", f"HTTP {status}: {msg}", status=status, body=body)
 
 
-def _timeout(timeout_s: float, connect_s: float) -> httpx.Timeout:
-    return httpx.Timeout(timeout_s, connect=connect_s)
+_JSON_HEADERS = {"content-type": "application/json"}
+_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 
 
-async def post_json(client: httpx.AsyncClient, ep: Endpoint, path: str, payload: dict, timeout_s: float,
+def make_session(max_connections: int) -> aiohttp.ClientSession:
+    """The shared client session (open it inside a running event loop, e.g. in the app's lifespan)."""
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=True,
+                                 timeout=aiohttp.ClientTimeout(total=None))
+
+
+def _translate(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, TimeoutError):  # aiohttp's connect/read timeouts are TimeoutError subclasses
+        return UpstreamError("timeout", f"timed out ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError("connect", f"cannot connect: {exc.os_error}")
+    return UpstreamError("connect", f"{type(exc).__name__}: {exc}")
+
+
+async def post_json(session: aiohttp.ClientSession, ep: Endpoint, path: str, payload: dict, timeout_s: float,
                     connect_s: float) -> dict:
     """POST and return the JSON body; every failure becomes UpstreamError."""
     ep.outstanding += 1
     ep.requests += 1
     try:
-        resp = await client.post(ep.url + path, content=json.dumps(payload),
-                                 headers={"content-type": "application/json"},
-                                 timeout=_timeout(timeout_s, connect_s))
-        if resp.status_code != 200:
-            raise _status_error(resp.status_code, resp.content)
-        try:
-            data = json.loads(resp.content)
-        except ValueError:
-            raise UpstreamError("protocol", "engine answered with invalid JSON") from None
-        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
-            raise UpstreamError("protocol", "engine answer has no choices")
-        return data
-    except httpx.TimeoutException as exc:
-        raise UpstreamError("timeout", f"timed out ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:  # refused, reset, DNS, ...
-        raise UpstreamError("connect", f"{type(exc).__name__}: {exc}") from None
+        async with session.post(ep.url + path, data=json.dumps(payload).encode(), headers=_JSON_HEADERS,
+                                timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)) as resp:
+            content = await resp.read()
+            status = resp.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise _translate(exc) from None
     finally:
         ep.outstanding -= 1
+    if status != 200:
+        raise _status_error(status, content)
+    try:
+        data = json.loads(content)
+    except ValueError:
+        raise UpstreamError("protocol", "engine answered with invalid JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError("protocol", "engine answer has no choices")
+    return data
 
 
 @asynccontextmanager
-async def open_stream(client: httpx.AsyncClient, ep: Endpoint, path: str, payload: dict, timeout_s: float,
+async def open_stream(session: aiohttp.ClientSession, ep: Endpoint, path: str, payload: dict, timeout_s: float,
                       connect_s: float) -> AsyncIterator[AsyncIterator[dict]]:
     """POST a streamed request; yield an iterator of parsed SSE `data:` objects (ends at [DONE]).
 
-    Leaving the context closes the connection, which makes the engine stop generating (cancellation).
+    `timeout_s` bounds the wait for the headers and every gap between chunks. Leaving the context early closes the
+    connection, which makes the engine stop generating (cancellation).
     """
     ep.outstanding += 1
     ep.requests += 1
     try:
         try:
-            req = client.build_request("POST", ep.url + path, content=json.dumps(payload),
-                                       headers={"content-type": "application/json", "accept": "text/event-stream"},
-                                       timeout=_timeout(timeout_s, connect_s))
-            resp = await client.send(req, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError("timeout", f"timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise UpstreamError("connect", f"{type(exc).__name__}: {exc}") from None
+            resp = await session.post(ep.url + path, data=json.dumps(payload).encode(), headers=_SSE_HEADERS,
+                                      timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s,
+                                                                    sock_read=timeout_s))
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise _translate(exc) from None
         try:
-            if resp.status_code != 200:
-                raise _status_error(resp.status_code, await resp.aread())
+            if resp.status != 200:
+                try:
+                    content = await resp.read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    raise _translate(exc) from None
+                raise _status_error(resp.status, content)
             yield _events(resp)
         finally:
-            await resp.aclose()
+            resp.close()  # never reuse a connection whose stream we may have left early
     finally:
         ep.outstanding -= 1
 
 
-async def _events(resp: httpx.Response) -> AsyncIterator[dict]:
-    done = False
+async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict]:
+    buf = b""
     try:
-        async for line in resp.aiter_lines():
-            if not line.startswith("data:"):
-                continue  # comments, event names, blank separators
-            data = line[5:].strip()
-            if data == "[DONE]":
-                done = True
-                return
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                raise UpstreamError("protocol", "engine sent an invalid SSE data line") from None
-            if isinstance(obj, dict) and "error" in obj:
-                err = obj["error"]
-                msg = err.get("message") if isinstance(err, dict) else str(err)
-                raise UpstreamError("stream", f"engine reported an error mid-stream: {msg}")
-            yield obj
-    except httpx.TimeoutException:
+        async for data in resp.content.iter_any():
+            buf += data
+            while (i := buf.find(b"\n")) >= 0:
+                line, buf = buf[:i].rstrip(b"\r"), buf[i + 1:]
+                if not line.startswith(b"data:"):
+                    continue  # comments, event names, blank separators
+                text = line[5:].strip()
+                if text == b"[DONE]":
+                    return
+                try:
+                    obj = json.loads(text)
+                except ValueError:
+                    raise UpstreamError("protocol", "engine sent an invalid SSE data line") from None
+                if isinstance(obj, dict) and "error" in obj:
+                    err = obj["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise UpstreamError("stream", f"engine reported an error mid-stream: {msg}")
+                yield obj
+    except TimeoutError:
         raise UpstreamError("timeout", "stream stalled past the stage timeout") from None
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:
         raise UpstreamError("stream", f"stream broke: {type(exc).__name__}") from None
-    if not done:
-        raise UpstreamError("stream", "stream ended without [DONE]")
+    raise UpstreamError("stream", "stream ended without [DONE]")
