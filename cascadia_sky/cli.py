@@ -28,8 +28,9 @@ perf_app = typer.Typer(help="The performance model: estimate one configuration, 
                        no_args_is_help=True)
 app.add_typer(perf_app, name="perf")
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, files) gets a wide fixed width instead of rich's 80 columns, so tables stay readable.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def _version_callback(value: bool) -> None:
@@ -190,6 +191,36 @@ def router(
     console.print(f"router for {plan or config} on http://{host}:{port}/v1 (Ctrl-C stops)")
     run_router(Path(plan or config), endpoint or [], local_engines=local_engines, host=host, port=port,
                api_keys_file=api_keys_file, admin_key_file=admin_key_file)
+
+
+@app.command()
+def plan(
+    spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade spec to plan."),
+    output: str = typer.Option("plan.json", "-o", "--output", help="Where to write plan.json."),
+    explain: bool = typer.Option(False, "--explain",
+                                 help="Also show the latency-quality frontier (table + PNG) and why each stage "
+                                      "got what it got."),
+    png: str = typer.Option("", "--png", help="Frontier PNG path (default: next to plan.json) with --explain."),
+) -> None:
+    """Plan a cascade: per stage GPU type/count, TP/PP, replicas, threshold; predicted quality, p95, $/h."""
+    from pathlib import Path
+
+    from cascadia_sky.planner.explain import explanation, frontier_png, plan_table, summary
+    from cascadia_sky.planner.plan import write_plan
+    from cascadia_sky.planner.planner import make_plan
+    from cascadia_sky.spec import load_spec
+
+    spec = load_spec(spec_file)
+    with err_console.status("planning...") as status:
+        result = make_plan(spec, progress=lambda msg: status.update(f"planning: {msg}"))
+    path = write_plan(result, output)
+    console.print(plan_table(result))
+    console.print(summary(result))
+    if explain:
+        console.print(explanation(result))
+        picture = frontier_png(result, png or Path(output).with_suffix(".frontier.png"))
+        console.print(f"frontier plot: {picture}")
+    console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -39,3 +39,16 @@ DEPLOY_MILP_TIME_LIMIT_SECONDS = 60.0  # CBC wall-clock limit per solve; on expi
 DEPLOY_MILP_GAP_REL = 0.0             # CBC relative gap; 0 = proven optimal (the tests compare with brute force)
 DEPLOY_SHARE_EPSILON_FRACTION = 0.01  # stages reached by fewer requests than this still deploy but don't bind L
 DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the optimum counts as a tie (lexicographic)
+
+# --- planner: candidates and threshold search ------------------------------------------------
+CLOUD_MAX_REPLICAS = 32               # most replicas of one stage considered in cloud mode
+CLOUD_REPLICA_GAIN_FRACTION = 0.01    # stop adding replicas once one more improves p95 by less than this
+PLANNER_LENGTH_SAMPLES = 4000         # request-length samples handed to the performance model per stage
+PLANNER_GRID_POINTS = 12              # score quantiles per stage in the first round of the threshold search
+PLANNER_REFINE_POINTS = 6             # quantiles added around each incumbent threshold per later round
+PLANNER_STABLE_ROUNDS = 2             # K: stop when J has not improved for this many rounds
+PLANNER_MAX_ROUNDS = 6                # hard cap on threshold-search rounds
+PLANNER_TOLERANCE_FRACTION = 1e-3     # relative J improvement that counts as progress
+PLANNER_SEED = 20250604               # split and bootstrap seed (plans are reproducible)
+PLANNER_BOOTSTRAP_SAMPLES = 400       # resamples for quality.confidence
+PLANNER_FRONTIER_POINTS = 12          # at most this many frontier points kept in plan.json

@@ -397,15 +397,23 @@ def _check_fits(spec: CascadeSpec, archs: list[Any]) -> None:
         fits_any = False
         for g in allowed_gpu_types(spec, i):
             gpu = get_gpu(g)
-            tp = st.tp or gpu.gpus_per_node
-            pp = st.pp or MAX_PIPELINE_PARALLEL
-            if spec.resources.pool is not None:
-                pp = min(pp, max(1, spec.resources.pool.count // tp)) if st.pp is None else pp
-            fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision), st.max_context)
-            if fit.fits:
-                fits_any = True
+            max_gpus = spec.resources.pool.count if spec.resources.pool is not None else 10**6
+            tps = [st.tp] if st.tp else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= gpu.gpus_per_node]
+            pps = [st.pp] if st.pp else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= MAX_PIPELINE_PARALLEL]
+            for tp in tps:
+                for pp in pps:
+                    if tp * pp > max_gpus:
+                        continue
+                    fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision),
+                                     st.max_context)
+                    if fit.fits:
+                        fits_any = True
+                        break
+                    best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
+                if fits_any:
+                    break
+            if fits_any:
                 break
-            best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
         if not fits_any:
             raise _fail(spec, f"stages[{i}].model",
                         f"{arch.name} ({st.precision}) fits no allowed GPU even at the largest TP x PP "

@@ -1,0 +1,106 @@
+"""Presenting a plan: the rich tables of `cascadia plan` and the latency-quality frontier PNG of `--explain`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from cascadia_sky.planner.plan import Plan
+
+
+def _fmt_threshold(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _short(model: str) -> str:
+    return model.rsplit("/", 1)[-1]
+
+
+def plan_table(plan: Plan) -> Table:
+    """One row per stage: where it runs, how it is split, what it handles and how fast."""
+    t = Table(title=f"plan '{plan.name}': {plan.mode} mode, {plan.objective} latency, {plan.goal}")
+    cols = ["stage", "model", "GPU", "TPxPP", "DP", "GPUs", "threshold", "reach", "answer", "req/s", "p95 s"]
+    if plan.mode == "cloud":
+        cols[3:3] = ["where"]
+        cols.append("$/h")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("stage", "model", "GPU", "where") else "right",
+                     overflow="fold")
+    for s in plan.stages:
+        row = [s.name, _short(s.model), s.gpu_type + (" spot" if s.spot else ""), f"{s.tp}x{s.pp}",
+               str(s.replicas), str(s.gpus), _fmt_threshold(s.threshold), f"{s.share:.0%}",
+               f"{s.answered_share:.0%}", f"{s.rate_rps:.2f}", f"{s.p95_latency_s:.2f}"]
+        if plan.mode == "cloud":
+            row[3:3] = [f"{s.cloud} {s.region} {s.instances}x{s.instance_type}"]
+            row.append(f"{s.usd_per_hour:.2f}")
+        t.add_row(*row)
+    return t
+
+
+def summary(plan: Plan) -> Text:
+    p, s = plan.predicted, plan.solver
+    lines = [
+        f"predicted quality {p.quality:.4f} (held-out {p.quality_holdout:.4f})" if p.quality_holdout is not None
+        else f"predicted quality {p.quality:.4f}",
+        f"target {p.quality_target:.4f}; largest model alone {p.quality_all_last:.4f}, smallest alone "
+        f"{p.quality_all_first:.4f}",
+    ]
+    if p.quality_lower_bound is not None:
+        lines.append(f"quality lower bound at the requested confidence: {p.quality_lower_bound:.4f}")
+    lines.append(f"p95 latency ({plan.objective}) {p.p95_latency_s:.2f} s; {p.gpus} GPUs; ${p.usd_per_hour:.2f}/h")
+    lines.append(f"solver: {s.status} (MILP {s.milp_status}{', pool relaxed to <= N' if s.pool_relaxed else ''}); "
+                 f"{s.iterations} rounds, {s.deployment_solves} deployment solves, {s.wall_s:.2f} s")
+    return Text("\n".join(lines))
+
+
+def frontier_table(plan: Plan) -> Table:
+    t = Table(title="latency-quality frontier (no evaluated plan is both faster and better)")
+    for c in ("thresholds", "quality", "p95 s", "$/h", "last share", "last GPUs"):
+        t.add_column(c, justify="right")
+    for f in plan.frontier:
+        t.add_row(" ".join(_fmt_threshold(v) for v in f.thresholds[:-1]), f"{f.quality:.4f}",
+                  f"{f.p95_latency_s:.2f}", f"{f.usd_per_hour:.2f}", f"{f.last_stage_share:.1%}",
+                  str(f.last_stage_gpus))
+    return t
+
+
+def binding_table(plan: Plan) -> Table:
+    t = Table(title="why each stage got what it got")
+    t.add_column("stage")
+    t.add_column("binding constraint", overflow="fold")
+    for s in plan.stages:
+        t.add_row(s.name, s.binding or "-")
+    return t
+
+
+def explanation(plan: Plan) -> Group:
+    return Group(frontier_table(plan), binding_table(plan))
+
+
+def frontier_png(plan: Plan, path: str | Path) -> Path:
+    """Scatter of the frontier (p95 latency vs quality) with the target and the chosen plan marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    xs = [f.p95_latency_s for f in plan.frontier]
+    ys = [f.quality for f in plan.frontier]
+    ax.plot(xs, ys, "o-", color="#4c72b0", label="frontier")
+    ax.axhline(plan.predicted.quality_target, color="#c44e52", ls="--", lw=1, label="quality target")
+    ax.plot([plan.predicted.p95_latency_s], [plan.predicted.quality], "*", ms=14, color="#dd8452", label="plan")
+    ax.set_xlabel(f"p95 latency ({plan.objective}), s")
+    ax.set_ylabel("quality of returned answers")
+    ax.set_title(f"cascade '{plan.name}': latency-quality frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p)
+    plt.close(fig)
+    return p
