@@ -79,8 +79,8 @@ def serve_fake(port: int, fail_rate: float, hang_rate: float, hang_s: float, log
                 writer.write(f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {len(payload)}\r\n"
                              f"\r\n".encode() + payload)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass  # client gone, or shutting down
         finally:
             writer.close()
 
@@ -105,6 +105,11 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, path: str, body: bytes, headers: str = "") -> tuple[int, bytes]:
+        status, _, data = await self.post_full(path, body, headers)
+        return status, data
+
+    async def post_full(self, path: str, body: bytes, headers: str = "") -> tuple[int, dict[str, str], bytes]:
+        """POST; return (status, response headers lower-cased, body)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
@@ -114,22 +119,20 @@ class Conn:
             head = await self.reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             status = int(lines[0].split(" ")[1])
-            length, chunked = None, False
+            hdrs = {}
             for ln in lines[1:]:
-                low = ln.lower()
-                if low.startswith("content-length:"):
-                    length = int(ln[15:])
-                elif low.startswith("transfer-encoding:") and "chunked" in low:
-                    chunked = True
-            if chunked:
+                k, _, v = ln.partition(":")
+                if k:
+                    hdrs[k.strip().lower()] = v.strip()
+            if "chunked" in hdrs.get("transfer-encoding", ""):
                 data = b""
                 while True:
                     size = int((await self.reader.readuntil(b"\r\n"))[:-2], 16)
-                    data += await self.reader.readexactly(size + 2)
+                    data += (await self.reader.readexactly(size + 2))[:-2]
                     if size == 0:
                         break
-                return status, data
-            return status, await self.reader.readexactly(length or 0)
+                return status, hdrs, data
+            return status, hdrs, await self.reader.readexactly(int(hdrs.get("content-length", "0")))
         except BaseException:
             self.close()
             raise

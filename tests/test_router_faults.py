@@ -182,3 +182,32 @@ def test_client_disconnect_cancels_upstream_work(fakes):
     assert health["small"][0]["outstanding"] == 0 and health["big"][0]["outstanding"] == 0
     assert 'result="cancelled"' in metrics
     assert big.finished == 0  # its 8 tokens at 0.5 s each never completed
+
+
+def test_early_commit_streams_small_stage_live(fakes):
+    small = fakes["small-a"][0]
+    small.logprob, small.token_delay_s = -0.01, 0.05
+    early = {"min_tokens": 2, "reject_margin": 0.5, "accept_margin": 0.1}
+    with _router(_urls(fakes, "small-a"), _urls(fakes, "big-a"), early_decision=early) as url:
+        with _client(url).chat.completions.with_streaming_response.create(model="cascade", messages=MSG,
+                                                                          stream=True) as resp:
+            path = resp.headers["x-cascadia-path"]
+            first = next(iter(resp.parse()))
+            done_when_first_arrived = small.finished
+    assert path == "small=committed" and first.choices
+    assert done_when_first_arrived == 0  # the client had tokens before the small stage finished
+    assert fakes["big-a"][0].requests == 0
+
+
+def test_early_reject_aborts_small_stage(fakes):
+    small = fakes["small-a"][0]
+    small.logprob, small.token_delay_s = -2.0, 0.05
+    early = {"min_tokens": 2, "reject_margin": 0.5, "accept_margin": None}
+    with _router(_urls(fakes, "small-a"), _urls(fakes, "big-a"), early_decision=early) as url:
+        with _client(url).chat.completions.with_streaming_response.create(model="cascade", messages=MSG,
+                                                                          stream=True) as resp:
+            path = resp.headers["x-cascadia-path"]
+            text = "".join(c.choices[0].delta.content or "" for c in resp.parse() if c.choices)
+    assert path.startswith("small=early_escalated(-2.0000),big=answered")
+    assert text == "".join(f" big-a{i}" for i in range(8))
+    assert small.finished == 0
