@@ -216,6 +216,10 @@ def plan(
     path = write_plan(result, output)
     console.print(plan_table(result))
     console.print(summary(result))
+    if result.solver.status != "optimal":
+        err_console.print(f"[bold yellow]warning:[/] no plan meets the quality target "
+                          f"{result.predicted.quality_target:.4f} with a sustainable deployment; this is the best "
+                          "trade-off found. Lower quality.target, add GPUs or lower the rate.")
     if explain:
         console.print(explanation(result))
         picture = frontier_png(result, png or Path(output).with_suffix(".frontier.png"))
