@@ -32,7 +32,7 @@ def _answer(chat: bool, stream: bool, logprob: float) -> bytes:
         return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [choice],
                            "usage": usage}).encode()
     out = []
-    for t, item in zip(toks, lp["content"]):
+    for t, item in zip(toks, lp["content"], strict=True):
         c = {"index": 0, "finish_reason": None, "logprobs": {"content": [item]},
              **({"delta": {"content": t}} if chat else {"text": t})}
         out.append(b"data: " + json.dumps({"id": "x", "object": "chunk", "model": "m", "choices": [c]}).encode())

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from router_common import Conn, pct, start_fake, start_router, stop, wait_http  # type: ignore[import-not-found]
 
 from cascadia_sky.engines import free_port

@@ -28,8 +28,8 @@ from router.config import ConfigError, RouterConfig, parse_config
 from router.errors import RouterError
 from router.security import Secrets
 from router.serving import Cascade, Runtime, Trace, parse_wants
-from router.upstream import make_session
 from router.stats import Metrics, Stats
+from router.upstream import make_session
 
 _JSON = "application/json"
 

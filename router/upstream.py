@@ -8,7 +8,6 @@ first is tried anyway (better a retry than a certain failure).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator

@@ -184,7 +184,7 @@ def test_scorers_match_their_documented_statistics():
     rng = np.random.default_rng(0)
     lps = -rng.exponential(0.8, size=37)
     tops = [sorted([lp, lp - rng.exponential(1.0), lp - 3.0], reverse=True) for lp in lps]
-    toks = [TokenLogprob(float(lp), tuple(float(x) for x in t)) for lp, t in zip(lps, tops)]
+    toks = [TokenLogprob(float(lp), tuple(float(x) for x in t)) for lp, t in zip(lps, tops, strict=True)]
     assert math.isclose(make_scorer("mean_logprob").score(toks), float(np.mean(lps)))
     for q in (0.0, 0.1, 0.25, 0.5):
         assert math.isclose(make_scorer("quantile_logprob", {"q": q}).score(toks), float(np.quantile(lps, q)))

@@ -11,28 +11,26 @@ import pytest
 
 from cascadia_sky.engines import EngineProcess, start_bundled
 from router import create_app, parse_config
-from tests.router.helpers import serve_app, two_stage_config
+from tests.router.helpers import engine_pair, serve_app, two_stage_config
 
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
+
 @pytest.fixture(scope="module")
 def engines() -> Iterator[tuple[EngineProcess, EngineProcess]]:
-    small = start_bundled("smollm2-135m-instruct", alias="small")
-    try:
-        big = start_bundled("gemma-3-270m", alias="big")
-    except BaseException:
-        small.stop()
-        raise
-    yield small, big
-    small.stop()
-    big.stop()
+    with engine_pair(lambda: start_bundled("smollm2-135m-instruct", alias="small"),
+                     lambda: start_bundled("gemma-3-270m", alias="big")) as pair:
+        yield pair
+
 
 def _router(engines: tuple[EngineProcess, EngineProcess], threshold: float, **extra: object):
     small, big = engines
     return serve_app(create_app(parse_config(two_stage_config([small.url], [big.url], threshold, **extra), "t")))
 
+
 def _client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
 
 def test_low_threshold_accepts_small_stage(engines):
     with _router(engines, threshold=-1e9) as url:
@@ -45,6 +43,7 @@ def test_low_threshold_accepts_small_stage(engines):
     assert out.choices[0].message.content
     assert out.choices[0].logprobs is None  # the router asked for logprobs; the client did not
     assert out.model == "cascade"
+
 
 def test_high_threshold_escalates_to_big_stage(engines):
     with _router(engines, threshold=-1e-6) as url:
@@ -64,6 +63,7 @@ def test_high_threshold_escalates_to_big_stage(engines):
     assert win["input_tokens"]["count"] == 1
     assert 'cascadia_router_stage_outcomes_total{outcome="escalated",stage="small"} 1.0' in metrics
 
+
 def test_streaming_escalated_request_streams_from_big(engines):
     with _router(engines, threshold=-1e-6, early_decision=None) as url:
         stream = _client(url).chat.completions.create(model="cascade", messages=PROMPT, max_tokens=12,
@@ -73,6 +73,7 @@ def test_streaming_escalated_request_streams_from_big(engines):
     assert text
     assert all(c.model == "cascade" for c in chunks)
     assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+
 
 def test_streaming_accepted_small_answer_is_replayed_with_user_logprobs(engines):
     with _router(engines, threshold=-1e9) as url:
@@ -88,6 +89,7 @@ def test_streaming_accepted_small_answer_is_replayed_with_user_logprobs(engines)
     toks = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
     assert toks and all(len(t.top_logprobs) == 1 for t in toks)
 
+
 def test_completions_endpoint_and_pinned_stage(engines):
     with _router(engines, threshold=-1e-6) as url:
         client = _client(url)
@@ -98,6 +100,7 @@ def test_completions_endpoint_and_pinned_stage(engines):
     assert resp.headers["x-cascadia-stage"] == "big" and resp.headers["x-cascadia-escalations"] == "0"
     assert "Paris" in out.choices[0].text or out.choices[0].text
     assert models == ["cascade", "small", "big"]
+
 
 def test_early_escalation_aborts_small_stage(engines):
     # Running mean logprob of a sampled answer is far below -1e-6 + 0 after 2 tokens: escalate without finishing.

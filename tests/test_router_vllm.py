@@ -17,7 +17,7 @@ import pytest
 from cascadia_sky.engines import EngineProcess, start_bundled
 from cascadia_sky.engines.vllm_cpu import start_bundled_vllm
 from router import create_app, parse_config
-from tests.router.helpers import serve_app
+from tests.router.helpers import engine_pair, serve_app
 
 pytestmark = pytest.mark.vllm
 CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache"
@@ -26,15 +26,9 @@ PROMPT = [{"role": "user", "content": "Name three primary colors."}]
 
 @pytest.fixture(scope="module")
 def engines() -> Iterator[tuple[EngineProcess, EngineProcess]]:
-    small = start_bundled_vllm("smollm2-135m-instruct", "smollm2-vllm", CACHE_DIR)
-    try:
-        big = start_bundled("gemma-3-270m", alias="big")
-    except BaseException:
-        small.stop()
-        raise
-    yield small, big
-    small.stop()
-    big.stop()
+    with engine_pair(lambda: start_bundled_vllm("smollm2-135m-instruct", "smollm2-vllm", CACHE_DIR),
+                     lambda: start_bundled("gemma-3-270m", alias="big")) as pair:
+        yield pair
 
 
 def _router(engines: tuple[EngineProcess, EngineProcess], threshold: float):

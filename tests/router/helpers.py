@@ -139,3 +139,19 @@ def two_stage_config(small: list[str], big: list[str], threshold: float = -0.5, 
     return {"name": "cascade", **extra,
             "stages": [{"name": "small", "served_model_name": "small", "endpoints": small, "threshold": threshold},
                        {"name": "big", "served_model_name": "big", "endpoints": big, "threshold": None}]}
+
+
+@contextmanager
+def engine_pair(start_small: Any, start_big: Any) -> Iterator[tuple[Any, Any]]:
+    """Start two engines (callables returning EngineProcess); stop both whatever happens."""
+    small = start_small()
+    try:
+        big = start_big()
+    except BaseException:
+        small.stop()
+        raise
+    try:
+        yield small, big
+    finally:
+        small.stop()
+        big.stop()
