@@ -72,8 +72,15 @@ _BY_NAME: dict[str, GpuEfficiency] = {
     "MI300X": _CDNA3,
 }
 _BY_VENDOR: dict[str, GpuEfficiency] = {"NVIDIA": _AMPERE, "AMD": _CDNA3}
+# GDDR cards' datasheets count decimal GB (an L4 shows 22.5 GiB); HBM parts' "80 GB" are binary GiB (79.6 GiB usable)
+_DECIMAL_GB = {"A10G", "A10", "L4", "L40", "L40S"}
 
 
 def efficiency(gpu: GpuSpec) -> GpuEfficiency:
     """The efficiency factors of a GPU type (vendor default for types without their own entry)."""
     return _BY_NAME.get(gpu.name) or _BY_VENDOR.get(gpu.vendor.upper(), _AMPERE)
+
+
+def memory_bytes(gpu: GpuSpec) -> float:
+    """Device memory in bytes, reading the datasheet figure the way that part's datasheet means it."""
+    return gpu.memory_gb * (1e9 if gpu.name in _DECIMAL_GB else float(1 << 30))

@@ -4,8 +4,9 @@ Notation: `T(b, p)` is the step time of `step.py` for b decode and p prefill tok
 room of a step (vLLM schedules running decodes first); pp the pipeline depth (pp microbatches of b = B/pp requests
 are in flight, each stage doing 1/pp of the work, so prefill work is shared by pp stages).
 
-Per request, prefill is chunked: `ttft_pf(isl) = sum_j T(b, chunk_j)` (chunks of q tokens), and the extra time it
-adds to the engine is `dT(isl) = sum_j [T(b, chunk_j) - T(b, 0)]`.
+Every request pays a fixed host cost before its first token (HTTP, tokenisation, engine IPC, streaming:
+VLLM_REQUEST_OVERHEAD_MS). Prefill is chunked: `ttft_pf(isl) = sum_j T(b, chunk_j)` (chunks of q tokens), and
+the extra time it adds to the engine is `dT(isl) = sum_j [T(b, chunk_j) - T(b, 0)]`.
 
 Decode: B requests decoding, arrivals lambda per second. Prefill takes a share rho = lambda * E[dT] / pp of the
 engine's time, so one decode step lasts on average
@@ -15,7 +16,8 @@ engine's time, so one decode step lasts on average
 and Little's law closes the loop: lambda * E[osl] = B / s. B is capped by the KV cache (requests hold on average
 isl + osl/2 tokens) and by vLLM's max_num_seqs; the rate at the cap is the replica's highest sustainable rate.
 
-Closed loop (a benchmark with C clients): B = min(C, cap), lambda = B / (ttft + (osl - 1) s). The C - B requests
+Closed loop (a benchmark with C clients): B = min(C, cap) run; in one cycle D = TTFT + (osl - 1) s of a client the
+other B - 1 prefill once, so rho = (B - 1) dT / (pp D), solved with s and TTFT by bisection. The C - B requests
 over the cap wait W = (C - B)/B * (ttft + (osl - 1) s); vLLM pays the prompt's share f = isl / (isl + osl/2) of
 it before the first token (no blocks for the prompt) and the rest as preemption stalls while decoding. TTFT adds
 the residual of the running step (s/2) and an M/D/1 wait for the prefill server (rho * dT / (2 (1 - rho))).
@@ -211,21 +213,24 @@ def _steady(sm: StepModel, running: float, isl: int, osl: int, c_dec: float) -> 
 
 
 def _cold_start(sm: StepModel, concurrency: int, isl: int, osl: int, cap: float) -> float:
-    """Mean TTFT of the first round: all prompts queued at once, served in budget-sized chunks in order."""
+    """Mean TTFT of the first round: all prompts queued at once, served in budget-sized chunks in order.
+
+    Step k prefills the next `budget` queued tokens beside the requests already decoding; request j has its
+    first token when the step holding its last prompt token ends. Prompts beyond the KV cache wait for a
+    request of the first round to finish.
+    """
+    pp, budget = sm.dep.pp, float(sm.budget_tokens)
     admitted = int(min(concurrency, max(1.0, sm.kv_avail_bytes / float(sm.request_kv_bytes(isl + 1)))))
-    j = np.arange(1, admitted + 1, dtype=float)
-    chunk = float(min(sm.budget_tokens, admitted * isl))
-    steps = np.ceil(j * isl / sm.budget_tokens)
-    decoding = np.clip((steps - 1) * sm.budget_tokens / isl, 0, cap) / sm.dep.pp
-    t_chunk = sm.step_time(decoding, chunk, isl + 1.0, isl / 2.0, decoding + 1.0)
-    # cumulative time: each step costs its own chunk time
-    per_step = np.zeros(int(steps[-1]) + 1)
-    np.maximum.at(per_step, steps.astype(int), t_chunk)
-    done = np.cumsum(per_step)[steps.astype(int)]
-    first = float(done.mean())
-    if concurrency > admitted:   # the rest start when the first ones finish
-        first += (concurrency - admitted) / concurrency * (osl * float(sm.step_time(cap / sm.dep.pp, 0, isl + osl / 2,
-                                                                                    0)))
+    total = admitted * float(isl)
+    k = np.arange(math.ceil(total / budget), dtype=float)
+    tokens = np.minimum(budget, total - k * budget)
+    decoding = np.minimum(np.floor(k * budget / isl), cap) / pp
+    done = np.cumsum(sm.step_time(decoding, tokens, isl + 1.0, isl / 2.0, decoding + 1.0))
+    last_step = np.ceil(np.arange(1, admitted + 1) * isl / budget).astype(int) - 1
+    first = float(done[last_step].mean())
+    if concurrency > admitted:
+        later = float(done[-1]) + (osl - 1) * float(sm.step_time(cap / pp, 0.0, isl + osl / 2.0, 0.0))
+        first = (admitted * first + (concurrency - admitted) * later) / concurrency
     return first
 
 
@@ -264,7 +269,7 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
         lo, hi = supply[k - 1], supply[k]
         frac = float((lam * osl_m - lo) / (hi - lo)) if hi > lo else 1.0
         bstar = float(grid[k - 1] + frac * (grid[k] - grid[k - 1]))
-    rho = min(lam * (e0 + (e1 - e0) * bstar / cap) / pp, 0.99)
+    rho = min(lam, max_rate) * (e0 + (e1 - e0) * bstar / cap) / pp
     tpot = float(sm.step_time(bstar / pp, 0.0, c_dec, 0.0)) / (1.0 - rho)
     pf, exb = _prefill(sm, bstar / pp, isl, c_dec)
     if not stable:

@@ -45,7 +45,7 @@ from cascadia_sky.constants import (
 )
 from cascadia_sky.errors import PerfError
 from cascadia_sky.models import ModelArch, normalize_precision
-from cascadia_sky.perf.hardware import GpuEfficiency, efficiency
+from cascadia_sky.perf.hardware import GpuEfficiency, efficiency, memory_bytes
 
 GIB = float(1 << 30)
 _ACT_BYTES = 2.0          # activations travel in bf16
@@ -145,7 +145,7 @@ class StepModel:
 
 def _budgets(gpu: GpuSpec) -> tuple[int, int]:
     """vLLM's online-serving defaults: larger token budget and sequence cap on >= 70 GiB GPUs (not A100)."""
-    if gpu.memory_gb >= VLLM_LARGE_GPU_MIN_GIB and not gpu.name.upper().startswith("A100"):
+    if memory_bytes(gpu) >= VLLM_LARGE_GPU_MIN_GIB * GIB and not gpu.name.upper().startswith("A100"):
         return VLLM_MAX_BATCHED_TOKENS_LARGE_GPU, VLLM_MAX_NUM_SEQS_LARGE_GPU
     return VLLM_MAX_BATCHED_TOKENS_SMALL_GPU, VLLM_MAX_NUM_SEQS_SMALL_GPU
 
@@ -188,7 +188,7 @@ def step_model(dep: Deployment) -> StepModel:
     inter = max(m.intermediate_size if m.moe_layers < m.num_layers else 0,
                 m.moe_intermediate_size * m.experts_per_token)
     activation = budget * _ACT_BYTES * (4 * m.hidden_size + 3 * inter / tp) + 2 * seqs * m.vocab_size * 4 / tp
-    avail = gpu.memory_gb * GIB * VLLM_GPU_MEMORY_UTILIZATION - weights_gpu - VLLM_RUNTIME_RESERVE_GIB * GIB \
+    avail = memory_bytes(gpu) * VLLM_GPU_MEMORY_UTILIZATION - weights_gpu - VLLM_RUNTIME_RESERVE_GIB * GIB \
         - activation
     ar = 2 * m.num_layers if tp > 1 else 0
     ar_bytes = _ACT_BYTES * m.hidden_size * (2 * (tp - 1) / tp if tp > 1 else 0.0)
