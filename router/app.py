@@ -191,6 +191,7 @@ def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
         metrics.in_flight.inc()
 
         def done(ok: bool, result: str | None = None) -> None:
+            ok = ok and trace.error is None
             seconds = time.perf_counter() - t0
             metrics.in_flight.dec()
             if result is None:

@@ -76,6 +76,7 @@ class Trace:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (stage, kind) per failed attempt
     input_tokens: int | None = None
     output_tokens: int | None = None
+    error: str | None = None          # set when a stream broke after bytes reached the client
 
     def headers(self) -> dict[str, str]:
         """Provenance headers; stage times in seconds, path as stage=outcome(score)."""
@@ -323,7 +324,9 @@ class Cascade:
                 except UpstreamError as e:
                     self._fail(trace, stage, pool, ep, e)
                     if live:  # bytes already reached the client: end the stream with an error event
-                        step.error = str(e)
+                        step.error = trace.error = str(e)
+                        step.outcome = "failed"
+                        step.seconds = time.perf_counter() - t0
                         yield _error_event(e)
                         return
                     if not e.retryable:

@@ -135,7 +135,9 @@ def test_final_stage_dying_mid_stream_ends_with_error_event(fakes):
         with pytest.raises(openai.APIError, match="mid-stream"):
             for chunk in stream:
                 got.append(chunk)
+        stats = httpx.get(url + "/stats").json()["windows"]["60"]
     assert got  # the first half had reached the client
+    assert stats["errors"] == 1 and stats["stages"]["big"]["failed"] == 1
 
 
 def test_streamed_replayed_answer_matches_and_usage_only_when_asked(fakes):
