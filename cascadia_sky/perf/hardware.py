@@ -1,10 +1,11 @@
 """How much of a GPU's datasheet peak a vLLM engine achieves: efficiency factors per GPU type.
 
 The step-time model multiplies datasheet figures (catalog) by these factors. They are properties of the hardware
-and of the kernels vLLM runs on it, the same for every model and every configuration; they were set once from
-published kernel benchmarks and sanity-checked against the measured rows in ../shared/data/perf/ as a whole (never
-per row, never per model). Hopper values carry the most evidence; the others follow the same kernels on that
-generation's hardware, and GPUs without a row of their own use the vendor default.
+and of the kernels vLLM runs on it, the same for every model and every configuration. Each was chosen inside the
+range published kernel benchmarks show for that kind of kernel, and the Hopper values were then tuned once against
+all measured rows in ../shared/data/perf/ together (one set per GPU type; never per row, never per model; see
+benchmarks/perf_accuracy.py). The other generations carry no measurements here: their factors follow the same
+kernels on that hardware (lower shares on PCIe all-reduce and on ROCm), and unknown GPUs use the vendor default.
 
 Fields:
     hbm            share of HBM bandwidth that weight-streaming GEMMs reach (small-batch decode)
