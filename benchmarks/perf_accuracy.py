@@ -25,7 +25,7 @@ import numpy as np
 
 from cascadia_sky.catalog import get_gpu
 from cascadia_sky.models import get_model
-from cascadia_sky.perf import Deployment, LengthDist, closed_loop, open_loop, step_model
+from cascadia_sky.perf import Deployment, LengthDist, closed_loop, hardware, open_loop, step_model
 from cascadia_sky.perf.hardware import efficiency
 from cascadia_sky.perf.validate import validate_csv
 
@@ -55,6 +55,33 @@ def accuracy(csv_path: Path) -> dict[str, object]:
     for gpu in sorted({r.system for r in report.rows}):
         print(f"efficiency factors {gpu}: {efficiency(get_gpu(gpu))}")
     return summ
+
+
+def cross_check(csv_path: Path) -> dict[str, float]:
+    """Generalisation: each Hopper GPU's rows predicted with the other's factors, and with the vendor default."""
+    saved = dict(hardware._BY_NAME)
+    figures: dict[str, float] = {}
+    try:
+        for label, factors in (("h100_factors", saved["H100"]), ("h200_factors", saved["H200"]),
+                               ("default_factors", hardware._BY_VENDOR["NVIDIA"])):
+            hardware._BY_NAME.update({"H100": factors, "H200": factors})
+            step_model.cache_clear()
+            report = validate_csv(csv_path)
+            for gpu in ("H100", "H200"):
+                rows = [r for r in report.rows if r.system == gpu]
+                for key in ("ttft", "tpot"):
+                    figures[f"{gpu.lower()}_rows_{label}_{key}_median_ape"] = float(
+                        np.median([getattr(r, f"{key}_ape") for r in rows]))
+    finally:
+        hardware._BY_NAME.clear()
+        hardware._BY_NAME.update(saved)
+        step_model.cache_clear()
+    print("generalisation (median TTFT / TPOT error of each GPU's rows under other factors):")
+    for label in ("h100_factors", "h200_factors", "default_factors"):
+        print("  " + label + ": " + "  ".join(
+            f"{gpu} {figures[f'{gpu.lower()}_rows_{label}_ttft_median_ape']:.1%} / "
+            f"{figures[f'{gpu.lower()}_rows_{label}_tpot_median_ape']:.1%}" for gpu in ("H100", "H200")))
+    return figures
 
 
 def speed(runs: int) -> dict[str, float]:
@@ -104,6 +131,7 @@ def main() -> None:
                         "tpot_median_ape": summ["tpot"]["median_ape"], "tpot_p90_ape": summ["tpot"]["p90_ape"]})
         figures["goal_met"] = bool(summ["tpot"]["median_ape"] <= GOAL_TPOT_MEDIAN_APE
                                    and summ["ttft"]["median_ape"] <= GOAL_TTFT_MEDIAN_APE)
+        figures.update(cross_check(args.csv))
     else:
         print(f"measured data not found at {args.csv}; accuracy skipped (pass --csv)", file=sys.stderr)
     figures.update(speed(args.runs))
