@@ -23,6 +23,7 @@ and routers always stay bf16):
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -475,16 +476,26 @@ def _index() -> dict[str, str]:
 _INDEX = _index()
 _CACHE: dict[str, ModelArch] = {}
 _VARIANT_SUFFIXES = ("-instruct", "-chat", "-it", "-base", "-0324", "-0528", "-2503")
+# quantised re-uploads of a known model: the same shapes, another checkpoint precision
+_QUANT_SUFFIXES = {"-awq-int4": "int4-awq", "-fp8-dynamic": "fp8", "-fp8": "fp8", "-awq": "int4-awq", "-gptq-int4": "int4", "-int4": "int4",
+                   "-w4a16": "int4", "-nvfp4": "nvfp4", "-mxfp4": "mxfp4"}
 
 
-def _resolve(name: str) -> str | None:
+def _resolve(name: str) -> tuple[str, str | None] | None:
+    """(built-in id, checkpoint precision of a quantised variant or None), or None when unknown."""
     key = _norm(name)
     if key in _INDEX:
-        return _INDEX[key]
+        return _INDEX[key], None
     short = key.split("/", 1)[-1]
-    for cand in (short, *(short.removesuffix(s) for s in _VARIANT_SUFFIXES if short.endswith(s))):
-        if cand in _INDEX:
-            return _INDEX[cand]
+    quant = None
+    for suffix, precision in _QUANT_SUFFIXES.items():
+        if short.endswith(suffix):
+            short, quant = short.removesuffix(suffix), precision
+            break
+    for base in (short, short.removeprefix("meta-")):
+        for cand in (base, *(base.removesuffix(s) for s in _VARIANT_SUFFIXES if base.endswith(s))):
+            if cand in _INDEX:
+                return _INDEX[cand], quant
     return None
 
 
@@ -514,15 +525,19 @@ def get_model(name_or_path: str) -> ModelArch:
     if name_or_path.endswith(".json") or Path(name_or_path).expanduser().is_dir() \
             and (Path(name_or_path).expanduser() / "config.json").is_file():
         return load_config_json(name_or_path)
-    hf_id = _resolve(name_or_path)
-    if hf_id is None:
+    found = _resolve(name_or_path)
+    if found is None:
         close = _did_you_mean(_norm(name_or_path).split("/", 1)[-1])
         hint = f"did you mean '{close}'?" if close else f"known: {', '.join(known_models())}"
         raise ModelError(f"unknown model '{name_or_path}' ({hint}); or pass the path of a local HF config.json")
+    hf_id, quant = found
     if hf_id not in _CACHE:
         cfg, aliases = _BUILTIN[hf_id]
         _CACHE[hf_id] = arch_from_config(cfg, name=hf_id, where=f"built-in table ({hf_id})", aliases=aliases)
-    return _CACHE[hf_id]
+    arch = _CACHE[hf_id]
+    if quant is not None:
+        arch = dataclasses.replace(arch, name=name_or_path.strip(), native_precision=quant, aliases=())
+    return arch
 
 
 def known_models() -> list[str]:

@@ -106,6 +106,14 @@ def test_lookup_is_case_insensitive_with_aliases(name: str) -> None:
     assert get_model(name).num_layers == 32 and get_model(name).hidden_size == 4096
 
 
+def test_quantised_reuploads_keep_the_shapes() -> None:
+    awq = get_model("hugging-quants/Meta-Llama-3.1-70B-Instruct-AWQ-INT4")
+    assert awq.native_precision == "int4-awq" and awq.num_layers == 80
+    fp8 = get_model("Qwen/Qwen3-32B-FP8")
+    assert fp8.native_precision == "fp8" and fp8.name == "Qwen/Qwen3-32B-FP8"
+    assert fp8.params_total() == get_model("Qwen/Qwen3-32B").params_total()
+
+
 def test_unknown_model_suggests_the_closest() -> None:
     with pytest.raises(ModelError, match=r"unknown model 'llama-3-7b' \(did you mean 'meta-llama/Llama-3\.1-8B'\?\)"):
         get_model("llama-3-7b")
