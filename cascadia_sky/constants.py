@@ -43,6 +43,8 @@ DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the opt
 # --- planner: candidates and threshold search ------------------------------------------------
 CLOUD_MAX_REPLICAS = 32               # most replicas of one stage considered in cloud mode
 CLOUD_REPLICA_GAIN_FRACTION = 0.01    # stop adding replicas once one more improves p95 by less than this
+CURVE_POINTS = 48                     # utilisation grid points per replica-shape latency curve
+CURVE_MIN_HEADROOM_FRACTION = 1e-3    # the grid reaches utilisation 1 - this
 PLANNER_LENGTH_SAMPLES = 4000         # request-length samples handed to the performance model per stage
 PLANNER_GRID_POINTS = 12              # score quantiles per stage in the first round of the threshold search
 PLANNER_REFINE_POINTS = 6             # quantiles added around each incumbent threshold per later round

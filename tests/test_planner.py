@@ -183,3 +183,44 @@ def test_cli_plan_explain_writes_plan_and_png(tmp_path: Path) -> None:
     assert read_plan(tmp_path / "p.json").name == "llama3"
     png = tmp_path / "p.frontier.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pruning_with_the_exact_pool_bound_keeps_the_optimum() -> None:
+    """Screening threshold vectors with the exact pool DP must not change the search's answer, only its cost."""
+    from cascadia_sky.constants import (PLANNER_GRID_POINTS, PLANNER_MAX_ROUNDS, PLANNER_REFINE_POINTS,
+                                        PLANNER_STABLE_ROUNDS, PLANNER_TOLERANCE_FRACTION)
+    from cascadia_sky.planner.planner import _quality_fn
+
+    ctx = build_context(load_spec(EXAMPLES / "llama3.yaml"))
+    scores = [ctx.train.scores[:, i] for i in range(2)]
+    kwargs = dict(grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
+                  stable_rounds=PLANNER_STABLE_ROUNDS, max_rounds=PLANNER_MAX_ROUNDS,
+                  tolerance=PLANNER_TOLERANCE_FRACTION)
+    level = DeploymentLevel(ctx)
+    with_bound = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
+                                  lower_bound=level.lower_bound, **kwargs)
+    without = chebyshev_search(scores, _quality_fn(ctx), DeploymentLevel(ctx), ctx.q_min, ctx.z1, ctx.z2, **kwargs)
+    assert with_bound.best.j == pytest.approx(without.best.j, rel=1e-9)
+    assert with_bound.deployment_solves < without.deployment_solves
+
+
+def test_latency_curve_matches_the_performance_model() -> None:
+    from cascadia_sky.catalog import get_gpu
+    from cascadia_sky.models import get_model
+    from cascadia_sky.perf import LengthDist
+    from cascadia_sky.planner.candidates import LatencyCurve, StageSetup, estimate
+    from cascadia_sky.workload import load_trace
+
+    w = load_trace(EXAMPLES / "traces" / "AzureLLMInferenceTrace_conv.csv")
+    lengths = LengthDist(w.input_tokens[:2000], w.output_tokens[:2000])
+    stage = StageSetup(0, "s", get_model("meta-llama/Llama-3.1-70B"), "bf16", 16384, ("H100",))
+    gpu = get_gpu("H100")
+    curve = LatencyCurve(stage, gpu, 4, 1, lengths)
+    errors = []
+    for u in np.linspace(0.02, 0.97, 25):
+        rate = float(u) * curve.max_rate_rps
+        direct = estimate(stage, gpu, 4, 1, 1, rate, lengths)
+        assert direct is not None and direct.stable
+        errors.append(abs(curve.p95(rate) / direct.e2e_p95_s - 1.0))
+    assert float(np.median(errors)) < 0.01 and max(errors) < 0.08
+    assert math.isinf(curve.p95(curve.max_rate_rps * 1.01))

@@ -17,10 +17,14 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from cascadia_sky.catalog import GpuSpec, Offer, get_gpu
 from cascadia_sky.constants import (
     CLOUD_MAX_REPLICAS,
     CLOUD_REPLICA_GAIN_FRACTION,
+    CURVE_MIN_HEADROOM_FRACTION,
+    CURVE_POINTS,
     MAX_PIPELINE_PARALLEL,
 )
 from cascadia_sky.errors import PerfError
@@ -82,16 +86,72 @@ def _p95(est: OpenLoopEstimate | None) -> float:
     return est.e2e_p95_s if est is not None and est.stable else math.inf
 
 
-def pool_candidates(stage: StageSetup, gpu_type: str, pool_gpus: int, rate_rps: float,
-                    lengths: LengthDist) -> tuple[Candidate, ...]:
-    """Every TP x PP x DP on the pool's GPU type with at most N GPUs."""
+class LatencyCurve:
+    """p95 latency of one replica shape (model, GPU, TP, PP, lengths) as a function of its per-replica rate.
+
+    The threshold search asks for the same shapes at many rates (one per share of traffic a stage receives, and
+    per replica count), so the performance model is evaluated once per shape on a utilisation grid that is dense
+    near saturation, and queries interpolate log(p95) against -log(1 - utilisation), where queueing delay is close
+    to linear. Rates at or beyond the last grid point are unsustainable (inf). The tests bound the error against
+    direct evaluation.
+    """
+
+    def __init__(self, stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, lengths: LengthDist) -> None:
+        self.max_rate_rps = 0.0
+        self._x = np.zeros(0)
+        self._y = np.zeros(0)
+        probe = estimate(stage, gpu, tp, pp, 1, 0.0, lengths)
+        if probe is None or probe.max_rate_rps <= 0:
+            return
+        self.max_rate_rps = probe.max_rate_rps
+        util = np.concatenate([[0.0], 1.0 - np.geomspace(1.0, CURVE_MIN_HEADROOM_FRACTION, CURVE_POINTS)[1:]])
+        xs, ys = [], []
+        for u in util:
+            est = estimate(stage, gpu, tp, pp, 1, float(u) * self.max_rate_rps, lengths)
+            p95 = _p95(est)
+            if not math.isfinite(p95):
+                break
+            xs.append(-math.log1p(-float(u)))
+            ys.append(math.log(p95))
+        self._x, self._y = np.asarray(xs), np.asarray(ys)
+
+    def p95(self, rate_per_replica: float) -> float:
+        """Interpolated p95 latency in seconds (inf when the replica cannot keep up)."""
+        if self._x.size == 0:
+            return math.inf
+        u = rate_per_replica / self.max_rate_rps
+        if u >= 1.0:
+            return math.inf
+        x = -math.log1p(-u)
+        if x > self._x[-1] + 1e-12:
+            return math.inf
+        return float(math.exp(np.interp(x, self._x, self._y)))
+
+
+Curves = dict[tuple[str, int, int], LatencyCurve]
+
+
+def _curve(curves: Curves, stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, lengths: LengthDist) -> LatencyCurve:
+    key = (gpu.name, tp, pp)
+    if key not in curves:
+        curves[key] = LatencyCurve(stage, gpu, tp, pp, lengths)
+    return curves[key]
+
+
+def pool_candidates(stage: StageSetup, gpu_type: str, pool_gpus: int, rate_rps: float, lengths: LengthDist,
+                    curves: Curves | None = None) -> tuple[Candidate, ...]:
+    """Every TP x PP x DP on the pool's GPU type with at most N GPUs.
+
+    `curves` caches per-shape latency curves; pass the same dict for calls with the same `lengths`.
+    """
     gpu = get_gpu(gpu_type)
+    curves = {} if curves is None else curves
     out = []
     for tp, pp in parallel_shapes(stage, gpu, pool_gpus):
+        curve = _curve(curves, stage, gpu, tp, pp, lengths)
         for dp in range(1, pool_gpus // (tp * pp) + 1):
-            p95 = _p95(estimate(stage, gpu, tp, pp, dp, rate_rps, lengths))
             out.append(Candidate(stage=stage.index, gpu_type=gpu.name, tp=tp, pp=pp, replicas=dp, gpus=tp * pp * dp,
-                                 p95_latency_s=p95, usd_per_hour=0.0,
+                                 p95_latency_s=curve.p95(rate_rps / dp), usd_per_hour=0.0,
                                  key=f"s{stage.index}_{gpu.name}_tp{tp}_pp{pp}_r{dp}"))
     return tuple(out)
 
@@ -111,8 +171,10 @@ def _packing(tp: int, pp: int, offer: Offer, replicas: int) -> int | None:
 
 
 def cloud_candidates(stage: StageSetup, offers: Sequence[Offer], spot: bool, rate_rps: float,
-                     lengths: LengthDist, max_gpus_by_type: dict[str, int] | None = None) -> tuple[Candidate, ...]:
+                     lengths: LengthDist, max_gpus_by_type: dict[str, int] | None = None,
+                     curves: Curves | None = None) -> tuple[Candidate, ...]:
     """Per allowed GPU type and (TP, PP): replicas 1..k on the cheapest exactly-packing offer."""
+    curves = {} if curves is None else curves
     out: list[Candidate] = []
     by_type: dict[str, list[Offer]] = {}
     for o in offers:
@@ -124,6 +186,7 @@ def cloud_candidates(stage: StageSetup, offers: Sequence[Offer], spot: bool, rat
         cap = (max_gpus_by_type or {}).get(gpu_type)
         max_gpus = cap if cap is not None else CLOUD_MAX_REPLICAS * gpu.gpus_per_node * MAX_PIPELINE_PARALLEL
         for tp, pp in parallel_shapes(stage, gpu, max_gpus):
+            curve = _curve(curves, stage, gpu, tp, pp, lengths)
             prev = math.inf
             for dp in range(1, CLOUD_MAX_REPLICAS + 1):
                 if tp * pp * dp > max_gpus:
@@ -138,7 +201,7 @@ def cloud_candidates(stage: StageSetup, offers: Sequence[Offer], spot: bool, rat
                         best = (price, o, n_inst)
                 if best is None:
                     continue
-                p95 = _p95(estimate(stage, gpu, tp, pp, dp, rate_rps, lengths))
+                p95 = curve.p95(rate_rps / dp)
                 if math.isinf(p95) and math.isinf(prev):
                     prev = p95
                     continue  # still too few replicas to keep up

@@ -44,6 +44,7 @@ from cascadia_sky.planner.candidates import (
     estimate,
     pool_candidates,
 )
+from cascadia_sky.planner.bruteforce import dp_pool
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
 from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search
@@ -141,14 +142,18 @@ class DeploymentLevel:
         self.res = spec.resources
         self._cands: dict[tuple[int, float], tuple[Candidate, ...]] = {}
         self._lengths: dict[tuple[int, float], LengthDist] = {}
+        self._curves: dict[tuple[int, float], dict] = {}  # per lengths key: latency curves per shape
         self._offers = []
         if self.res.cloud is not None:
             self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
         self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
                        if self.res.cloud is not None else {})
 
+    def _lengths_key(self, stage: int, reach: float) -> tuple[int, float]:
+        return (stage, reach) if not self.ctx.workload.output_tokens.size else (stage, -1.0)
+
     def lengths(self, stage: int, reach: float, outputs: np.ndarray) -> LengthDist:
-        key = (stage, reach) if not self.ctx.workload.output_tokens.size else (stage, -1.0)
+        key = self._lengths_key(stage, reach)
         if key not in self._lengths:
             self._lengths[key] = stage_lengths(self.ctx, stage, outputs)
         return self._lengths[key]
@@ -159,12 +164,13 @@ class DeploymentLevel:
             st = self.ctx.stages[stage]
             rate = self.ctx.workload.rate_rps * reach
             lengths = self.lengths(stage, reach, outputs)
+            curves = self._curves.setdefault(self._lengths_key(stage, reach), {})
             if self.res.pool is not None:
                 self._cands[key] = pool_candidates(st, get_gpu(self.res.pool.gpu).name, self.res.pool.count, rate,
-                                                   lengths)
+                                                   lengths, curves)
             else:
                 self._cands[key] = cloud_candidates(st, self._offers, self.res.cloud.spot, rate, lengths,
-                                                    self.quotas)
+                                                    self.quotas, curves)
         return self._cands[key]
 
     def problem(self, thresholds: tuple[float, ...]) -> DeployProblem:
@@ -179,6 +185,25 @@ class DeploymentLevel:
                                  pool_gpu_type=get_gpu(self.res.pool.gpu).name, **common)
         return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
                              quotas=self.quotas, **common)
+
+    def lower_bound(self, thresholds: tuple[float, ...]) -> float:
+        """A cheap bound below the MILP's primary objective, used only to skip MILP solves that cannot win.
+
+        Pool mode: the exact dynamic programme over (stage, GPUs used) of `bruteforce.dp_pool` (tight, and
+        cross-checked against the MILP in the tests); otherwise every stage at its best candidate, no shared
+        limits. Every incumbent and the final plan still come from the MILP.
+        """
+        problem = self.problem(thresholds)
+        if problem.mode == "pool" and problem.budget_usd_per_hour is None:
+            exact = dp_pool(problem)
+            return math.inf if exact is None else exact[0] * (1.0 - 1e-9)
+        if problem.goal == "min-cost":
+            return sum(min((c.usd_per_hour for c in cands), default=math.inf) for cands in problem.candidates)
+        best = [min((c.p95_latency_s for c in cands), default=math.inf) for cands in problem.candidates]
+        binding = [k for k, share in enumerate(problem.shares) if k == 0 or share >= problem.share_epsilon]
+        if problem.objective == "max-stage":
+            return max(best[k] for k in binding)
+        return max(sum(best[: k + 1]) for k in binding)
 
     def __call__(self, thresholds: tuple[float, ...]) -> tuple[float, float, DeployResult]:
         result = solve(self.problem(thresholds))
@@ -230,7 +255,8 @@ def search(ctx: PlanningContext, progress: Progress | None = None) -> tuple[Sear
     result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
                               grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
                               stable_rounds=PLANNER_STABLE_ROUNDS, max_rounds=PLANNER_MAX_ROUNDS,
-                              tolerance=PLANNER_TOLERANCE_FRACTION, progress=progress)
+                              tolerance=PLANNER_TOLERANCE_FRACTION, lower_bound=level.lower_bound,
+                              progress=progress)
     if not math.isfinite(result.best.latency_s):
         first: DeployResult = result.evaluations[0].deployment
         raise InfeasibleError(f"no deployment exists for any thresholds: {first.reason or first.status}")

@@ -16,7 +16,9 @@ Procedure (ours; the paper leaves it open):
 2. Start from theta = (+inf, ..., +inf): everything reaches the last stage, Q = z1 >= q_min, a feasible point.
 3. Coordinate descent: for each non-final stage in turn, try every candidate threshold with the others fixed and
    keep the best J. A deployment solve is skipped when the quality penalty alone already exceeds the best J
-   (L >= 0, so J cannot win) — exact pruning, not a heuristic. Deployment results are cached per threshold vector.
+   (L >= 0, so J cannot win), or when the penalty plus a cheap lower bound on L does (each stage at its fastest
+   candidate, ignoring the GPU pool and budget) — exact pruning, not a heuristic. Deployment results are cached
+   per threshold vector.
 4. A round is one pass over the stages. After a round, the grid around each incumbent threshold is refined
    (the quantiles between its neighbours are added), so a later round can still improve. The search stops when J
    has not improved by more than a relative `tolerance` for K consecutive rounds, or after `max_rounds`.
@@ -116,11 +118,13 @@ def chebyshev_search(
     max_rounds: int,
     tolerance: float,
     mu_s: float | None = None,
+    lower_bound: Callable[[Thresholds], float] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Minimise J over threshold vectors (one per non-final stage). See the module docstring for the procedure.
 
-    `deploy(theta)` returns (L seconds, $/h, opaque result) and is the expensive call; `quality_of(theta)` is cheap.
+    `deploy(theta)` returns (L, $/h, opaque result) and is the expensive call; `quality_of(theta)` is cheap.
+    `lower_bound(theta)`, if given, is a cheap bound L(theta) >= bound that lets more deployment solves be skipped.
     """
     t0 = time.perf_counter()
     n = len(stage_scores)
@@ -159,7 +163,7 @@ def chebyshev_search(
                 seen.add(theta)
                 q = quality_of(theta)
                 penalty = objective_j(0.0, q, q_min, z1, z2, mu_s)
-                if penalty >= best.j:
+                if penalty >= best.j or (lower_bound is not None and penalty + lower_bound(theta) >= best.j):
                     pruned += 1
                     continue
                 lat, cost, dep = run_deploy(theta)

@@ -1,0 +1,86 @@
+"""Planner wall time, end to end (threshold search + candidates + deployment MILPs), 3-stage cascade.
+
+Settings: the DeepSeek cascade of examples/deepseek.yaml on pools of 32, 80 and 256 H100 (the trace rate scaled with
+the pool, 4x per 32 GPUs, so every pool is loaded alike), and cloud mode with 5 GPU types (examples/multicloud.yaml
+plus a 3-stage variant). Prints the median of several runs per setting; the last line is one JSON object.
+Goal (issue 3): < 1 s at 32 GPUs and < 10 s at 256 GPUs (the paper reports < 20 s at 32 and < 60 s at 80).
+
+    python benchmarks/planner_speed.py [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from cascadia_sky.planner.planner import make_plan
+from cascadia_sky.spec import load_spec
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _variant(tmp: Path, name: str, edit) -> Path:
+    data = yaml.safe_load((EXAMPLES / f"{name}.yaml").read_text())
+    edit(data)
+    path = tmp / f"{name}-{len(list(tmp.glob('*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _pool(n: int):
+    def edit(d: dict) -> None:
+        d["resources"]["pool"]["count"] = n
+        d["workload"]["rate_scale"] = 4.0 * n / 32
+    return edit
+
+
+def _cloud3(d: dict) -> None:
+    d["stages"].append({"name": "xlarge", "model": "meta-llama/Llama-3.1-405B", "precision": "fp8",
+                        "max_context": 16384})
+    d["quality"]["profile"] = "profiles/llama3.csv"
+    d["stages"][1]["model"] = "meta-llama/Llama-3.1-70B"
+    d["resources"]["cloud"]["budget_usd_per_hour"] = 400
+    d["resources"]["cloud"]["quotas"] = {"H100": 32, "H200": 16}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        shutil.copytree(EXAMPLES / "profiles", tmp / "profiles")
+        shutil.copytree(EXAMPLES / "traces", tmp / "traces")
+        settings = {f"pool{n}": _variant(tmp, "deepseek", _pool(n)) for n in (32, 80, 256)}
+        settings["cloud_2stage_5types"] = _variant(tmp, "multicloud", lambda d: None)
+        settings["cloud_3stage_5types"] = _variant(tmp, "multicloud", _cloud3)
+        figures: dict[str, dict] = {}
+        for name, path in settings.items():
+            spec = load_spec(path)
+            times, plan = [], None
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                plan = make_plan(spec)
+                times.append(time.perf_counter() - t0)
+            assert plan is not None
+            figures[name] = {"median_s": round(statistics.median(times), 3), "min_s": round(min(times), 3),
+                             "runs": args.runs, "deployment_solves": plan.solver.deployment_solves,
+                             "rounds": plan.solver.iterations, "gpus": plan.predicted.gpus,
+                             "p95_latency_s": round(plan.predicted.p95_latency_s, 3)}
+            print(f"{name:>22}: median {figures[name]['median_s']:.3f} s over {args.runs} runs "
+                  f"({plan.solver.deployment_solves} MILP solves, {plan.solver.iterations} rounds, "
+                  f"{plan.predicted.gpus} GPUs, p95 {plan.predicted.p95_latency_s:.2f} s)")
+    figures["goal_met"] = {"pool32_under_1s": figures["pool32"]["median_s"] < 1.0,
+                           "pool256_under_10s": figures["pool256"]["median_s"] < 10.0}
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
