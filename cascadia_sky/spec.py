@@ -338,7 +338,13 @@ def check_spec(spec: CascadeSpec) -> None:
     """Cross-field checks: known models and GPUs, existing files, and every stage fits some allowed GPU."""
     from cascadia_sky.catalog import clouds as known_clouds
     from cascadia_sky.models import get_model
+    from router.scorers import SCORERS  # the router's registry is the one source of scorer names
 
+    if spec.quality.scorer not in SCORERS:
+        names = sorted(SCORERS)
+        close = difflib.get_close_matches(spec.quality.scorer, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known scorers: {', '.join(names)}"
+        raise _fail(spec, "quality.scorer", f"unknown scorer '{spec.quality.scorer}' ({hint})")
     res = spec.resources
     if res.pool is not None:
         _known_gpu(spec, res.pool.gpu, "resources.pool.gpu")

@@ -121,6 +121,8 @@ CROSS_CASES: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("unknown quota gpu", lambda d: d["resources"].update(
         {"pool": None, "cloud": {"clouds": ["aws"], "quotas": {"B300X": 8}}}), "resources.cloud.quotas.B300X",
      "unknown GPU"),
+    ("unknown scorer", lambda d: d["quality"].__setitem__("scorer", "mean_logprb"), "quality.scorer",
+     "did you mean 'mean_logprob'"),
     ("missing profile", lambda d: d["quality"].__setitem__("profile", "nope.csv"), "quality.profile",
      "file not found"),
     ("missing trace", lambda d: d["workload"].__setitem__("trace", "nope.csv"), "workload.trace", "file not found"),
