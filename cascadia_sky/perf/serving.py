@@ -262,10 +262,10 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
     supply = grid * (1.0 - lam * ex / pp) / t0
     k = int(np.searchsorted(supply, lam * osl_m)) if stable else _GRID - 1
     if k <= 0:
-        bstar, frac = float(grid[0]), 0.0
+        bstar = float(grid[0])
     elif k >= _GRID:
-        bstar, frac = cap, 1.0
-    else:
+        bstar = cap
+    else:                      # interpolate the running batch between the grid points around the demand
         lo, hi = supply[k - 1], supply[k]
         frac = float((lam * osl_m - lo) / (hi - lo)) if hi > lo else 1.0
         bstar = float(grid[k - 1] + frac * (grid[k] - grid[k - 1]))
