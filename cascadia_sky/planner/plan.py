@@ -97,7 +97,7 @@ class Plan(_Frozen):
     name: str
     created_at: str
     scorer: str
-    mode: Literal["pool", "cloud"]
+    mode: Literal["pool", "cloud", "local"]
     objective: str
     goal: str
     slo_p95_s: float | None = None

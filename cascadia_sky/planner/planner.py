@@ -38,10 +38,12 @@ from cascadia_sky.constants import (
 from cascadia_sky.errors import InfeasibleError
 from cascadia_sky.models import get_model
 from cascadia_sky.perf import LengthDist
+from cascadia_sky.perf.local import local_open_loop
 from cascadia_sky.planner.candidates import (
     StageSetup,
     cloud_candidates,
     estimate,
+    local_candidates,
     pool_candidates,
 )
 from cascadia_sky.planner.bruteforce import dp_pool
@@ -165,7 +167,9 @@ class DeploymentLevel:
             rate = self.ctx.workload.rate_rps * reach
             lengths = self.lengths(stage, reach, outputs)
             curves = self._curves.setdefault(self._lengths_key(stage, reach), {})
-            if self.res.pool is not None:
+            if self.res.local is not None:
+                self._cands[key] = local_candidates(st, rate, lengths)
+            elif self.res.pool is not None:
                 self._cands[key] = pool_candidates(st, get_gpu(self.res.pool.gpu).name, self.res.pool.count, rate,
                                                    lengths, curves)
             else:
@@ -183,6 +187,8 @@ class DeploymentLevel:
         if self.res.pool is not None:
             return DeployProblem(mode="pool", pool_gpus=self.res.pool.count,
                                  pool_gpu_type=get_gpu(self.res.pool.gpu).name, **common)
+        if self.res.local is not None:  # one candidate per stage; nothing shared, nothing priced
+            return DeployProblem(mode="cloud", **common)
         return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
                              quotas=self.quotas, **common)
 
@@ -296,8 +302,9 @@ def _assemble(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel
     for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
         reach = float(out.reach[i])
         rate = ctx.workload.rate_rps * reach
-        est = estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate,
-                       level.lengths(i, reach, out.stage_output_tokens[i]))
+        lengths = level.lengths(i, reach, out.stage_output_tokens[i])
+        est = (local_open_loop(st.model, rate, lengths) if spec.resources.local is not None
+               else estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths))
         stages.append(StagePlan(
             name=st.name, model=st.model.name if not spec.stages[i].model.endswith(".json") else spec.stages[i].model,
             served_model_name=st.name, precision=st.precision, max_context=st.max_context,
@@ -331,7 +338,7 @@ def _assemble(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel
             last_stage_gpus=d.chosen[-1].gpus))
     res = spec.resources
     return Plan(name=spec.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                scorer=spec.quality.scorer, mode="pool" if res.pool is not None else "cloud",
+                scorer=spec.quality.scorer, mode=res.mode,
                 objective=spec.objective.latency, goal=spec.objective.goal, slo_p95_s=spec.objective.slo_p95_s,
                 budget_usd_per_hour=res.cloud.budget_usd_per_hour if res.cloud is not None else None,
                 workload_rate_rps=ctx.workload.rate_rps, stages=stages, predicted=predicted, solver=solver,
