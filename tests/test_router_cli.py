@@ -1,5 +1,5 @@
 """`cascadia router --plan plan.json --local-engines`: the documented command serves a two-stage cascade of real
-local engines that the official openai client uses, streamed and not; Ctrl-C stops router and engines."""
+local engines that the official openai client uses, streamed and not; Ctrl-C or SIGTERM stops router and engines."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from cascadia_sky.engines import free_port
 
 PLAN = Path(__file__).resolve().parents[1] / "router" / "examples" / "plan-local.json"
 
 
-def test_cascadia_router_command_serves_local_cascade(tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_cascadia_router_command_serves_local_cascade(tmp_path, stop_signal):
     port = free_port()
     env = {**os.environ, "CASCADIA_HOME": str(tmp_path), "CASCADIA_ROUTER_API_KEYS": "k1"}
     cmd = [sys.executable, "-m", "cascadia_sky.cli", "router", "--plan", str(PLAN), "--local-engines",
@@ -41,7 +43,7 @@ def test_cascadia_router_command_serves_local_cascade(tmp_path):
                                                      stream=True))
         engine_urls = [e["url"] for st in health["stages"].values() for e in st]
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         proc.wait(timeout=30)
     assert health["cascade"] == "local-cascade" and list(health["stages"]) == ["small", "large"]
     assert out.headers["x-cascadia-stage"] in ("small", "large")

@@ -8,6 +8,7 @@ Face id or our short name) gets an xllamacpp engine on a free loopback port, ser
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from cascadia_sky.engines.process import EngineProcess, start_bundled
@@ -47,6 +48,9 @@ def run_router(config_path: Path, endpoints: list[str], *, local_engines: bool =
     from router.server import parse_endpoints, serve
 
     engines: list[EngineProcess] = []
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it under the handler that was installed before it
+    # started: make that handler an exit (not the default instant death), so `finally` stops the engines.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         eps = parse_endpoints(endpoints)
         if local_engines:
@@ -60,3 +64,8 @@ def run_router(config_path: Path, endpoints: list[str], *, local_engines: bool =
     finally:
         for e in engines:
             e.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

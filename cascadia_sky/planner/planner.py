@@ -306,7 +306,7 @@ def _assemble(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel
         est = (local_open_loop(st.model, rate, lengths) if spec.resources.local is not None
                else estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths))
         stages.append(StagePlan(
-            name=st.name, model=st.model.name if not spec.stages[i].model.endswith(".json") else spec.stages[i].model,
+            name=st.name, model=spec.stages[i].model,  # as the user wrote it: what the engine will load
             served_model_name=st.name, precision=st.precision, max_context=st.max_context,
             gpu_type=c.gpu_type, gpus=c.gpus, tp=c.tp, pp=c.pp, replicas=c.replicas, cloud=c.cloud,
             region=c.region, instance_type=c.instance_type, gpus_per_instance=c.gpus_per_instance,
