@@ -227,6 +227,53 @@ def plan(
     console.print(f"wrote {path}")
 
 
+@app.command()
+def up(
+    spec_file: str = typer.Argument(None, metavar="CASCADE.YAML", help="The cascade to plan and launch."),
+    plan_file: str = typer.Option(None, "--plan", help="Launch this plan.json instead of planning a cascade file."),
+    dryrun: bool = typer.Option(False, "--dryrun", help="Show what would be launched (rendered SkyPilot tasks, "
+                                                        "SkyPilot's resource choice and price); launch nothing."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before launching paid resources."),
+    port: int = typer.Option(None, "--port", min=1, max=65535, help="The router's port (default 8800)."),
+    timeout: float = typer.Option(None, "--timeout", min=0.0,
+                                  help="Seconds a component may take to become ready (default 600)."),
+) -> None:
+    """Launch a cascade: its stages in parallel, then the router; print the endpoint and how to call it."""
+    from cascadia_sky.launch.launcher import load_target
+    from cascadia_sky.launch.launcher import up as launch_up
+    from cascadia_sky.launch.report import actions_text, up_report
+
+    def confirm(actions: list, backend: str) -> bool:
+        console.print(actions_text(actions, backend))
+        return typer.confirm("launch these (they cost money)?", default=False)
+
+    target = load_target(spec_file, plan_file, port=port, timeout_s=timeout)
+    result = launch_up(target, dryrun=dryrun, confirm=None if yes else confirm,
+                       progress=lambda msg: err_console.print(f"[dim]up:[/] {msg}", highlight=False))
+    console.print(*up_report(result), sep="\n", soft_wrap=True)
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(None, metavar="[NAME]", help="One deployment (default: all)."),
+) -> None:
+    """Every deployment: per stage its replicas and their states, GPU, $/h, endpoint; the router's live figures."""
+    from cascadia_sky.launch.launcher import status as launch_status
+    from cascadia_sky.launch.report import status_report
+
+    console.print(*status_report(launch_status(name)), sep="\n")
+
+
+@app.command()
+def down(
+    name: str = typer.Argument(..., metavar="NAME", help="The deployment to stop (see `cascadia status`)."),
+) -> None:
+    """Stop every stage and the router of a deployment and forget it. Safe to repeat; works after an interrupted up."""
+    from cascadia_sky.launch.launcher import down as launch_down
+
+    console.print(launch_down(name), highlight=False)
+
+
 def main() -> None:
     """Console entry point: run the app, turning library errors into one red line."""
     debug = os.environ.get(DEBUG_ENV_VAR, "") not in ("", "0")

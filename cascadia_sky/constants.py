@@ -64,3 +64,19 @@ LOCAL_ENGINE_TTFT_S = 0.04                 # measured 0.03-0.045 s for short pro
 LOCAL_ENGINE_PREFILL_TOKENS_PER_S = 2000.0  # assumed prompt processing rate beyond that
 LOCAL_ENGINE_EFFECTIVE_GB_PER_S = 17.0     # decode of other models: weight bytes per token / this (fits the two above)
 LOCAL_GGUF_BYTES_PER_PARAM = 0.6           # Q4-class GGUF weights
+
+# --- launcher (cascadia up / status / down) --------------------------------------------------
+LAUNCH_ROUTER_PORT = 8800                    # the router's port (local backend: on 127.0.0.1)
+LAUNCH_READY_TIMEOUT_SECONDS = 600.0         # `up` gives up on a component not ready after this (local: per engine)
+LAUNCH_POLL_INTERVAL_SECONDS = 0.2           # local supervisor loop and `up`'s wait loop
+LAUNCH_MAX_RESTARTS = 3                      # a local process that crashed more often than this is failed
+LAUNCH_RESTART_BACKOFF_SECONDS = 1.0         # first restart delay; doubles per restart
+LAUNCH_STOP_TIMEOUT_SECONDS = 15.0           # `down` waits this long for the supervisor before killing
+LAUNCH_HEALTH_TIMEOUT_SECONDS = 2.0          # one readiness / health probe (HTTP GET)
+LAUNCH_LOG_TAIL_CHARS = 1500                 # engine log shown when a component fails
+SKY_POLL_INTERVAL_SECONDS = 10.0             # skyserve/clusters: status polling while waiting for READY
+SKY_READINESS_DELAY_SECONDS = 1800           # SkyServe initial_delay_seconds: weight download + engine start
+SKY_AUTOSCALE_MAX_FACTOR = 2.0               # autoscaling: max_replicas = ceil(planned replicas x this)
+SKY_VLLM_PORT = 8000                         # vLLM's port on a replica
+SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/stage-service.yaml)
+SKY_ROUTER_CPUS = "4+"                       # the router service's replica

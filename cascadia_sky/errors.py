@@ -51,3 +51,7 @@ class PlanError(CascadiaError):
 
 class InfeasibleError(PlanError):
     """No plan satisfies the constraints; the message says which constraint to relax."""
+
+
+class LaunchError(CascadiaError):
+    """Launching, observing or stopping a deployment failed; the message says what was cleaned up and what next."""

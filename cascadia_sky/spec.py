@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cascadia_sky.constants import MAX_PIPELINE_PARALLEL
+from cascadia_sky.constants import LAUNCH_ROUTER_PORT, MAX_PIPELINE_PARALLEL, SKY_VLLM_VERSION
 from cascadia_sky.errors import CascadiaError, SpecError
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
@@ -179,6 +179,27 @@ class ResourcesSpec(_Strict):
         return "pool" if self.pool is not None else "cloud" if self.cloud is not None else "local"
 
 
+# --- infra (how `cascadia up` launches the plan) ----------------------------------------------
+
+class InfraSpec(_Strict):
+    """Where and how `cascadia up` runs the plan. Every field has a default; most cascades need none."""
+
+    backend: str | None = Field(None, description="Launch backend: local (processes on this machine), skyserve "
+                                                  "(one SkyServe service per stage + the router) or clusters (one "
+                                                  "SkyPilot cluster per replica, e.g. Slurm). Default: local for "
+                                                  "resources.local, skyserve otherwise.")
+    targets: list[str] | None = Field(None, min_length=1,
+                                      description="SkyPilot infra the stages may run on, e.g. [aws, gcp/us-central1, "
+                                                  "k8s, slurm/mycluster]. Default: any enabled infra (a cloud plan "
+                                                  "pins its own cloud and region).")
+    autoscale: bool = Field(False, description="skyserve: autoscale each stage around its planned rate (at least "
+                                               "the planned replicas); false: exactly the planned replicas.")
+    vllm_version: str = Field(SKY_VLLM_VERSION, pattern=r"^[0-9][0-9a-z.+-]*$",
+                              description="vLLM version installed on stage replicas.")
+    router_port: int = Field(LAUNCH_ROUTER_PORT, ge=1, le=65535,
+                             description="The router's port (local backend: on 127.0.0.1).")
+
+
 # --- the whole file --------------------------------------------------------------------------
 
 class CascadeSpec(_Strict):
@@ -192,6 +213,7 @@ class CascadeSpec(_Strict):
     workload: WorkloadSpec
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     resources: ResourcesSpec
+    infra: InfraSpec = Field(default_factory=InfraSpec, description="How `cascadia up` launches the plan.")
 
     _source: Path | None = PrivateAttr(None)
 
@@ -378,6 +400,7 @@ def check_spec(spec: CascadeSpec) -> None:
                 raise _fail(spec, f"resources.cloud.quotas.{g}", "a quota must be >= 0 GPUs")
     if res.local is not None:
         _check_local(spec)
+    _check_infra(spec)
     for i, st in enumerate(spec.stages):
         if res.local is not None:
             break
@@ -416,6 +439,26 @@ def _check_local(spec: CascadeSpec) -> None:
         for key in ("gpu_types", "tp", "pp"):
             if getattr(st, key) is not None:
                 raise _fail(spec, f"stages[{i}].{key}", "GPU pins do not apply to resources.local; remove it")
+
+
+def _check_infra(spec: CascadeSpec) -> None:
+    """infra.backend must be a registered launch backend that fits the resources mode."""
+    from cascadia_sky.launch.backends import backend_names
+
+    infra = spec.infra
+    if infra.backend is not None and infra.backend not in backend_names():
+        names = backend_names()
+        close = difflib.get_close_matches(infra.backend, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known backends: {', '.join(names)}"
+        raise _fail(spec, "infra.backend", f"unknown backend '{infra.backend}' ({hint})")
+    local_mode = spec.resources.local is not None
+    if infra.backend == "local" and not local_mode:
+        raise _fail(spec, "infra.backend", "the local backend serves resources.local plans only; use skyserve or "
+                                           "clusters, or plan with resources.local")
+    if local_mode and infra.backend not in (None, "local"):
+        raise _fail(spec, "infra.backend", "resources.local plans run on the local backend; remove infra.backend")
+    if local_mode and infra.targets:
+        raise _fail(spec, "infra.targets", "resources.local runs on this machine; remove infra.targets")
 
 
 def _check_files(spec: CascadeSpec) -> None:
@@ -503,4 +546,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["CascadeSpec", "StageSpec", "QualitySpec", "WorkloadSpec", "ObjectiveSpec", "ResourcesSpec",
-           "LocalSpec", "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types", "LOCAL_DEVICE"]
+           "LocalSpec", "InfraSpec", "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types", "LOCAL_DEVICE"]

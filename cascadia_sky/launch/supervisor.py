@@ -1,0 +1,193 @@
+"""The local backend's supervisor: one detached process per local deployment that owns its engines and router.
+
+`cascadia up` records the components a deployment should have and starts this process
+(`python -m cascadia_sky.launch.supervisor NAME`, its own session, output in the deployment's folder). It then
+reconciles the state store with reality in a loop: starts engines that should run (recording pid, port and log
+before waiting on them), marks them ready when they answer, restarts a crashed one with back-off (same port, so
+the router's config stays valid), fails one that crashed too often or was not ready in time (with its last log
+lines), starts the router once every engine is ready, and stops anything marked `desired = stopped`. SIGTERM (what
+`cascadia down` sends) stops every child and exits. It exits by itself when its deployment row disappears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cascadia_sky.constants import (
+    LAUNCH_LOG_TAIL_CHARS,
+    LAUNCH_MAX_RESTARTS,
+    LAUNCH_POLL_INTERVAL_SECONDS,
+    LAUNCH_RESTART_BACKOFF_SECONDS,
+)
+from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
+from cascadia_sky.launch.procs import http_get, process_start
+from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+
+
+@dataclass
+class _Child:
+    proc: EngineProcess
+    fingerprint: str
+    started: float
+
+
+class Supervisor:
+    """Reconciles one deployment's recorded components with running processes."""
+
+    def __init__(self, store: StateStore, name: str) -> None:
+        self.store = store
+        self.name = name
+        self.children: dict[str, _Child] = {}
+        self.not_before: dict[str, float] = {}   # restart back-off
+        self.stopping = False
+
+    # --- one pass ------------------------------------------------------------------------------
+
+    def step(self) -> bool:
+        """One reconcile pass; False when the deployment is gone or stopping (time to exit)."""
+        rec = self.store.get(self.name)
+        if rec is None or rec.phase == "stopping" or self.stopping:
+            return False
+        engines = [c for c in rec.components if c.kind == "engine"]
+        for comp in engines:
+            self._reconcile(rec, comp, engines)
+        router = rec.component("router")
+        if router is not None:
+            self._reconcile(rec, router, engines)
+        rec = self.store.get(self.name)
+        if rec is not None and rec.phase == "launching" and rec.components and all(
+                c.phase == "ready" for c in rec.components):
+            self.store.update(self.name, phase="up", up_pid=None, up_start=None)
+        return True
+
+    def _reconcile(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
+        child = self.children.get(comp.name)
+        if comp.desired == "stopped":
+            self._stop(comp.name)
+            self.store.delete_component(self.name, comp.name)
+            return
+        if comp.phase == "failed":
+            self._stop(comp.name)
+            return
+        if child is not None and child.fingerprint != comp.fingerprint:  # the plan changed this component
+            self._stop(comp.name)
+            child = None
+        now = time.monotonic()
+        if child is None:
+            if comp.kind == "router" and not all(e.phase == "ready" for e in engines if e.desired == "running"):
+                return
+            if now < self.not_before.get(comp.name, 0.0):
+                return
+            self._start(rec, comp, engines)
+            return
+        if not child.proc.alive():
+            code = child.proc.proc.returncode
+            tail = child.proc.log_tail(LAUNCH_LOG_TAIL_CHARS)
+            del self.children[comp.name]
+            if comp.restarts >= LAUNCH_MAX_RESTARTS:
+                self.store.update_component(self.name, comp.name, phase="failed", pid=None, pid_start=None,
+                                            message=f"exited with code {code} after {comp.restarts} restarts; "
+                                                    f"last lines of {child.proc.log_path}:\n{tail}")
+                return
+            self.not_before[comp.name] = now + LAUNCH_RESTART_BACKOFF_SECONDS * 2 ** comp.restarts
+            self.store.update_component(self.name, comp.name, phase="restarting", restarts=comp.restarts + 1,
+                                        pid=None, pid_start=None, message=f"exited with code {code}; restarting")
+            return
+        if comp.phase in ("starting", "restarting", "pending"):
+            if _answers(comp.kind, child.proc.url):
+                self.store.update_component(self.name, comp.name, phase="ready", message="")
+            elif now - child.started > rec.ready_timeout_s:
+                tail = child.proc.log_tail(LAUNCH_LOG_TAIL_CHARS)
+                self._stop(comp.name)
+                self.store.update_component(self.name, comp.name, phase="failed", pid=None, pid_start=None,
+                                            message=f"not ready after {rec.ready_timeout_s:g} s; last lines of "
+                                                    f"{child.proc.log_path}:\n{tail}")
+
+    def _start(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
+        """Start one component; its pid, port and log are recorded right after the fork, before any wait."""
+        log_dir = self.store.deployment_dir(self.name) / "logs"
+        port = comp.port or free_port()
+        try:
+            if comp.kind == "engine":
+                proc = self._start_engine(rec, comp, port, log_dir)
+            else:
+                proc = self._start_router(rec, port, engines, log_dir)
+        except Exception as exc:  # a missing model package, an unreadable plan: fail this component, keep going
+            self.store.update_component(self.name, comp.name, phase="failed", message=f"cannot start: {exc}")
+            return
+        self.children[comp.name] = _Child(proc, comp.fingerprint, time.monotonic())
+        self.store.update_component(self.name, comp.name, phase="restarting" if comp.restarts else "starting",
+                                    pid=proc.proc.pid, pid_start=process_start(proc.proc.pid), port=port,
+                                    url=proc.url, log_path=str(proc.log_path), started_at=time.time())
+
+    def _start_engine(self, rec: DeploymentRecord, comp: ComponentRecord, port: int, log_dir: Path) -> EngineProcess:
+        stage = next(s for s in rec.plan["stages"] if s["name"] == comp.stage)
+        threads = int(rec.option_dict.get("threads") or 1)
+        return start_bundled(stage["model"], alias=stage.get("served_model_name") or stage["name"], port=port,
+                             threads=threads, ctx=int(stage.get("max_context") or 2048), log_dir=log_dir,
+                             wait=False)
+
+    def _start_router(self, rec: DeploymentRecord, port: int, engines: list[ComponentRecord],
+                      log_dir: Path) -> EngineProcess:
+        from router import RouterConfig
+
+        endpoints: dict[str, list[str]] = {}
+        for e in engines:
+            if e.desired == "running":
+                endpoints.setdefault(e.stage, []).append(e.url)
+        config = RouterConfig.from_plan(rec.plan, endpoints)
+        path = self.store.deployment_dir(self.name) / "router.json"
+        path.write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+        argv = [sys.executable, "-m", "router", "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
+                "--api-keys-file", rec.api_key_file]
+        return spawn("router", rec.name, argv, port, log_dir)
+
+    def _stop(self, name: str) -> None:
+        child = self.children.pop(name, None)
+        if child is not None:
+            child.proc.stop()
+
+    def stop_all(self) -> None:
+        """Router first (no request reaches a stopped engine), then the engines; rows say `stopped`."""
+        for name in sorted(self.children, key=lambda n: n != "router"):
+            self._stop(name)
+            self.store.update_component(self.name, name, phase="stopped", pid=None, pid_start=None)
+
+    def run(self) -> None:
+        me = os.getpid()
+        self.store.update(self.name, supervisor_pid=me, supervisor_start=process_start(me))
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        try:
+            while self.step():
+                time.sleep(LAUNCH_POLL_INTERVAL_SECONDS)
+        finally:
+            self.stop_all()
+
+    def _on_signal(self, *_: Any) -> None:
+        self.stopping = True
+
+
+def _answers(kind: str, url: str) -> bool:
+    code, _ = http_get(url + ("/health" if kind == "router" else "/v1/models"))
+    return code == 200
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m cascadia_sky.launch.supervisor NAME` (CASCADIA_HOME says which state store)."""
+    args = argv if argv is not None else sys.argv[1:]
+    if len(args) != 1:
+        print("usage: python -m cascadia_sky.launch.supervisor DEPLOYMENT", file=sys.stderr)
+        sys.exit(2)
+    Supervisor(StateStore(), args[0]).run()
+
+
+if __name__ == "__main__":
+    main()
