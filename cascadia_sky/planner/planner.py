@@ -254,9 +254,13 @@ def _inputs(spec: CascadeSpec) -> dict[str, str]:
     return out
 
 
-def search(ctx: PlanningContext, progress: Progress | None = None) -> tuple[SearchResult, DeploymentLevel]:
-    """Run the threshold search; raise InfeasibleError when no threshold vector has a deployment."""
-    level = DeploymentLevel(ctx)
+def search(ctx: PlanningContext, progress: Progress | None = None,
+           level: DeploymentLevel | None = None) -> tuple[SearchResult, DeploymentLevel]:
+    """Run the threshold search; raise InfeasibleError when no threshold vector has a deployment.
+
+    `level` replaces the deployment level (baselines restrict its candidates; `sim/baselines.py`).
+    """
+    level = level if level is not None else DeploymentLevel(ctx)
     scores = [ctx.train.scores[:, i] for i in range(len(ctx.stages) - 1)]
     result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
                               grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
@@ -269,15 +273,20 @@ def search(ctx: PlanningContext, progress: Progress | None = None) -> tuple[Sear
     return result, level
 
 
-def make_plan(spec: CascadeSpec, progress: Progress | None = None, target_override: float | None = None) -> Plan:
-    """Plan the cascade: thresholds, per-stage deployment, predicted quality/latency/cost."""
+def make_plan(spec: CascadeSpec, progress: Progress | None = None, target_override: float | None = None,
+              level_factory: Callable[[PlanningContext], DeploymentLevel] | None = None) -> Plan:
+    """Plan the cascade: thresholds, per-stage deployment, predicted quality/latency/cost.
+
+    `level_factory` builds the deployment level from the context (default `DeploymentLevel`); the baselines of
+    `sim/baselines.py` pass restricted ones.
+    """
     t0 = time.perf_counter()
     ctx = build_context(spec, target_override)
     if progress:
         progress(f"profile: {ctx.profile.n_prompts} prompts ({ctx.train.n_prompts} for planning), z1={ctx.z1:.4f} "
                  f"z2={ctx.z2:.4f}, target {ctx.q_min:.4f}; workload {ctx.workload.rate_rps:.2f} req/s")
-    result, level = search(ctx, progress)
-    return _assemble(ctx, result, level, time.perf_counter() - t0)
+    result, level = search(ctx, progress, level_factory(ctx) if level_factory is not None else None)
+    return assemble_plan(ctx, result, level, time.perf_counter() - t0)
 
 
 def _spread(points: list[Evaluation], best: Evaluation, k: int) -> list[Evaluation]:
@@ -291,7 +300,9 @@ def _spread(points: list[Evaluation], best: Evaluation, k: int) -> list[Evaluati
     return chosen
 
 
-def _assemble(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel, wall_s: float) -> Plan:
+def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel, wall_s: float) -> Plan:
+    """The Plan of a search result's best evaluation (public so that baselines with their own choice of thresholds
+    and deployment produce the same plan.json)."""
     spec = ctx.spec
     best: Evaluation = result.best
     dep: DeployResult = best.deployment
