@@ -12,12 +12,15 @@ import csv
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from cascadia_sky.constants import BENCHMARK_PROMPTS_PER_CLIENT
 from cascadia_sky.errors import CascadiaError, PerfError
+
+if TYPE_CHECKING:
+    from cascadia_sky.perf.step import Deployment
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("model_path", "system", "precision", "isl", "osl", "batch_size", "tp_size",
                                      "pp_size", "silicon_ttft_ms", "silicon_tpot_ms")
@@ -115,8 +118,15 @@ def _opt(row: dict[str, str], column: str) -> float:
         return 0.0
 
 
-def predict_row(row: dict[str, str]) -> RowResult:
-    """Model one measured row; PerfError/CascadiaError says why a row cannot be modelled."""
+Estimator = Callable[["Deployment", int, int, int], tuple[float, float]]
+
+
+def predict_row(row: dict[str, str], estimator: Estimator | None = None) -> RowResult:
+    """Model one measured row; PerfError/CascadiaError says why a row cannot be modelled.
+
+    `estimator(deployment, concurrency, isl, osl) -> (ttft_s, tpot_s)` replaces the analytical closed-loop model
+    (the simulator validates itself this way against the same rows).
+    """
     from cascadia_sky.catalog import get_gpu
     from cascadia_sky.models import get_model, normalize_precision
     from cascadia_sky.perf.serving import closed_loop
@@ -140,14 +150,18 @@ def predict_row(row: dict[str, str]) -> RowResult:
     if ttft <= 0 or tpot <= 0:
         raise PerfError("measured TTFT/TPOT must be positive")
     isl, osl = int(_num(row, "isl")), int(_num(row, "osl"))
-    est = closed_loop(Deployment(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision), conc, isl, osl,
-                      prompts_per_client=BENCHMARK_PROMPTS_PER_CLIENT)
+    dep = Deployment(model=model, gpu=gpu, tp=tp, pp=pp, precision=precision)
+    if estimator is None:
+        est = closed_loop(dep, conc, isl, osl, prompts_per_client=BENCHMARK_PROMPTS_PER_CLIENT)
+        ttft_s, tpot_s = est.ttft_s, est.tpot_s
+    else:
+        ttft_s, tpot_s = estimator(dep, conc, isl, osl)
     return RowResult(id=(row.get("id") or "").strip(), model=model.name, system=gpu.name, precision=precision,
-                     tp=tp, pp=pp, concurrency=conc, isl=isl, osl=osl, ttft_ms=ttft, ttft_pred_ms=est.ttft_s * 1e3,
-                     tpot_ms=tpot, tpot_pred_ms=est.tpot_s * 1e3)
+                     tp=tp, pp=pp, concurrency=conc, isl=isl, osl=osl, ttft_ms=ttft, ttft_pred_ms=ttft_s * 1e3,
+                     tpot_ms=tpot, tpot_pred_ms=tpot_s * 1e3)
 
 
-def validate_csv(path: str | Path) -> ValidationReport:
+def validate_csv(path: str | Path, estimator: Estimator | None = None) -> ValidationReport:
     """Predict every row of a measured-benchmark CSV; unmodellable rows are skipped with their reason."""
     p = Path(path).expanduser()
     try:
@@ -166,7 +180,7 @@ def validate_csv(path: str | Path) -> ValidationReport:
     skipped: list[SkippedRow] = []
     for line, row in enumerate(raw_rows, start=2):
         try:
-            rows.append(predict_row(row))
+            rows.append(predict_row(row, estimator))
         except CascadiaError as exc:
             skipped.append(SkippedRow(id=(row.get("id") or "").strip(), line=line, reason=str(exc)))
     return ValidationReport(file=str(p), rows=rows, skipped=skipped)
