@@ -55,9 +55,10 @@ class Supervisor:
         rec = self.store.get(self.name)
         if rec is None or rec.phase == "stopping" or self.stopping:
             return False
-        engines = [c for c in rec.components if c.kind == "engine"]
+        engines = [c for c in rec.components if c.kind != "router"]  # local engines, or clusters' servers
         for comp in engines:
-            self._reconcile(rec, comp, engines)
+            if comp.kind == "engine":
+                self._reconcile(rec, comp, engines)
         router = rec.component("router")
         if router is not None:
             self._reconcile(rec, router, engines)

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from cascadia_sky.constants import LAUNCH_POLL_INTERVAL_SECONDS, LAUNCH_STOP_TIMEOUT_SECONDS
 from cascadia_sky.errors import LaunchError, UserInputError
@@ -42,6 +43,77 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
+def ensure_supervisor(ctx: LaunchContext) -> None:
+    """Start the deployment's supervisor unless it runs; its pid is recorded right after the fork."""
+    rec = ctx.record()
+    if same_process(rec.supervisor_pid, rec.supervisor_start):
+        return
+    log = ctx.directory / "supervisor.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "cascadia_sky.launch.supervisor", ctx.name],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, "CASCADIA_HOME": str(ctx.store.home)}, start_new_session=True)
+    ctx.store.update(ctx.name, supervisor_pid=proc.pid, supervisor_start=process_start(proc.pid))
+
+
+def wait_until_ready(ctx: LaunchContext, observe: Callable[[DeploymentRecord], DeploymentObservation]) -> None:
+    """Poll until every component is ready; raise with the failed components' messages (log tails) or on timeout."""
+    timeout = 2 * float(ctx.options["ready_timeout_s"]) + _UP_MARGIN_SECONDS
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        rec = ctx.record()
+        state, comps = derive_deployment(observe(rec))
+        summary = ", ".join(f"{n} {s.value}" for n, s in comps.items())
+        if summary != last:
+            ctx.progress(summary)
+            last = summary
+        if state is DeploymentStatus.READY:
+            return
+        failed = [c for c in rec.components if comps.get(c.name) is ComponentStatus.FAILED]
+        if failed:
+            raise LaunchError("; ".join(f"{c.name} failed: {c.message}" for c in failed))
+        if not same_process(rec.supervisor_pid, rec.supervisor_start):
+            raise LaunchError(f"the supervisor of {ctx.name!r} exited; see {ctx.directory / 'supervisor.log'}")
+        if time.monotonic() > deadline:
+            raise LaunchError(f"not ready after {timeout:.0f} s ({summary})")
+        time.sleep(LAUNCH_POLL_INTERVAL_SECONDS)
+
+
+def check_router_port(ctx: LaunchContext) -> None:
+    """The router's port must be free on 127.0.0.1 (unless this deployment's own router holds it)."""
+    port = int(ctx.options["router_port"])
+    rec = ctx.store.get(ctx.name)
+    router = rec.component("router") if rec else None
+    ours = router is not None and router.port == port and same_process(router.pid, router.pid_start)
+    if not ours and port_in_use(port):
+        raise UserInputError(f"port {port} on 127.0.0.1 is already in use; pass --port with a free port "
+                             "(or stop what listens there; `cascadia status` lists deployments)")
+
+
+def observe_local(record: DeploymentRecord, c: ComponentRecord) -> ComponentObservation:
+    """A local process: alive (same pid and start time) and answering its health route."""
+    alive = same_process(c.pid, c.pid_start)
+    healthy = None
+    if alive and c.url:
+        code, _ = http_get(c.url + ("/health" if c.kind == "router" else "/v1/models"))
+        healthy = code == 200
+    return ComponentObservation(c.name, c.kind, c.stage, c.phase, alive, healthy)
+
+
+def stop_local(record: DeploymentRecord, store: StateStore) -> list[str]:
+    """Stop the supervisor (it stops its children), then any recorded local process still there."""
+    stopped = []
+    if stop_group(record.supervisor_pid, record.supervisor_start, LAUNCH_STOP_TIMEOUT_SECONDS):
+        stopped.append("supervisor")
+    fresh = store.get(record.name) or record
+    for c in sorted(fresh.components, key=lambda c: c.kind != "router"):
+        if c.kind in ("engine", "router") and (stop_group(c.pid, c.pid_start, LAUNCH_STOP_TIMEOUT_SECONDS)
+                                               or c.phase == "stopped"):
+            stopped.append(c.name)
+    return stopped
+
+
 class LocalBackend:
     """Local processes supervised by a per-deployment supervisor."""
 
@@ -58,13 +130,7 @@ class LocalBackend:
                                      f"({exc}); plan with resources.local or choose infra.backend skyserve") from None
         if importlib.util.find_spec("xllamacpp") is None:
             raise UserInputError(f"the local backend needs llama.cpp engines; install them: {INSTALL_HINT}")
-        port = int(ctx.options["router_port"])
-        rec = ctx.store.get(ctx.name)
-        router = rec.component("router") if rec else None
-        ours = router is not None and router.port == port and same_process(router.pid, router.pid_start)
-        if not ours and port_in_use(port):
-            raise UserInputError(f"port {port} on 127.0.0.1 is already in use; pass --port with a free port "
-                                 "(or stop what listens there; `cascadia status` lists deployments)")
+        check_router_port(ctx)
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         from cascadia_sky.launch.launcher import router_fingerprint, stage_fingerprint
@@ -96,64 +162,15 @@ class LocalBackend:
                 ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
                                                         fingerprint=router_fingerprint(ctx.plan), port=port))
         ctx.store.update(ctx.name, endpoint=f"http://127.0.0.1:{port}/v1")
-        self._ensure_supervisor(ctx)
-        self._wait_ready(ctx)
-
-    def _ensure_supervisor(self, ctx: LaunchContext) -> None:
-        rec = ctx.record()
-        if same_process(rec.supervisor_pid, rec.supervisor_start):
-            return
-        log = ctx.directory / "supervisor.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "cascadia_sky.launch.supervisor", ctx.name],
-                                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "CASCADIA_HOME": str(ctx.store.home)},
-                                    start_new_session=True)
-        ctx.store.update(ctx.name, supervisor_pid=proc.pid, supervisor_start=process_start(proc.pid))
-
-    def _wait_ready(self, ctx: LaunchContext) -> None:
-        timeout = 2 * float(ctx.options["ready_timeout_s"]) + _UP_MARGIN_SECONDS
-        deadline = time.monotonic() + timeout
-        last = ""
-        while True:
-            rec = ctx.record()
-            state, comps = derive_deployment(self.observe(rec))
-            summary = ", ".join(f"{n} {s.value}" for n, s in comps.items())
-            if summary != last:
-                ctx.progress(summary)
-                last = summary
-            if state is DeploymentStatus.READY:
-                return
-            failed = [c for c in rec.components if comps.get(c.name) is ComponentStatus.FAILED]
-            if failed:
-                raise LaunchError("; ".join(f"{c.name} failed: {c.message}" for c in failed))
-            if not same_process(rec.supervisor_pid, rec.supervisor_start):
-                raise LaunchError(f"the supervisor of {ctx.name!r} exited; see {ctx.directory / 'supervisor.log'}")
-            if time.monotonic() > deadline:
-                raise LaunchError(f"not ready after {timeout:.0f} s ({summary})")
-            time.sleep(LAUNCH_POLL_INTERVAL_SECONDS)
+        ensure_supervisor(ctx)
+        wait_until_ready(ctx, self.observe)
 
     def observe(self, record: DeploymentRecord) -> DeploymentObservation:
-        comps = []
-        for c in record.components:
-            alive = same_process(c.pid, c.pid_start)
-            healthy = None
-            if alive and c.url:
-                code, _ = http_get(c.url + ("/health" if c.kind == "router" else "/v1/models"))
-                healthy = code == 200
-            comps.append(ComponentObservation(c.name, c.kind, c.stage, c.phase, alive, healthy))
         return DeploymentObservation(record.phase, same_process(record.supervisor_pid, record.supervisor_start),
-                                     tuple(comps))
+                                     tuple(observe_local(record, c) for c in record.components))
 
     def teardown(self, record: DeploymentRecord, store: StateStore) -> list[str]:
-        stopped = []
-        if stop_group(record.supervisor_pid, record.supervisor_start, LAUNCH_STOP_TIMEOUT_SECONDS):
-            stopped.append("supervisor")
-        fresh = store.get(record.name) or record
-        for c in sorted(fresh.components, key=lambda c: c.kind != "router"):
-            if stop_group(c.pid, c.pid_start, LAUNCH_STOP_TIMEOUT_SECONDS) or c.phase == "stopped":
-                stopped.append(c.name)
-        return stopped
+        return stop_local(record, store)
 
     def dryrun(self, actions: list[Action], ctx: LaunchContext) -> DryrunReport:
         from cascadia_sky.engines.bundled import bundled_model

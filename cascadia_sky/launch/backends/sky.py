@@ -1,0 +1,286 @@
+"""The SkyPilot backends: `skyserve` (one SkyServe service per stage + one for the router) and `clusters` (one
+SkyPilot cluster per stage replica via `sky.launch`, the router as a supervised local process balancing over them;
+for infra without SkyServe, e.g. Slurm or SSH node pools, where the launching machine reaches the nodes directly).
+
+They act through `SkyApi` (cascadia_sky/launch/skypilot.py); tests register these same classes with a recording
+`SkyApi`. Every component is recorded (`starting`, with its SkyPilot name) before SkyPilot is asked to create it,
+so an interrupted `up` leaves names that `down` can tear down. Stages launch in parallel; the router goes last,
+configured with the stages' endpoints.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from cascadia_sky.constants import SKY_POLL_INTERVAL_SECONDS
+from cascadia_sky.errors import CascadiaError, LaunchError
+from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext
+from cascadia_sky.launch.backends.local import (
+    check_router_port,
+    ensure_supervisor,
+    observe_local,
+    stop_local,
+    wait_until_ready,
+)
+from cascadia_sky.launch.procs import http_get, same_process
+from cascadia_sky.launch.skypilot import SkyApi, check_tasks, import_sky
+from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.launch.status import ComponentObservation, DeploymentObservation
+from cascadia_sky.launch.tasks import (
+    router_task,
+    secret_values,
+    stage_layout,
+    stage_task,
+    to_yaml,
+    write_router_config,
+)
+
+_STAGE_OPS = ("launch_stage", "update_stage", "remove_stage")
+
+
+def dryrun_clouds(plan: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    """Clouds to seed and enable for the dry run: the targets', the plan's, else every shipped catalog's."""
+    from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES
+
+    named = [t.split("/")[0].lower() for t in options.get("targets") or []]
+    named += [str(s["cloud"]).lower() for s in plan["stages"] if s.get("cloud")]
+    known = sorted({c for c in named if c in SKYPILOT_CLOUD_NAMES})
+    return known or sorted(SKYPILOT_CLOUD_NAMES)
+
+
+class _SkyBase:
+    name = "sky"
+    service = True
+
+    def __init__(self, api: Any = None, poll_s: float = SKY_POLL_INTERVAL_SECONDS) -> None:
+        self.api = api if api is not None else SkyApi()
+        self.poll_s = poll_s
+
+    def _run_parallel(self, jobs: list[Any], fn: Any) -> None:
+        """Run `fn(job)` for all jobs at once; raise one LaunchError naming every failure."""
+        if not jobs:
+            return
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = [(job, pool.submit(fn, job)) for job in jobs]
+        errors = []
+        for job, fut in futures:
+            exc = fut.exception()
+            if exc is not None:
+                errors.append(f"{getattr(job, 'stage', job)}: {exc}" if isinstance(exc, CascadiaError)
+                              else f"{getattr(job, 'stage', job)}: {type(exc).__name__}: {exc}")
+        if errors:
+            raise LaunchError("; ".join(errors))
+
+    def _deadline(self, ctx: LaunchContext) -> float:
+        return time.monotonic() + float(ctx.options["ready_timeout_s"])
+
+    def dryrun(self, actions: list[Action], ctx: LaunchContext) -> DryrunReport:
+        items: list[dict[str, Any]] = []
+        tasks: list[dict[str, Any]] = []
+        for stage in ctx.plan["stages"]:
+            cfg = stage_task(ctx.plan, stage, ctx.options, service=self.service)
+            copies = int(stage.get("replicas") or 1)
+            label = f"{ctx.name}-{stage['name']}" + ("" if self.service else f"-{{0..{copies - 1}}}")
+            items.append({"name": label, "kind": "service" if self.service else f"{copies} cluster(s)",
+                          "task": to_yaml(cfg), "_copies": copies * stage_layout(stage)[1]})
+            tasks.append({"name": label, "config": cfg, "service": self.service})
+        with tempfile.TemporaryDirectory(prefix="cascadia-router-") as tmp:
+            if self.service:
+                endpoints = {s["name"]: [f"http://{ctx.name}-{s['name']}.pending:8000"] for s in ctx.plan["stages"]}
+                cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"),
+                                  ctx.options)
+                items.append({"name": cfg["name"], "kind": "service", "task": to_yaml(cfg), "_copies": 1})
+                tasks.append({"name": cfg["name"], "config": cfg, "service": True, "cpu_only": True})
+            checked = check_tasks(tasks, dryrun_clouds(ctx.plan, ctx.options))
+        notes = []
+        for item, res in zip(items, checked):
+            if not res["ok"]:
+                raise LaunchError(f"{item['name']}: {res['error']}")
+            item["choice"] = res["choice"]
+            per_node = res.get("usd_per_hour_per_node")
+            item["usd_per_hour"] = None if per_node is None else per_node * item["_copies"]
+            del item["_copies"]
+        if not self.service:
+            items.append({"name": "router", "kind": "local process", "usd_per_hour": 0.0,
+                          "command": f"python -m router --config <deployment>/router.json --host 127.0.0.1 "
+                                     f"--port {ctx.options['router_port']} (endpoints: the clusters' head IPs)"})
+        notes.append(f"SkyPilot's optimizer ran on the shipped catalogs ({', '.join(dryrun_clouds(ctx.plan, ctx.options))}"
+                     f"; prices per hour, all replicas and nodes). HF_TOKEN and the router key are SkyPilot secrets "
+                     f"passed at launch, never written.")
+        return DryrunReport(self.name, tuple(actions), tuple(items), tuple(notes))
+
+
+class SkyServeBackend(_SkyBase):
+    """One SkyServe service per stage (replicas = the plan's DP) plus one for the router."""
+
+    name = "skyserve"
+
+    def preflight(self, ctx: LaunchContext) -> None:
+        import_sky()
+
+    def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
+        secrets = secret_values()
+        stage_actions = [a for a in actions if a.op in _STAGE_OPS]
+        self._run_parallel(stage_actions, lambda a: self._stage(a, ctx, secrets))
+        rec = ctx.record()
+        if stage_actions or any(a.op in ("launch_router", "update_router") for a in actions):
+            endpoints = {c.stage: [c.url] for c in rec.components if c.kind == "service" and c.url}
+            path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json")
+            cfg = router_task(ctx.plan, path, ctx.options)
+            key = Path(rec.api_key_file).read_text().strip()
+            url = self._service(ctx, "router", "", cfg, {"CASCADIA_ROUTER_API_KEYS": key},
+                                update=rec.component("router") is not None)
+            ctx.store.update(ctx.name, endpoint=url.rstrip("/") + "/v1")
+
+    def _stage(self, action: Action, ctx: LaunchContext, secrets: dict[str, str]) -> None:
+        from cascadia_sky.launch.launcher import stage_fingerprint
+
+        service = f"{ctx.name}-{action.stage}"
+        if action.op == "remove_stage":
+            ctx.store.update_component(ctx.name, action.stage, phase="stopping")
+            self.api.serve_down([service])
+            ctx.store.delete_component(ctx.name, action.stage)
+            return
+        stage = next(s for s in ctx.plan["stages"] if s["name"] == action.stage)
+        self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage, ctx.options), secrets,
+                      update=action.op == "update_stage", fingerprint=stage_fingerprint(stage))
+
+    def _service(self, ctx: LaunchContext, comp: str, stage: str, cfg: dict[str, Any], secrets: dict[str, str],
+                 *, update: bool, fingerprint: str = "") -> str:
+        """Create (or update) one service and wait for READY; recorded before SkyPilot is called."""
+        from cascadia_sky.launch.launcher import router_fingerprint
+
+        service = str(cfg["name"])
+        ctx.store.put_component(ComponentRecord(
+            deployment=ctx.name, name=comp, kind="router" if comp == "router" else "service", stage=stage,
+            phase="starting", handle=service, started_at=time.time(),
+            fingerprint=fingerprint or router_fingerprint(ctx.plan)))
+        ctx.progress(f"{service}: {'updating' if update else 'starting'} (SkyServe)")
+        existing = self.api.serve_status([service]).get(service)
+        if existing is not None and update:
+            self.api.serve_update(cfg, service, secrets)
+            url = existing["endpoint"]
+        elif existing is not None:  # an interrupted `up` had created it already
+            url = existing["endpoint"]
+        else:
+            url = self.api.serve_up(cfg, service, secrets)
+        ctx.store.update_component(ctx.name, comp, url=url)
+        deadline = self._deadline(ctx)
+        while True:
+            info = self.api.serve_status([service]).get(service) or {}
+            status = str(info.get("status", ""))
+            if status == "READY":
+                break
+            if status.startswith("FAILED"):
+                ctx.store.update_component(ctx.name, comp, phase="failed", message=f"SkyServe: {status}")
+                raise LaunchError(f"service {service} is {status}; see `sky serve logs {service} 1`")
+            if time.monotonic() > deadline:
+                raise LaunchError(f"service {service} not READY after {ctx.options['ready_timeout_s']:g} s "
+                                  f"(SkyServe says {status or 'nothing'}); see `sky serve status {service}`")
+            time.sleep(self.poll_s)
+        url = info.get("endpoint") or url
+        ctx.store.update_component(ctx.name, comp, phase="ready", url=url)
+        ctx.progress(f"{service}: ready at {url}")
+        return str(url)
+
+    def observe(self, record: DeploymentRecord) -> DeploymentObservation:
+        handles = [c.handle for c in record.components if c.handle]
+        info = self.api.serve_status(handles) if handles else {}
+        comps = tuple(ComponentObservation(c.name, c.kind, c.stage, c.phase,
+                                           remote=(info.get(c.handle) or {}).get("status", "")) for c in record.components)
+        return DeploymentObservation(record.phase, record.phase == "up", comps)
+
+    def teardown(self, record: DeploymentRecord, store: StateStore) -> list[str]:
+        handles = [c.handle for c in record.components if c.handle]
+        existing = [h for h in handles if h in self.api.serve_status(handles)] if handles else []
+        self.api.serve_down(existing)
+        return existing
+
+
+class ClustersBackend(_SkyBase):
+    """One SkyPilot cluster per stage replica (`sky.launch`), the router local and balancing over their head IPs."""
+
+    name = "clusters"
+    service = False
+
+    def preflight(self, ctx: LaunchContext) -> None:
+        import_sky()
+        check_router_port(ctx)
+
+    def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
+        from cascadia_sky.launch.launcher import router_fingerprint
+
+        secrets = secret_values()
+        jobs = []
+        rec = ctx.record()
+        for a in actions:
+            if a.op == "remove_stage":
+                jobs += [(a, c.replica) for c in rec.components if c.stage == a.stage]
+            elif a.op in ("launch_stage", "update_stage"):
+                stage = next(s for s in ctx.plan["stages"] if s["name"] == a.stage)
+                jobs += [(a, r) for r in range(int(stage.get("replicas") or 1))]
+        self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets))
+        port = int(ctx.options["router_port"])
+        ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
+                                                fingerprint=router_fingerprint(ctx.plan), port=port))
+        ctx.store.update(ctx.name, endpoint=f"http://127.0.0.1:{port}/v1")
+        ensure_supervisor(ctx)
+        wait_until_ready(ctx, self.observe)
+
+    def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str]) -> None:
+        from cascadia_sky.launch.launcher import stage_fingerprint
+
+        comp = f"{action.stage}/{replica}"
+        cluster = f"{ctx.name}-{action.stage}-{replica}"
+        if action.op == "remove_stage":
+            ctx.store.update_component(ctx.name, comp, phase="stopping")
+            if cluster in self.api.cluster_status([cluster]):
+                self.api.cluster_down(cluster)
+            ctx.store.delete_component(ctx.name, comp)
+            return
+        stage = next(s for s in ctx.plan["stages"] if s["name"] == action.stage)
+        cfg = stage_task(ctx.plan, stage, ctx.options, service=False, replica=replica)
+        ctx.store.put_component(ComponentRecord(
+            deployment=ctx.name, name=comp, kind="cluster", stage=action.stage, replica=replica, phase="starting",
+            handle=cluster, started_at=time.time(), fingerprint=stage_fingerprint(stage)))
+        ctx.progress(f"{cluster}: launching (sky.launch)")
+        head_ip = self.api.cluster_launch(cfg, cluster, secrets)
+        port = int(cfg["envs"]["VLLM_ARGS"].split("--port ")[1].split()[0])
+        url = f"http://{head_ip}:{port}"
+        ctx.store.update_component(ctx.name, comp, url=url)
+        deadline = self._deadline(ctx)
+        while http_get(url + "/health")[0] != 200:
+            if time.monotonic() > deadline:
+                raise LaunchError(f"{cluster}: vLLM at {url} not answering after {ctx.options['ready_timeout_s']:g} s;"
+                                  f" see `sky logs {cluster}`")
+            time.sleep(self.poll_s)
+        ctx.store.update_component(ctx.name, comp, phase="ready")
+        ctx.progress(f"{cluster}: ready at {url}")
+
+    def observe(self, record: DeploymentRecord) -> DeploymentObservation:
+        clusters = [c.handle for c in record.components if c.kind == "cluster"]
+        info = self.api.cluster_status(clusters) if clusters else {}
+        comps = []
+        for c in record.components:
+            if c.kind != "cluster":
+                comps.append(observe_local(record, c))
+                continue
+            remote = info.get(c.handle, "")
+            healthy = http_get(c.url + "/health")[0] == 200 if remote == "UP" and c.url else None
+            comps.append(ComponentObservation(c.name, c.kind, c.stage, c.phase, healthy=healthy, remote=remote))
+        return DeploymentObservation(record.phase, same_process(record.supervisor_pid, record.supervisor_start),
+                                     tuple(comps))
+
+    def teardown(self, record: DeploymentRecord, store: StateStore) -> list[str]:
+        stopped = stop_local(record, store)
+        clusters = [c.handle for c in record.components if c.kind == "cluster"]
+        existing = self.api.cluster_status(clusters) if clusters else {}
+        for name in clusters:
+            if name in existing:
+                self.api.cluster_down(name)
+                stopped.append(name)
+        return stopped

@@ -1,0 +1,196 @@
+"""Everything that calls SkyPilot. Imported only by the sky backends and the dry run; SkyPilot is imported lazily.
+
+Two parts:
+- `SkyApi`: the thin adapter over SkyPilot's client SDK (`sky.serve.up/update/status/down`, `sky.launch`,
+  `sky.status`, `sky.down`, `sky.stream_and_get`) that the skyserve and clusters backends act through. A test
+  replaces it with a recording fake (the only boundary that cannot run without a cloud).
+- The dry run: `check_tasks(tasks, clouds)` runs SkyPilot's own parser (`sky.Task.from_yaml_config`), SkyServe's
+  check (`sky.serve.validate_service_task`) and the in-process optimizer (`sky.optimizer.Optimizer.optimize`) on
+  every rendered task, in a child process whose HOME is a temporary directory seeded with the shipped catalogs
+  (`cascadia_sky.catalog.write_skypilot_catalog`) and with those clouds marked enabled. The user's ~/.sky is never
+  touched and nothing reaches the network: the seeded catalog files have no `.meta` checksums, so SkyPilot never
+  refreshes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cascadia_sky.errors import LaunchError, UserInputError
+
+SKY_INSTALL_HINT = "pip install 'cascadia-sky[sky]'"
+DRYRUN_TIMEOUT_SECONDS = 300.0
+OFFLINE_ENV = {"SKYPILOT_DISABLE_USAGE_COLLECTION": "1", "SKYPILOT_DISABLE_LOCAL_API_SERVER": "1",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def import_sky() -> Any:
+    """`import sky`, or one clear line saying how to install it."""
+    try:
+        import sky
+    except ImportError:
+        raise UserInputError(f"this backend needs SkyPilot; install it: {SKY_INSTALL_HINT}") from None
+    return sky
+
+
+# --- acting: the SDK adapter -------------------------------------------------------------------
+
+class SkyApi:
+    """SkyPilot's client SDK, reduced to what the backends need. Secrets are attached to the task object only."""
+
+    def _task(self, cfg: dict[str, Any], secrets: dict[str, str]) -> Any:
+        sky = import_sky()
+        task = sky.Task.from_yaml_config(cfg)
+        present = {k: v for k, v in secrets.items() if v}
+        if present:
+            task.update_secrets(present)
+        return task
+
+    def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
+        """Start a SkyServe service; return its endpoint URL."""
+        sky = import_sky()
+        task = self._task(cfg, secrets)
+        sky.serve.validate_service_task(task, pool=False)
+        _, endpoint = sky.stream_and_get(sky.serve.up(task, service))
+        return _url(endpoint)
+
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None:
+        """Roll a changed stage out (`sky serve update`, rolling: no dropped requests)."""
+        sky = import_sky()
+        from sky.serve import serve_utils
+
+        task = self._task(cfg, secrets)
+        sky.stream_and_get(sky.serve.update(task, service, mode=serve_utils.UpdateMode.ROLLING))
+
+    def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]:
+        """{service: {"status", "endpoint", "replicas": [status, ...]}} for the services that exist."""
+        sky = import_sky()
+        out = {}
+        for rec in sky.get(sky.serve.status(services)) or []:
+            out[rec["name"]] = {"status": _name(rec.get("status")), "endpoint": _url(rec.get("endpoint") or ""),
+                                "replicas": [_name(r.get("status")) for r in rec.get("replica_info") or []]}
+        return out
+
+    def serve_down(self, services: list[str]) -> None:
+        sky = import_sky()
+        if services:
+            sky.stream_and_get(sky.serve.down(services))
+
+    def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str]) -> str:
+        """Launch one cluster running the task; return its head node's IP."""
+        sky = import_sky()
+        _, handle = sky.get(sky.launch(self._task(cfg, secrets), cluster_name=cluster))
+        return str(getattr(handle, "head_ip", "") or "")
+
+    def cluster_status(self, clusters: list[str]) -> dict[str, str]:
+        sky = import_sky()
+        return {r.name: _name(r.status) for r in sky.get(sky.status(clusters)) or []}
+
+    def cluster_down(self, cluster: str) -> None:
+        sky = import_sky()
+        sky.stream_and_get(sky.down(cluster))
+
+
+def _name(status: Any) -> str:
+    return str(getattr(status, "value", status) or "").upper()
+
+
+def _url(endpoint: str) -> str:
+    if not endpoint:
+        return ""
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
+# --- the dry run: SkyPilot's own checks on a seeded temporary catalog ---------------------------
+
+def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str, Any]]:
+    """Validate and optimize each `{"name", "config", "service": bool}` with SkyPilot, offline.
+
+    Returns per task `{"name", "ok", "error", "choice", "cloud", "region", "instance_type", "accelerators",
+    "usd_per_hour_per_node"}`. Runs in a child process (SkyPilot reads HOME when imported).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("sky") is None:  # not imported here: SkyPilot writes under HOME when imported
+        raise UserInputError(f"the dry run needs SkyPilot; install it: {SKY_INSTALL_HINT}")
+    with tempfile.TemporaryDirectory(prefix="cascadia-sky-dryrun-") as tmp:
+        request = Path(tmp) / "request.json"
+        result = Path(tmp) / "result.json"
+        request.write_text(json.dumps({"tasks": tasks, "clouds": clouds}))
+        home = Path(tmp) / "home"
+        home.mkdir()
+        env = {**os.environ, **OFFLINE_ENV, "HOME": str(home)}
+        env.pop("SKY_RUNTIME_DIR", None)
+        proc = subprocess.run([sys.executable, "-m", "cascadia_sky.launch.skypilot", str(request), str(result)],
+                              env=env, capture_output=True, text=True, timeout=DRYRUN_TIMEOUT_SECONDS,
+                              check=False)
+        if proc.returncode != 0 or not result.is_file():
+            raise LaunchError(f"SkyPilot's dry run failed (exit {proc.returncode}): "
+                              f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+        return list(json.loads(result.read_text()))
+
+
+def _seed_and_enable(clouds: list[str]) -> None:
+    """Seed ~/.sky/catalogs/v8 from the shipped catalogs and mark those clouds enabled (child process only)."""
+    from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES, write_skypilot_catalog
+
+    known = [c for c in clouds if c in SKYPILOT_CLOUD_NAMES]
+    write_skypilot_catalog(Path.home() / ".sky" / "catalogs" / "v8", known)
+    from sky import check, global_user_state
+    from sky.clouds import cloud as cloud_lib
+
+    workspace = "default"
+    # A stored allowed-clouds list that differs from the config makes SkyPilot re-run `sky check`, which would
+    # disable every cloud without credentials: store the config's list first.
+    global_user_state.set_allowed_clouds(check._get_workspace_allowed_clouds(workspace), workspace)
+    global_user_state.set_enabled_clouds([SKYPILOT_CLOUD_NAMES[c] for c in known],
+                                         cloud_lib.CloudCapability.COMPUTE, workspace)
+
+
+def _check_one(item: dict[str, Any]) -> dict[str, Any]:
+    import sky
+    from sky import optimizer
+
+    out: dict[str, Any] = {"name": item["name"], "ok": False, "error": "", "choice": ""}
+    try:
+        task = sky.Task.from_yaml_config(item["config"])
+        if item.get("service"):
+            sky.serve.validate_service_task(task, pool=False)
+    except Exception as exc:  # SkyPilot raises ValueError and its own schema errors
+        out["error"] = f"SkyPilot rejected the task: {type(exc).__name__}: {exc}"
+        return out
+    out["ok"] = True
+    try:
+        dag = sky.Dag()
+        dag.add(task)
+        best = optimizer.Optimizer.optimize(dag, quiet=True).tasks[0].best_resources
+    except Exception as exc:  # no offer in the seeded catalogs (e.g. CPU instances, Slurm): not priced
+        best = None
+        out["choice"] = f"not priced: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if item.get("cpu_only") and (best is None or best.accelerators):
+        out["choice"] = ("not priced: the shipped catalogs list GPU instances only (SkyPilot picks a CPU instance "
+                         "from its full catalog)")
+        return out
+    if best is None:
+        return out
+    out.update(choice=str(best), cloud=str(best.cloud), region=best.region, instance_type=best.instance_type,
+               accelerators=best.accelerators, spot=bool(best.use_spot),
+               usd_per_hour_per_node=float(best.get_cost(3600)))
+    return out
+
+
+def _child_main(request_path: str, result_path: str) -> None:
+    request = json.loads(Path(request_path).read_text())
+    _seed_and_enable(request["clouds"])
+    results = [_check_one(item) for item in request["tasks"]]
+    Path(result_path).write_text(json.dumps(results))
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,192 @@
+"""Render SkyPilot task configs from the templates in tasks/ and a plan. Pure: no SkyPilot import, no I/O but
+reading the templates (and `write_router_config`, which writes the one file the router service mounts).
+
+Per stage: `accelerators: <GPU>:<TP x PP>` on one node, or `<GPU>:<GPUs per node>` with `num_nodes` when TP x PP
+spans nodes (vLLM over Ray, see tasks/stage-service.yaml); a cloud plan pins `infra: <cloud>/<region>` and the
+instance type, a pool plan lets SkyPilot choose among `infra.targets` (or every enabled infra). SkyServe replicas
+are the plan's DP (fixed), or an autoscaling policy around the planned rate; spot plans fall back to on-demand.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shlex
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cascadia_sky.constants import (
+    SKY_AUTOSCALE_MAX_FACTOR,
+    SKY_READINESS_DELAY_SECONDS,
+    SKY_ROUTER_CPUS,
+    SKY_VLLM_PORT,
+    SKY_VLLM_VERSION,
+    VLLM_GPU_MEMORY_UTILIZATION,
+)
+
+STAGE_TEMPLATE = "stage-service.yaml"
+ROUTER_TEMPLATE = "router-service.yaml"
+SECRET_ENV_VARS = ("HF_TOKEN",)          # passed from the launching shell as SkyPilot secrets when set
+_PRECISION_ARGS = {"bf16": ["--dtype", "bfloat16"], "fp16": ["--dtype", "float16"],
+                   "fp8": ["--quantization", "fp8"], "int4-awq": ["--quantization", "awq_marlin"]}
+
+
+def template(name: str) -> dict[str, Any]:
+    """A task template from tasks/ (shipped in the package as cascadia_sky.tasks)."""
+    text = resources.files("cascadia_sky.tasks").joinpath(name).read_text()
+    return yaml.safe_load(text)
+
+
+def vllm_args(stage: dict[str, Any], port: int = SKY_VLLM_PORT) -> list[str]:
+    """vLLM's command line for a stage, from the plan (the model id is passed separately)."""
+    args = ["--host", "0.0.0.0", "--port", str(port),
+            "--served-model-name", str(stage.get("served_model_name") or stage["name"]),
+            "--tensor-parallel-size", str(stage["tp"]), "--pipeline-parallel-size", str(stage["pp"]),
+            "--max-model-len", str(stage["max_context"]),
+            "--gpu-memory-utilization", f"{VLLM_GPU_MEMORY_UTILIZATION:g}"]
+    return args + _PRECISION_ARGS.get(str(stage.get("precision")), [])
+
+
+def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
+    """(GPUs per node, nodes) of one replica: one node when TP x PP fits, else PP across nodes."""
+    gpus = int(stage["tp"]) * int(stage["pp"])
+    per_node = stage.get("gpus_per_instance")
+    if not per_node:
+        from cascadia_sky.catalog import get_gpu
+
+        per_node = get_gpu(str(stage["gpu_type"])).gpus_per_node
+    per_node = int(per_node)
+    if gpus <= per_node:
+        return gpus, 1
+    return per_node, math.ceil(gpus / per_node)
+
+
+def _resources(stage: dict[str, Any], targets: list[str] | None, port: int | None) -> dict[str, Any]:
+    per_node, _ = stage_layout(stage)
+    res: dict[str, Any] = {"accelerators": f"{stage['gpu_type']}:{per_node}", "use_spot": bool(stage.get("spot"))}
+    if port is not None:
+        res["ports"] = port
+    if stage.get("cloud"):
+        res["infra"] = f"{stage['cloud']}/{stage['region']}" if stage.get("region") else str(stage["cloud"])
+        if stage.get("instance_type"):
+            res["instance_type"] = stage["instance_type"]
+    elif targets:
+        if len(targets) == 1:
+            res["infra"] = targets[0]
+        else:
+            res["any_of"] = [{"infra": t} for t in targets]
+    return res
+
+
+def _replica_policy(stage: dict[str, Any], autoscale: bool) -> dict[str, Any]:
+    """`replicas: N`, or a policy: spot falls back to on-demand; autoscaling targets the planned rate per replica."""
+    n = int(stage.get("replicas") or 1)
+    spot = bool(stage.get("spot"))
+    if not autoscale and not spot:
+        return {"replicas": n}
+    policy: dict[str, Any] = {"min_replicas": n, "max_replicas": n}
+    if autoscale:
+        policy["max_replicas"] = max(n, math.ceil(n * SKY_AUTOSCALE_MAX_FACTOR))
+        policy["target_qps_per_replica"] = round(max(float(stage.get("rate_rps") or 0.0) / n, 0.01), 4)
+    if spot:
+        policy["dynamic_ondemand_fallback"] = True
+    return {"replica_policy": policy}
+
+
+def stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, Any] | None = None, *,
+               service: bool = True, replica: int | None = None) -> dict[str, Any]:
+    """The SkyPilot task of one stage: a SkyServe service (`service=True`) or one cluster's task."""
+    opts = options or {}
+    cfg = copy.deepcopy(template(STAGE_TEMPLATE))
+    port = int(cfg["resources"].get("ports") or SKY_VLLM_PORT)
+    cfg["name"] = f"{plan['name']}-{stage['name']}" + ("" if replica is None else f"-{replica}")
+    cfg["resources"] = {**{k: v for k, v in cfg["resources"].items() if k not in ("accelerators", "use_spot",
+                                                                                 "ports")},
+                        **_resources(stage, opts.get("targets"), port if service else None)}
+    cfg["num_nodes"] = stage_layout(stage)[1]
+    cfg["envs"] = {**cfg["envs"], "MODEL_ID": str(stage["model"]),
+                   "VLLM_VERSION": str(opts.get("vllm_version") or SKY_VLLM_VERSION),
+                   "VLLM_ARGS": shlex.join(vllm_args(stage, port))}
+    if service:
+        svc = {k: v for k, v in cfg["service"].items() if k not in ("replicas", "replica_policy")}
+        svc["readiness_probe"] = {**svc["readiness_probe"], "initial_delay_seconds": SKY_READINESS_DELAY_SECONDS}
+        cfg["service"] = {**svc, **_replica_policy(stage, bool(opts.get("autoscale")))}
+    else:
+        cfg.pop("service", None)
+    return cfg
+
+
+def router_requirements() -> list[str]:
+    """The `router` extra's requirements of the installed cascadia-sky (what a router machine installs), without
+    their environment markers (router machines are Linux), with no spaces (the template word-splits them)."""
+    out = []
+    for req in metadata.requires("cascadia-sky") or []:
+        spec, _, marker = req.partition(";")
+        if "router" in marker and "extra" in marker:
+            out.append(spec.replace(" ", ""))
+    return out
+
+
+def router_package_dir() -> Path:
+    """The installed `router` package (mounted onto the router service; it is pure Python)."""
+    import router
+
+    return Path(router.__file__).parent
+
+
+def write_router_config(plan: dict[str, Any], endpoints: dict[str, list[str]], path: Path) -> Path:
+    """The router config (plan + the stage services' endpoints), validated by the router's own model."""
+    from router import RouterConfig
+
+    config = RouterConfig.from_plan(plan, endpoints)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    return path
+
+
+def router_task(plan: dict[str, Any], config_path: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The SkyServe service of the router; `config_path` is the file written by `write_router_config`."""
+    opts = options or {}
+    cfg = copy.deepcopy(template(ROUTER_TEMPLATE))
+    port = int(opts.get("router_port") or cfg["resources"]["ports"])
+    cfg["name"] = f"{plan['name']}-router"
+    cfg["resources"] = {**cfg["resources"], "cpus": SKY_ROUTER_CPUS, "ports": port}
+    targets = opts.get("targets")
+    clouds = sorted({s["cloud"] for s in plan["stages"] if s.get("cloud")})
+    where = targets or clouds
+    if len(where) == 1:
+        cfg["resources"]["infra"] = where[0]
+    elif where:
+        cfg["resources"]["any_of"] = [{"infra": t} for t in where]
+    cfg["envs"] = {**cfg["envs"], "ROUTER_REQUIREMENTS": " ".join(router_requirements()),
+                   "ROUTER_PORT": str(port)}
+    cfg["file_mounts"] = {"~/cascadia/router": str(router_package_dir()), "~/cascadia/router.json": str(config_path)}
+    return cfg
+
+
+def secret_values(names: tuple[str, ...] = SECRET_ENV_VARS) -> dict[str, str]:
+    """Secrets to hand to SkyPilot at launch (from the environment); never written anywhere by cascadia."""
+    import os
+
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
+
+
+class _TaskDumper(yaml.SafeDumper):
+    """Multi-line strings (setup, run) as literal blocks, so the printed task reads like the template."""
+
+
+_TaskDumper.add_representer(str, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v,
+                                                                style="|" if "\n" in v else None))
+
+
+def to_yaml(cfg: dict[str, Any]) -> str:
+    """A task as YAML text (what `up --dryrun` prints; secrets appear as null)."""
+    return yaml.dump(cfg, Dumper=_TaskDumper, sort_keys=False, width=120)
+
+
+__all__ = ["router_requirements", "router_task", "secret_values", "stage_layout", "stage_task", "template",
+           "to_yaml", "vllm_args", "write_router_config"]
