@@ -82,11 +82,14 @@ class SkyApi:
         if services:
             sky.stream_and_get(sky.serve.down(services))
 
-    def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str]) -> str:
-        """Launch one cluster running the task; return its head node's IP."""
+    def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
+        """Launch one cluster running the task; return the base URL of its server (head node IP, `port`)."""
         sky = import_sky()
         _, handle = sky.get(sky.launch(self._task(cfg, secrets), cluster_name=cluster))
-        return str(getattr(handle, "head_ip", "") or "")
+        head_ip = getattr(handle, "head_ip", None)
+        if not head_ip:
+            raise LaunchError(f"{cluster}: SkyPilot reported no head IP; see `sky status {cluster}`")
+        return f"http://{head_ip}:{port}"
 
     def cluster_status(self, clusters: list[str]) -> dict[str, str]:
         sky = import_sky()

@@ -51,6 +51,12 @@ def vllm_args(stage: dict[str, Any], port: int = SKY_VLLM_PORT) -> list[str]:
     return args + _PRECISION_ARGS.get(str(stage.get("precision")), [])
 
 
+def vllm_port(cfg: dict[str, Any]) -> int:
+    """The port vLLM listens on in a rendered stage task."""
+    args = shlex.split(cfg["envs"]["VLLM_ARGS"])
+    return int(args[args.index("--port") + 1])
+
+
 def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
     """(GPUs per node, nodes) of one replica: one node when TP x PP fits, else PP across nodes."""
     gpus = int(stage["tp"]) * int(stage["pp"])
@@ -189,4 +195,4 @@ def to_yaml(cfg: dict[str, Any]) -> str:
 
 
 __all__ = ["router_requirements", "router_task", "secret_values", "stage_layout", "stage_task", "template",
-           "to_yaml", "vllm_args", "write_router_config"]
+           "to_yaml", "vllm_args", "vllm_port", "write_router_config"]

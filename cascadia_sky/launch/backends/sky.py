@@ -36,6 +36,7 @@ from cascadia_sky.launch.tasks import (
     stage_layout,
     stage_task,
     to_yaml,
+    vllm_port,
     write_router_config,
 )
 
@@ -248,9 +249,7 @@ class ClustersBackend(_SkyBase):
             deployment=ctx.name, name=comp, kind="cluster", stage=action.stage, replica=replica, phase="starting",
             handle=cluster, started_at=time.time(), fingerprint=stage_fingerprint(stage)))
         ctx.progress(f"{cluster}: launching (sky.launch)")
-        head_ip = self.api.cluster_launch(cfg, cluster, secrets)
-        port = int(cfg["envs"]["VLLM_ARGS"].split("--port ")[1].split()[0])
-        url = f"http://{head_ip}:{port}"
+        url = self.api.cluster_launch(cfg, cluster, secrets, vllm_port(cfg))
         ctx.store.update_component(ctx.name, comp, url=url)
         deadline = self._deadline(ctx)
         while http_get(url + "/health")[0] != 200:

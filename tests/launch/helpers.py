@@ -1,0 +1,114 @@
+"""Shared by the launcher tests: CLI runs in an isolated state home, process scans, example plans, and the
+recording SkyPilot API (the one boundary that needs a cloud) that the sky backends are registered with in tests."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+OFFLINE_ENV = {"SKYPILOT_DISABLE_USAGE_COLLECTION": "1", "SKYPILOT_DISABLE_LOCAL_API_SERVER": "1",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def cli(home: Path, *args: str, timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run `cascadia ARGS` with its state in `home` (and SkyPilot's HOME there too)."""
+    env = {**os.environ, **OFFLINE_ENV, "CASCADIA_HOME": str(home), "HOME": str(home / "user")}
+    (home / "user").mkdir(parents=True, exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "cascadia_sky.cli", *args], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False, **popen)
+
+
+def processes_of(home: Path) -> list[int]:
+    """Live processes started for this state home (they inherit CASCADIA_HOME=home), zombies excluded."""
+    needle = f"CASCADIA_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        if stat[stat.rfind(b")") + 2:][:1] != b"Z":
+            found.append(int(entry.name))
+    return found
+
+
+@functools.cache
+def example_plan(name: str) -> dict[str, Any]:
+    """The plan of examples/<name>.yaml (planned once per test session)."""
+    from cascadia_sky.planner.planner import make_plan
+    from cascadia_sky.spec import load_spec
+
+    return make_plan(load_spec(REPO / "examples" / f"{name}.yaml")).model_dump(mode="json")
+
+
+class RecordingSkyApi:
+    """Stands in for SkyPilot's SDK (cascadia_sky.launch.skypilot.SkyApi): records every call with the task it
+    got, and answers like SkyServe / SkyPilot would. `ready_after` status polls a service turns READY;
+    `fail` names services that go FAILED. Clusters are real local engines when `engines` is set."""
+
+    def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.services: dict[str, dict[str, Any]] = {}
+        self.clusters: dict[str, Any] = {}
+        self.ready_after = ready_after
+        self.fail = fail
+        self.engines = engines
+        self._port = 30000
+
+    def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
+        assert service not in self.services, f"serve up of an existing service {service}"
+        self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets)}))
+        self._port += 1
+        self.services[service] = {"polls": 0, "endpoint": f"http://10.0.0.{len(self.services) + 1}:{self._port}"}
+        return self.services[service]["endpoint"]
+
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None:
+        self.calls.append(("serve_update", service, {"task": cfg, "secret_names": sorted(secrets)}))
+        self.services[service]["polls"] = 0
+
+    def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for name in services:
+            svc = self.services.get(name)
+            if svc is None:
+                continue
+            svc["polls"] += 1
+            status = "FAILED" if name in self.fail else "READY" if svc["polls"] > self.ready_after else \
+                "REPLICA_INIT"
+            out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": [status]}
+        return out
+
+    def serve_down(self, services: list[str]) -> None:
+        self.calls.append(("serve_down", ",".join(services), None))
+        for name in services:
+            self.services.pop(name, None)
+
+    def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
+        from cascadia_sky.engines import start_bundled
+
+        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port}))
+        model = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}.get(cfg["envs"]["MODEL_ID"],
+                                                                                       "gemma-3-270m")
+        served = cfg["envs"]["VLLM_ARGS"].split("--served-model-name ")[1].split()[0]
+        engine = start_bundled(model, alias=served)
+        self.clusters[cluster] = engine
+        return engine.url
+
+    def cluster_status(self, clusters: list[str]) -> dict[str, str]:
+        return {c: "UP" for c in clusters if c in self.clusters}
+
+    def cluster_down(self, cluster: str) -> None:
+        self.calls.append(("cluster_down", cluster, None))
+        self.clusters.pop(cluster).stop()
+
+    def ops(self) -> list[tuple[str, str]]:
+        return [(op, name) for op, name, _ in self.calls]
