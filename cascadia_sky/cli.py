@@ -228,6 +228,54 @@ def plan(
 
 
 @app.command()
+def simulate(
+    spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade spec (workload, profile)."),
+    plan_file: str = typer.Option(None, "--plan", help="plan.json to replay (default: plan the spec now)."),
+    trace: str = typer.Option(None, "--trace", help="Replay this trace CSV instead of the spec's workload."),
+    rate_scale: float = typer.Option(1.0, "--rate-scale", min=0.0, help="Replay the workload this many times "
+                                     "faster than the spec says (the plan stays as planned)."),
+    baselines: bool = typer.Option(False, "--baselines", help="Also plan and replay every baseline strategy "
+                                   "(single, cascadeserve, uniform-gpus, fixed-parallelism, cascadia, ...)."),
+    output_lengths: str = typer.Option("auto", "--output-lengths", help="auto (the trace's when it has them, "
+                                       "else the profile's), workload, or profile."),
+    png: str = typer.Option("", "--png", help="Prefix of the PNG plots (default: next to --plan, or "
+                            "./NAME.sim)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Replay a trace against a plan (and baselines): latency, quality, SLO attainment, per-stage queueing."""
+    import json
+    from pathlib import Path
+
+    from cascadia_sky.errors import UserInputError
+    from cascadia_sky.planner.plan import read_plan
+    from cascadia_sky.sim.report import results_table, simulate_systems, stage_table, write_plots
+    from cascadia_sky.spec import load_spec
+
+    if output_lengths not in ("auto", "workload", "profile"):
+        raise UserInputError(f"--output-lengths must be auto, workload or profile, got '{output_lengths}'")
+    spec = load_spec(spec_file)
+    plan = read_plan(plan_file) if plan_file else None
+    with err_console.status("simulating...") as status:
+        runs = simulate_systems(spec, plan, baselines=baselines, trace=trace, rate_multiplier=rate_scale,
+                                output_lengths=output_lengths, plan_file=plan_file or "plan.json",  # type: ignore
+                                progress=lambda msg: status.update(f"simulating: {msg}"))
+    if as_json:
+        print(json.dumps({"systems": [{"name": r.name, "error": r.error,
+                                       "summary": r.result.summary() if r.result else None,
+                                       "stages": [s.__dict__ for s in r.result.stages] if r.result else []}
+                                      for r in runs]}, default=float))
+        return
+    console.print(results_table(runs, f"'{spec.name}' simulated (SLO scale: latency / alone on an idle "
+                                      f"{spec.stages[-1].model})"))
+    for r in runs[:1]:                      # the others: --json
+        if r.result is not None:
+            console.print(stage_table(r.result))
+    prefix = png or (str(Path(plan_file).with_suffix("")) + ".sim" if plan_file else f"{spec.name}.sim")
+    for path in write_plots(runs, prefix, title=spec.name):
+        console.print(f"wrote {path}")
+
+
+@app.command()
 def up(
     spec_file: str = typer.Argument(None, metavar="CASCADE.YAML", help="The cascade to plan and launch."),
     plan_file: str = typer.Option(None, "--plan", help="Launch this plan.json instead of planning a cascade file."),

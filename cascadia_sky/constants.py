@@ -55,6 +55,14 @@ PLANNER_SEED = 20250604               # split and bootstrap seed (plans are repr
 PLANNER_BOOTSTRAP_SAMPLES = 400       # resamples for quality.confidence
 PLANNER_FRONTIER_POINTS = 12          # at most this many frontier points kept in plan.json
 
+# --- simulator -------------------------------------------------------------------------------
+SIM_SEED = 20250604                   # pairs requests with profile prompts; Poisson arrivals of rate workloads
+SIM_POISSON_REQUESTS = 10_000         # requests simulated for a rate (not trace) workload
+SIM_ROUTER_OVERHEAD_MS = 0.5          # router time per stage visit (scoring, forwarding); router README: 0.33 ms p50
+SIM_ATTAINMENT = 0.95                 # "SLO scale / throughput at 95 % attainment"
+CASCADESERVE_GRID_POINTS = 32         # score quantiles per stage when the CascadeServe baseline picks thresholds
+CASCADESERVE_MAX_VECTORS = 200_000    # ... fewer per stage when the grid product would exceed this
+
 # --- local CPU engines (llama.cpp via xllamacpp; measured on the 2-core reference machine, 1 thread, logprobs on) ---
 LOCAL_ENGINE_DECODE_TOKENS_PER_S = {       # shared/notes/cpu-engines.md, 2026-11-24
     "HuggingFaceTB/SmolLM2-135M": 179.0,
