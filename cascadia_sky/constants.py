@@ -88,3 +88,4 @@ SKY_AUTOSCALE_MAX_FACTOR = 2.0               # autoscaling: max_replicas = ceil(
 SKY_VLLM_PORT = 8000                         # vLLM's port on a replica
 SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/stage-service.yaml)
 SKY_ROUTER_CPUS = "4+"                       # the router service's replica
+SKY_CPU_STAGE_CPUS = 2                       # a CPU stage (gpu_type cpu) on SkyPilot infra asks for this many or more

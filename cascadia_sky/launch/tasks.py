@@ -19,8 +19,11 @@ from typing import Any
 
 import yaml
 
+from cascadia_sky.spec import LOCAL_DEVICE
+
 from cascadia_sky.constants import (
     SKY_AUTOSCALE_MAX_FACTOR,
+    SKY_CPU_STAGE_CPUS,
     SKY_READINESS_DELAY_SECONDS,
     SKY_ROUTER_CPUS,
     SKY_VLLM_PORT,
@@ -60,6 +63,8 @@ def vllm_port(cfg: dict[str, Any]) -> int:
 def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
     """(GPUs per node, nodes) of one replica: one node when TP x PP fits, else PP across nodes."""
     gpus = int(stage["tp"]) * int(stage["pp"])
+    if stage["gpu_type"] == LOCAL_DEVICE:  # a CPU stage (resources.local plan launched on SkyPilot infra)
+        return gpus, 1
     per_node = stage.get("gpus_per_instance")
     if not per_node:
         from cascadia_sky.catalog import get_gpu
@@ -74,6 +79,8 @@ def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
 def _resources(stage: dict[str, Any], targets: list[str] | None, port: int | None) -> dict[str, Any]:
     per_node, _ = stage_layout(stage)
     res: dict[str, Any] = {"accelerators": f"{stage['gpu_type']}:{per_node}", "use_spot": bool(stage.get("spot"))}
+    if stage["gpu_type"] == LOCAL_DEVICE:
+        res = {"cpus": f"{SKY_CPU_STAGE_CPUS}+", "use_spot": False}
     if port is not None:
         res["ports"] = port
     if stage.get("cloud"):

@@ -61,7 +61,7 @@ class _SkyBase:
         self.api = api if api is not None else SkyApi()
         self.poll_s = poll_s
 
-    def _run_parallel(self, jobs: list[Any], fn: Any) -> None:
+    def _run_parallel(self, jobs: list[Any], fn: Any, label: Any = lambda job: job.stage) -> None:
         """Run `fn(job)` for all jobs at once; raise one LaunchError naming every failure."""
         if not jobs:
             return
@@ -71,8 +71,8 @@ class _SkyBase:
         for job, fut in futures:
             exc = fut.exception()
             if exc is not None:
-                errors.append(f"{getattr(job, 'stage', job)}: {exc}" if isinstance(exc, CascadiaError)
-                              else f"{getattr(job, 'stage', job)}: {type(exc).__name__}: {exc}")
+                errors.append(f"{label(job)}: {exc}" if isinstance(exc, CascadiaError)
+                              else f"{label(job)}: {type(exc).__name__}: {exc}")
         if errors:
             raise LaunchError("; ".join(errors))
 
@@ -224,7 +224,8 @@ class ClustersBackend(_SkyBase):
             elif a.op in ("launch_stage", "update_stage"):
                 stage = next(s for s in ctx.plan["stages"] if s["name"] == a.stage)
                 jobs += [(a, r) for r in range(int(stage.get("replicas") or 1))]
-        self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets))
+        self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets),
+                           label=lambda job: f"{job[0].stage}/{job[1]}")
         port = int(ctx.options["router_port"])
         ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
                                                 fingerprint=router_fingerprint(ctx.plan), port=port))

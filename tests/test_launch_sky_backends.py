@@ -1,0 +1,120 @@
+"""The skyserve and clusters backends through the same launcher path as for real, with only SkyPilot's SDK replaced
+by a recording fake (registered in the backend registry): order of actions, state written before each side effect,
+idempotency, updates, failure clean-up and teardown. Clusters are real local engines behind the real router."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import openai
+import pytest
+
+from cascadia_sky.errors import LaunchError
+from cascadia_sky.launch import launcher
+from cascadia_sky.launch.backends import register_backend, unregister_backend
+from cascadia_sky.launch.backends.sky import ClustersBackend, SkyServeBackend
+from cascadia_sky.launch.state import StateStore
+from cascadia_sky.launch.status import DeploymentStatus
+from tests.launch.helpers import RecordingSkyApi, example_plan, processes_of
+
+
+@pytest.fixture
+def fake(request):
+    """Register `name` -> the real backend class with a recording SkyApi; yields the api."""
+    name, cls, kwargs = request.param
+    api = RecordingSkyApi(**kwargs)
+    previous = register_backend(name, lambda: cls(api=api, poll_s=0.01))
+    yield api
+    unregister_backend(name, previous)
+
+
+def _target(plan: dict, backend: str, **options) -> launcher.Target:
+    return launcher.Target(plan, {"ready_timeout_s": 30, **options}, backend)
+
+
+@pytest.mark.parametrize("fake", [("skyserve", SkyServeBackend, {})], indirect=True)
+def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    store = StateStore(tmp_path)
+    plan = example_plan("deepseek")
+    confirmed = []
+    res = launcher.up(_target(plan, "skyserve"), store=store,
+                      confirm=lambda acts, backend: confirmed.append((len(acts), backend)) or True)
+    assert confirmed == [(4, "skyserve")]
+    ups = [name for op, name in fake.ops() if op == "serve_up"]
+    assert sorted(ups[:3]) == ["deepseek-large", "deepseek-medium", "deepseek-small"]  # stages (in parallel) first
+    assert ups[3] == "deepseek-router"                                                 # then the router
+    assert res.status is DeploymentStatus.READY and res.endpoint.endswith("/v1")
+    calls = {name: info for op, name, info in fake.calls if op == "serve_up"}
+    assert calls["deepseek-small"]["secret_names"] == ["HF_TOKEN"]
+    assert calls["deepseek-router"]["secret_names"] == ["CASCADIA_ROUTER_API_KEYS"]
+    router_cfg = json.loads((store.deployment_dir("deepseek") / "router.json").read_text())
+    assert [s["endpoints"] for s in router_cfg["stages"]] == [[fake.services[f"deepseek-{n}"]["endpoint"]]
+                                                              for n in ("small", "medium", "large")]
+    home_text = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())
+    assert "hf_secret_value" not in home_text                                          # never written
+
+    view = launcher.status("deepseek", store=store)[0]
+    assert view.status is DeploymentStatus.READY and set(view.components) == {"small", "medium", "large", "router"}
+
+    again = launcher.up(_target(plan, "skyserve"), store=store)                          # idempotent
+    assert again.actions == () and [op for op, _ in fake.ops()].count("serve_up") == 4
+
+    changed = copy.deepcopy(plan)
+    changed["stages"][1]["replicas"] = 3
+    launcher.up(_target(changed, "skyserve"), store=store, confirm=lambda *a: True)
+    assert ("serve_update", "deepseek-medium") in fake.ops() and ("serve_update", "deepseek-router") in fake.ops()
+    assert [op for op, _ in fake.ops()].count("serve_up") == 4
+
+    msg = launcher.down("deepseek", store=store)
+    assert fake.services == {} and "deepseek-router" in msg
+    assert "nothing to stop" in launcher.down("deepseek", store=store)
+
+
+@pytest.mark.parametrize("fake", [("skyserve", SkyServeBackend, {"fail": ("deepseek-large",)})], indirect=True)
+def test_skyserve_failed_service_tears_everything_down(fake, tmp_path) -> None:
+    store = StateStore(tmp_path)
+    with pytest.raises(LaunchError, match="deepseek-large is FAILED"):
+        launcher.up(_target(example_plan("deepseek"), "skyserve"), store=store)
+    assert fake.services == {} and store.names() == []
+
+
+@pytest.mark.parametrize("fake", [("skyserve", SkyServeBackend, {})], indirect=True)
+def test_skyserve_interrupted_up_is_resumed_without_duplicates(fake, tmp_path) -> None:
+    """`up` died after asking SkyServe for the small stage: the record names it; the next `up` adopts it."""
+    store = StateStore(tmp_path)
+    plan = example_plan("deepseek")
+    ctx_api = fake
+    ctx_api.serve_up({}, "deepseek-small", {})
+    from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord
+
+    store.put(DeploymentRecord(name="deepseek", backend="skyserve", phase="launching", plan_json=json.dumps(plan),
+                               up_pid=2 ** 22 + 7))
+    store.put_component(ComponentRecord("deepseek", "small", "service", "small", phase="starting",
+                                        handle="deepseek-small", fingerprint="old"))
+    assert launcher.status("deepseek", store=store)[0].status is DeploymentStatus.INTERRUPTED
+    launcher.up(_target(plan, "skyserve"), store=store)
+    assert [n for op, n in fake.ops() if op == "serve_up"].count("deepseek-small") == 1  # adopted, not duplicated
+    assert launcher.status("deepseek", store=store)[0].status is DeploymentStatus.READY
+    launcher.down("deepseek", store=store)
+    assert fake.services == {}
+
+
+@pytest.mark.parametrize("fake", [("clusters", ClustersBackend, {"engines": True})], indirect=True)
+def test_clusters_backend_serves_through_the_local_router(fake, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CASCADIA_HOME", str(tmp_path))
+    store = StateStore(tmp_path)
+    plan = copy.deepcopy(example_plan("local"))  # bundled models, so the fake's "clusters" are real engines
+    port = __import__("cascadia_sky.engines", fromlist=["free_port"]).free_port()
+    try:
+        res = launcher.up(_target(plan, "clusters", router_port=port), store=store, confirm=lambda *a: True)
+        assert res.status is DeploymentStatus.READY
+        assert sorted(n for op, n in fake.ops() if op == "cluster_launch") == ["local-large-0", "local-small-0"]
+        key = (tmp_path / "deployments" / "local" / "api_key").read_text().strip()
+        client = openai.OpenAI(base_url=res.endpoint, api_key=key, max_retries=0)
+        out = client.completions.create(model="local", prompt="The capital of France is", max_tokens=8)
+        assert out.choices[0].text
+    finally:
+        launcher.down("local", store=store)
+    assert fake.clusters == {} and processes_of(tmp_path) == []

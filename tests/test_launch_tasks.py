@@ -1,0 +1,134 @@
+"""Rendered SkyPilot tasks are accepted by SkyPilot itself (`sky.Task.from_yaml_config`,
+`sky.serve.validate_service_task`), carry what the plan decided, and never contain a secret."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+
+from cascadia_sky.launch.tasks import (
+    router_task,
+    stage_layout,
+    stage_task,
+    to_yaml,
+    vllm_args,
+    write_router_config,
+)
+from tests.launch.helpers import OFFLINE_ENV, example_plan
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    """SkyPilot, imported with HOME in a temporary directory (it writes ~/.sky on import); offline."""
+    saved = {k: os.environ.get(k) for k in ("HOME", *OFFLINE_ENV)}
+    os.environ.update(OFFLINE_ENV)
+    os.environ["HOME"] = str(tmp_path_factory.mktemp("skyhome"))
+    import sky as sky_module
+
+    yield sky_module
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _parse(sky, cfg: dict, service: bool = True):
+    task = sky.Task.from_yaml_config(copy.deepcopy(cfg))
+    if service:
+        sky.serve.validate_service_task(task, pool=False)
+    return task
+
+
+def test_pool_plan_services_parse_and_carry_the_plan(sky) -> None:
+    plan = example_plan("deepseek")
+    for stage in plan["stages"]:
+        task = _parse(sky, stage_task(plan, stage))
+        (res,) = list(task.resources)
+        assert res.accelerators == {"H100": stage["tp"] * stage["pp"]}
+        assert task.num_nodes == 1 and not res.use_spot and res.ports == ["8000"]
+        assert task.service.min_replicas == stage["replicas"]
+        assert task.service.max_replicas in (None, stage["replicas"])  # SkyPilot: None = fixed
+        assert task.service.readiness_path == "/health"
+        args = task.envs["VLLM_ARGS"].split()
+        assert args[args.index("--tensor-parallel-size") + 1] == str(stage["tp"])
+        assert args[args.index("--max-model-len") + 1] == str(stage["max_context"])
+        assert args[args.index("--served-model-name") + 1] == stage["served_model_name"]
+        assert task.envs["MODEL_ID"] == stage["model"]
+    large = next(s for s in plan["stages"] if s["precision"] == "int4-awq")
+    assert "--quantization awq_marlin" in stage_task(plan, large)["envs"]["VLLM_ARGS"]
+
+
+def test_cloud_plan_pins_cloud_region_instance_and_spot_with_fallback(sky) -> None:
+    plan = example_plan("multicloud")
+    for stage in plan["stages"]:
+        task = _parse(sky, stage_task(plan, stage, {"autoscale": True}))
+        (res,) = list(task.resources)
+        assert (str(res.cloud).lower(), res.region, res.instance_type) == (stage["cloud"], stage["region"],
+                                                                            stage["instance_type"])
+        assert res.use_spot == stage["spot"] is True
+        assert task.service.dynamic_ondemand_fallback is True  # spot replicas fall back to on-demand
+        assert task.service.min_replicas == stage["replicas"]
+        assert task.service.max_replicas == 2 * stage["replicas"]
+        assert task.service.target_qps_per_replica == pytest.approx(stage["rate_rps"] / stage["replicas"], rel=1e-3)
+
+
+def test_pipeline_across_nodes_is_multi_node(sky) -> None:
+    plan = copy.deepcopy(example_plan("deepseek"))
+    stage = plan["stages"][2]
+    stage.update(tp=8, pp=2, replicas=3)
+    assert stage_layout(stage) == (8, 2)
+    task = _parse(sky, stage_task(plan, stage, {"targets": ["aws", "gcp"]}))
+    assert task.num_nodes == 2
+    assert {str(r.cloud) for r in task.resources} == {"AWS", "GCP"}          # any_of the targets
+    assert all(r.accelerators == {"H100": 8} for r in task.resources)
+    assert "--pipeline-parallel-size 2" in task.envs["VLLM_ARGS"]
+    assert "--distributed-executor-backend ray" in task.run                  # vLLM over Ray across the nodes
+
+
+def test_cluster_task_has_no_service_and_no_ports(sky) -> None:
+    plan = example_plan("deepseek")
+    cfg = stage_task(plan, plan["stages"][0], {"targets": ["slurm/localslurm"]}, service=False, replica=1)
+    task = _parse(sky, cfg, service=False)
+    assert task.service is None and cfg["name"] == "deepseek-small-1"
+    assert all(r.ports is None for r in task.resources)
+
+
+def test_router_service_parses_with_its_config_and_package(sky, tmp_path) -> None:
+    plan = example_plan("multicloud")
+    path = write_router_config(plan, {"small": ["http://10.0.0.1:8000"], "large": ["http://10.0.0.2:8000"]},
+                               tmp_path / "router.json")
+    cfg = router_task(plan, path, {"router_port": 9000})
+    task = _parse(sky, cfg)
+    assert task.service.ports == 9000 or list(task.resources)[0].ports == ["9000"]
+    assert "fastapi" in task.envs["ROUTER_REQUIREMENTS"] and "pulp" not in task.envs["ROUTER_REQUIREMENTS"].lower()
+    assert (task.file_mounts or {}).get("~/cascadia/router.json") == str(path)
+    assert "skypilot" not in task.envs["ROUTER_REQUIREMENTS"].lower()
+
+
+def test_secrets_are_never_rendered_and_reach_only_the_task_object(sky, monkeypatch) -> None:
+    from cascadia_sky.launch.skypilot import SkyApi
+
+    monkeypatch.setenv("HF_TOKEN", "hf_do_not_leak_123")
+    plan = example_plan("deepseek")
+    cfg = stage_task(plan, plan["stages"][0])
+    assert "hf_do_not_leak_123" not in to_yaml(cfg)
+    assert cfg["secrets"] == {"HF_TOKEN": None}
+    task = SkyApi()._task(cfg, {"HF_TOKEN": os.environ["HF_TOKEN"]})   # what serve_up hands to SkyPilot
+    assert task.secrets["HF_TOKEN"].get_secret_value() == "hf_do_not_leak_123"
+    assert "hf_do_not_leak_123" not in repr(task.to_yaml_config(use_user_specified_yaml=True))  # SkyPilot's logs
+
+
+def test_vllm_args_follow_precision() -> None:
+    stage = {"name": "s", "served_model_name": "s", "tp": 2, "pp": 1, "max_context": 4096}
+    assert vllm_args({**stage, "precision": "fp8"})[-2:] == ["--quantization", "fp8"]
+    assert vllm_args({**stage, "precision": "bf16"})[-2:] == ["--dtype", "bfloat16"]
+    assert vllm_args({**stage, "precision": "fp16"}, port=9001)[3] == "9001"
+
+
+def test_skypilot_rejects_a_bad_target(sky) -> None:
+    plan = example_plan("deepseek")
+    with pytest.raises(Exception, match="notacloud"):
+        _parse(sky, stage_task(plan, plan["stages"][0], {"targets": ["notacloud"]}))
