@@ -11,7 +11,13 @@ from cascadia_sky.catalog import get_gpu
 from cascadia_sky.models import get_model
 from cascadia_sky.perf.step import Deployment, StepModel, step_model
 from cascadia_sky.sim import engine
-from cascadia_sky.sim.engine import Replica, StageRequests, kv_capacity_tokens, run_closed_loop, run_stage
+from cascadia_sky.sim.engine import (
+    Replica,
+    StageRequests,
+    kv_capacity_tokens,
+    run_closed_loop,
+    run_stage,
+)
 from cascadia_sky.sim.simulate import reference_latency
 
 
