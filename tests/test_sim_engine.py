@@ -58,7 +58,8 @@ def engine_overhead() -> float:
 
 @pytest.mark.parametrize("rho", [0.3, 0.7])
 def test_one_at_a_time_replica_is_an_md1_queue(rho: float) -> None:
-    """max_num_seqs = 1 and identical requests: an M/D/1 queue, mean wait rho D / (2 (1 - rho)) (Pollaczek-Khinchine)."""
+    """max_num_seqs = 1 and identical requests: an M/D/1 queue, mean wait rho D / (2 (1 - rho))
+    (Pollaczek-Khinchine)."""
     sm = dataclasses.replace(_llama8b(), max_seqs=1)
     service, _ = run_stage(sm, 1, np.array([0.0]), np.array([500]), np.array([100]))
     d = service.t_done[0]

@@ -225,7 +225,8 @@ def cheapest_thresholds(ctx: PlanningContext) -> tuple[float, ...]:
         theta = tuple(float(v) for v in vectors[k])
         if batch.quality[k] < ctx.q_min - 1e-12:
             continue
-        if conf is not None and ctx.train.quality_lower_bound(list(theta), conf, PLANNER_BOOTSTRAP_SAMPLES, PLANNER_SEED) < ctx.q_min - 1e-12:
+        if conf is not None and ctx.train.quality_lower_bound(list(theta), conf, PLANNER_BOOTSTRAP_SAMPLES,
+                                                              PLANNER_SEED) < ctx.q_min - 1e-12:
             continue
         return theta
     return tuple([math.inf] * n)
