@@ -59,9 +59,9 @@ def test_every_plan_fits_the_pool_and_round_trips(plans, tmp_path: Path) -> None
             assert read_plan(write_plan(plan, tmp_path / f"{name}.json")) == plan
 
 
-def test_single_is_the_last_model_alone_on_the_whole_pool(plans) -> None:
+def test_single_is_the_last_model_alone_on_the_whole_pool(spec, plans) -> None:
     single = plans["single"]
-    assert len(single.stages) == 1 and single.stages[0].model == "deepseek-ai/DeepSeek-R1"
+    assert len(single.stages) == 1 and single.stages[0].model == spec.stages[-1].model
     assert single.stages[0].gpus == 32 and single.stages[0].share == 1.0
     assert single.predicted.quality == pytest.approx(single.predicted.quality_all_last)
 
