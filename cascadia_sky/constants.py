@@ -43,10 +43,11 @@ DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the opt
 # --- planner: candidates and threshold search ------------------------------------------------
 CLOUD_MAX_REPLICAS = 32               # most replicas of one stage considered in cloud mode
 CLOUD_REPLICA_GAIN_FRACTION = 0.01    # stop adding replicas once one more improves p95 by less than this
-CURVE_POINTS = 48                     # utilisation grid points per replica-shape latency curve
+CURVE_POINTS = 32                     # utilisation grid points per replica-shape latency curve
 CURVE_MIN_HEADROOM_FRACTION = 1e-3    # the grid reaches utilisation 1 - this
 PLANNER_LENGTH_SAMPLES = 4000         # request-length samples handed to the performance model per stage
 PLANNER_GRID_POINTS = 12              # score quantiles per stage in the first round of the threshold search
+PLANNER_JOINT_POINTS = 144            # at most this many threshold vectors in the joint screening round
 PLANNER_REFINE_POINTS = 6             # quantiles added around each incumbent threshold per later round
 PLANNER_STABLE_ROUNDS = 2             # K: stop when J has not improved for this many rounds
 PLANNER_MAX_ROUNDS = 6                # hard cap on threshold-search rounds
@@ -88,4 +89,5 @@ SKY_AUTOSCALE_MAX_FACTOR = 2.0               # autoscaling: max_replicas = ceil(
 SKY_VLLM_PORT = 8000                         # vLLM's port on a replica
 SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/stage-service.yaml)
 SKY_ROUTER_CPUS = "4+"                       # the router service's replica
-SKY_CPU_STAGE_CPUS = 2                       # a CPU stage (gpu_type cpu) on SkyPilot infra asks for this many or more
+SKY_HEALTH_POLL_INTERVAL_SECONDS = 1.0       # clusters: probing a launched engine's /health (direct HTTP, cheap)
+SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown when a stage's job ends before serving

@@ -129,8 +129,9 @@ class QualityProfile:
         _s, q, tin, tout = self._subset(idx)
         m = stage.shape[0]
         n_st = self.n_stages
-        answered = np.bincount(stage, minlength=n_st) / m
-        reach = np.cumsum(answered[::-1])[::-1]
+        counts = np.bincount(stage, minlength=n_st)
+        answered = counts / m
+        reach = np.cumsum(counts[::-1])[::-1] / m  # integer sums first: reach[0] is exactly 1
         quality = float(q.ravel()[stage * m + np.arange(m)].mean())
         ins, outs = [tin[0]], [tout[0]]  # every request reaches stage 0
         for i in range(1, n_st):
@@ -163,8 +164,8 @@ class QualityProfile:
                 qsum[a:a + chunk] += acc @ q[i]  # bool @ float: BLAS-speed masked sum
                 if i < n_st - 1:
                     rest &= ~acc
+        reach = np.cumsum(answered[:, ::-1], axis=1)[:, ::-1] / m  # counts are integers: exact sums
         answered /= m
-        reach = np.cumsum(answered[:, ::-1], axis=1)[:, ::-1]
         return BatchOutcome(reach=reach, answered=answered, quality=qsum / m)
 
     def subset(self, idx: np.ndarray) -> QualityProfile:

@@ -234,3 +234,21 @@ def test_local_example_plans_one_cpu_engine_per_stage() -> None:
     assert plan.stages[0].threshold is not None and plan.stages[1].threshold is None
     assert plan.predicted.quality >= plan.predicted.quality_target
     assert math.isfinite(plan.predicted.p95_latency_s)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_vectorised_pool_bound_equals_the_exact_dp(seed: int) -> None:
+    from cascadia_sky.planner.bruteforce import dp_pool, random_problem
+    from cascadia_sky.planner.planner import pool_lower_bound
+
+    objective = "max-stage" if seed % 2 else "e2e"
+    problem = random_problem(seed, mode="pool", objective=objective, stages=2 + seed % 3, quotas=seed % 4 == 0)
+    exact = dp_pool(problem)
+    bound = pool_lower_bound(problem)
+    if exact is None:
+        assert math.isinf(bound) or problem.slo_p95_s is not None
+    else:
+        assert bound == pytest.approx(exact[0])
+    result = solve(problem)
+    if result.chosen:
+        assert bound <= result.latency_s + 1e-9

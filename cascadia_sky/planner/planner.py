@@ -28,6 +28,7 @@ from cascadia_sky.constants import (
     PLANNER_BOOTSTRAP_SAMPLES,
     PLANNER_FRONTIER_POINTS,
     PLANNER_GRID_POINTS,
+    PLANNER_JOINT_POINTS,
     PLANNER_LENGTH_SAMPLES,
     PLANNER_MAX_ROUNDS,
     PLANNER_REFINE_POINTS,
@@ -46,7 +47,6 @@ from cascadia_sky.planner.candidates import (
     local_candidates,
     pool_candidates,
 )
-from cascadia_sky.planner.bruteforce import dp_pool
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
 from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search
@@ -135,6 +135,34 @@ def stage_lengths(ctx: PlanningContext, stage: int, outputs: np.ndarray) -> Leng
 
 # --- the deployment level for one threshold vector --------------------------------------------
 
+def pool_lower_bound(problem: DeployProblem) -> float:
+    """The pool MILP's optimum L, ignoring only the SLO: a vectorised dynamic programme over (stage, GPUs used).
+
+    best_i[g] = least objective of stages 0..i on exactly g GPUs; a stage combines by + (e2e; the binding stages
+    are a prefix) or max (max-stage), non-binding stages only use GPUs. Like the MILP, = N first, then <= N.
+    Cross-checked against `bruteforce.dp_pool` and brute force in the tests.
+    """
+    n = int(problem.pool_gpus or 0)
+    cap = min([n] + [q for t, q in problem.quotas.items() if t == problem.pool_gpu_type])
+    binds = {k for k, share in enumerate(problem.shares) if share >= problem.share_epsilon}
+    best = np.full(cap + 1, math.inf)
+    best[0] = 0.0
+    for i, stage in enumerate(problem.candidates):
+        per_count = np.full(cap + 1, math.inf)  # fastest candidate per GPU count
+        for c in stage:
+            if c.gpus <= cap and c.p95_latency_s < per_count[c.gpus]:
+                per_count[c.gpus] = c.p95_latency_s
+        nxt = np.full(cap + 1, math.inf)
+        for f in np.flatnonzero(np.isfinite(per_count)):
+            lat = per_count[f] if i in binds else 0.0
+            shifted = best[: cap + 1 - f]
+            value = np.maximum(shifted, lat) if problem.objective == "max-stage" else shifted + lat
+            np.minimum(nxt[f:], value, out=nxt[f:])
+        best = nxt
+    if n <= cap and math.isfinite(best[n]):
+        return float(best[n])
+    return float(best.min())
+
 class DeploymentLevel:
     """L(theta): per-stage candidates (cached per stage and reach) and the MILP."""
 
@@ -201,8 +229,7 @@ class DeploymentLevel:
         """
         problem = self.problem(thresholds)
         if problem.mode == "pool" and problem.budget_usd_per_hour is None:
-            exact = dp_pool(problem)
-            return math.inf if exact is None else exact[0] * (1.0 - 1e-9)
+            return pool_lower_bound(problem) * (1.0 - 1e-9)
         if problem.goal == "min-cost":
             return sum(min((c.usd_per_hour for c in cands), default=math.inf) for cands in problem.candidates)
         best = [min((c.p95_latency_s for c in cands), default=math.inf) for cands in problem.candidates]
@@ -266,6 +293,7 @@ def search(ctx: PlanningContext, progress: Progress | None = None,
                               grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
                               stable_rounds=PLANNER_STABLE_ROUNDS, max_rounds=PLANNER_MAX_ROUNDS,
                               tolerance=PLANNER_TOLERANCE_FRACTION, lower_bound=level.lower_bound,
+                              joint_points=PLANNER_JOINT_POINTS,
                               progress=progress)
     if not math.isfinite(result.best.latency_s):
         first: DeployResult = result.evaluations[0].deployment

@@ -14,12 +14,16 @@ Procedure (ours; the paper leaves it open):
 1. Candidate thresholds per non-final stage are quantiles of that stage's scores on the planning prompts, plus
    +inf ("never accept here") — so every threshold vector is a real split of the profile.
 2. Start from theta = (+inf, ..., +inf): everything reaches the last stage, Q = z1 >= q_min, a feasible point.
-3. Coordinate descent: for each non-final stage in turn, try every candidate threshold with the others fixed and
+3. Joint screening (cascades of three or more stages): every vector of a coarse product grid (at most
+   `joint_points` vectors) is scored by penalty + lower bound, and the deployment level is solved in that order
+   until the bound exceeds the best J (branch and bound). Moving one threshold at a time cannot trade stage 1's
+   threshold against stage 2's under a binding quality target; this round can.
+4. Coordinate descent: for each non-final stage in turn, try every candidate threshold with the others fixed and
    keep the best J. A deployment solve is skipped when the quality penalty alone already exceeds the best J
    (L >= 0, so J cannot win), or when the penalty plus a cheap lower bound on L does (each stage at its fastest
    candidate, ignoring the GPU pool and budget) — exact pruning, not a heuristic. Deployment results are cached
    per threshold vector.
-4. A round is one pass over the stages. After a round, the grid around each incumbent threshold is refined
+5. A round is one pass over the stages. After a round, the grid around each incumbent threshold is refined
    (the quantiles between its neighbours are added), so a later round can still improve. The search stops when J
    has not improved by more than a relative `tolerance` for K consecutive rounds, or after `max_rounds`.
 
@@ -30,6 +34,7 @@ exist, yet can still compare two infeasible plans (smaller shortfall wins) when 
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -119,6 +124,7 @@ def chebyshev_search(
     tolerance: float,
     mu_s: float | None = None,
     lower_bound: Callable[[Thresholds], float] | None = None,
+    joint_points: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Minimise J over threshold vectors (one per non-final stage). See the module docstring for the procedure.
@@ -149,6 +155,36 @@ def chebyshev_search(
     best = Evaluation(start, q0, l0, c0, objective_j(l0, q0, q_min, z1, z2, mu_s), d0)
     evaluations.append(best)
     seen: set[Thresholds] = {start}
+
+    if n >= 2 and joint_points > 0:
+        per_dim = max(2, int(round(joint_points ** (1.0 / n))))
+        coarse = [threshold_grid(s, per_dim - 1) for s in stage_scores]
+        queue: list[tuple[float, Thresholds]] = []
+        for combo in itertools.product(*coarse):
+            theta = tuple(float(v) for v in combo)
+            if theta in seen:
+                continue
+            seen.add(theta)
+            penalty = objective_j(0.0, quality_of(theta), q_min, z1, z2, mu_s)
+            bound = penalty + (lower_bound(theta) if lower_bound is not None else 0.0)
+            if bound >= best.j:
+                pruned += 1
+                continue
+            queue.append((bound, theta))
+        queue.sort()
+        for k, (bound, theta) in enumerate(queue):
+            if bound >= best.j:
+                pruned += len(queue) - k
+                break
+            q = quality_of(theta)
+            lat, cost, dep = run_deploy(theta)
+            ev = Evaluation(theta, q, lat, cost, objective_j(lat, q, q_min, z1, z2, mu_s), dep)
+            evaluations.append(ev)
+            if ev.j < best.j - 1e-12:
+                best = ev
+        if progress:
+            progress(f"joint screening: J={best.j:.3f}s L={best.latency_s:.3f}s Q={best.quality:.4f} "
+                     f"({solves} deployment solves)")
 
     stable = 0
     rounds = 0
