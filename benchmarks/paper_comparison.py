@@ -328,17 +328,17 @@ def _differences(outcomes: list[Outcome], summary: dict[str, dict[str, float]]) 
          + (", ".join(f"{_label(o)} ({_f(o.objective_at_cascadeserve, 1)} s against "
                       f"{_f(o.rows[OURS]['predicted_p95_s'], 1)} s)" for o in missed) or "no setting")
          + ", CascadeServe's thresholds score better on cascadia's own objective than the thresholds cascadia's "
-         "search returned: the search (`planner/route.py`) moves one threshold at a time, and with a binding "
-         "quality target, trading stage 1's threshold against stage 2's needs both to move together. Those plans "
-         "send more requests to the last model than needed."),
+         "search (`planner/route.py`) returned: the search over threshold vectors is heuristic (a coarse grid, "
+         "then one threshold at a time), and with a binding quality target the thresholds of two stages must "
+         "move together to trade requests between them."),
         ("5. **The objectives bound per-stage or per-path p95s, the metric counts requests.** Both objectives "
          "(the paper's slowest stage and our slowest path taken by at least 1 % of requests) make a path with a "
          "few per cent of the requests as binding as a path with half of them, while the 95th percentile of all "
          "requests barely sees a path that 5 % take; plans that send fewer requests to the last model gain on this "
          "metric more than the objectives credit them."),
         ("6. **Long outputs make escalation expensive.** With reasoning-length answers (about 4,000 tokens, "
-         "`reasoning` rows) every escalated request generates a whole answer again at the next stage, and the "
-         "cascade's advantage shrinks or turns around: "
+         "`reasoning` rows) every escalated request generates a whole answer again at the next stage, so the "
+         "cascade's advantage over the stand-alone model is smaller than on the traces, or negative: "
          + ("; ".join(f"{_label(o)}: cascadia {_f(o.rows[OURS]['slo_scale'])}, single "
                       f"{_f(o.rows['single']['slo_scale'])}" for o in long) or "no such setting in this run")
          + ". CascadeServe-like plans, sized without regard to lengths (smallest TP), run out of KV cache there "
