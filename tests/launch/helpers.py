@@ -53,15 +53,19 @@ def example_plan(name: str) -> dict[str, Any]:
 class RecordingSkyApi:
     """Stands in for SkyPilot's SDK (cascadia_sky.launch.skypilot.SkyApi): records every call with the task it
     got, and answers like SkyServe / SkyPilot would. `ready_after` status polls a service turns READY;
-    `fail` names services that go FAILED. Clusters are real local engines when `engines` is set."""
+    `fail` names services that go FAILED. Clusters are real local engines when `engines` is set; the clusters
+    named in `fail_setup` start nothing and their job fails in setup (with `setup_log` as its log)."""
 
-    def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False) -> None:
+    def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False,
+                 fail_setup: tuple[str, ...] = (), setup_log: str = "") -> None:
         self.calls: list[tuple[str, str, Any]] = []
         self.services: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, Any] = {}
         self.ready_after = ready_after
         self.fail = fail
         self.engines = engines
+        self.fail_setup = fail_setup
+        self.setup_log = setup_log
         self._port = 30000
 
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
@@ -96,19 +100,37 @@ class RecordingSkyApi:
         from cascadia_sky.engines import start_bundled
 
         self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port}))
-        model = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}.get(cfg["envs"]["MODEL_ID"],
-                                                                                       "gemma-3-270m")
-        served = cfg["envs"]["VLLM_ARGS"].split("--served-model-name ")[1].split()[0]
-        engine = start_bundled(model, alias=served)
+        if cluster in self.fail_setup:
+            self.clusters[cluster] = None
+            return f"http://127.0.0.1:{port}"
+        envs = cfg["envs"]
+        if "BUNDLED_MODEL" in envs:  # a CPU stage: the engine its task starts, on the port the launcher chose
+            engine = start_bundled(envs["BUNDLED_MODEL"], alias=envs["SERVED_MODEL_NAME"], port=port)
+        else:                        # a vLLM stage: a bundled model stands in
+            model = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}.get(envs["MODEL_ID"],
+                                                                                           "gemma-3-270m")
+            served = envs["VLLM_ARGS"].split("--served-model-name ")[1].split()[0]
+            engine = start_bundled(model, alias=served)
         self.clusters[cluster] = engine
         return engine.url
+
+    def job_status(self, cluster: str) -> str:
+        self.calls.append(("job_status", cluster, None))
+        engine = self.clusters[cluster]
+        return "FAILED_SETUP" if engine is None else "RUNNING" if engine.alive() else "FAILED"
+
+    def job_log_tail(self, cluster: str, lines: int) -> str:
+        engine = self.clusters[cluster]
+        return self.setup_log if engine is None else engine.log_tail()
 
     def cluster_status(self, clusters: list[str]) -> dict[str, str]:
         return {c: "UP" for c in clusters if c in self.clusters}
 
     def cluster_down(self, cluster: str) -> None:
         self.calls.append(("cluster_down", cluster, None))
-        self.clusters.pop(cluster).stop()
+        engine = self.clusters.pop(cluster)
+        if engine is not None:
+            engine.stop()
 
     def ops(self) -> list[tuple[str, str]]:
         return [(op, name) for op, name, _ in self.calls]

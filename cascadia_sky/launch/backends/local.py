@@ -34,8 +34,10 @@ _UP_MARGIN_SECONDS = 30.0   # `up` waits a little longer than the supervisor's o
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """True when something already listens on host:port (binding it fails)."""
+    """True when something already listens on host:port (binding it fails). SO_REUSEADDR, as the servers set it:
+    connections of a server stopped moments ago (TIME_WAIT) do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -16,7 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cascadia_sky.constants import SKY_POLL_INTERVAL_SECONDS
+from cascadia_sky.constants import (
+    LAUNCH_LOG_TAIL_CHARS,
+    SKY_HEALTH_POLL_INTERVAL_SECONDS,
+    SKY_JOB_LOG_TAIL_LINES,
+    SKY_POLL_INTERVAL_SECONDS,
+)
 from cascadia_sky.errors import CascadiaError, LaunchError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext
 from cascadia_sky.launch.backends.local import (
@@ -34,13 +39,14 @@ from cascadia_sky.launch.tasks import (
     router_task,
     secret_values,
     stage_layout,
+    stage_port,
     stage_task,
     to_yaml,
-    vllm_port,
     write_router_config,
 )
 
 _STAGE_OPS = ("launch_stage", "update_stage", "remove_stage")
+_JOB_ENDED = ("SUCCEEDED", "CANCELLED", "FAILED")   # SkyPilot job states after which the engine will not answer
 
 
 def dryrun_clouds(plan: dict[str, Any], options: dict[str, Any]) -> list[str]:
@@ -203,7 +209,12 @@ class SkyServeBackend(_SkyBase):
 
 
 class ClustersBackend(_SkyBase):
-    """One SkyPilot cluster per stage replica (`sky.launch`), the router local and balancing over their head IPs."""
+    """One SkyPilot cluster per stage replica (`sky.launch`), the router local and balancing over their head IPs.
+
+    GPU stages run vLLM (tasks/stage-service.yaml), CPU stages of a resources.local plan run llama.cpp
+    (tasks/stage-llamacpp.yaml). Each replica's engine port is picked here and recorded before the launch: several
+    clusters may share one node (a Slurm node runs many jobs), so a fixed port would collide.
+    """
 
     name = "clusters"
     service = False
@@ -211,6 +222,8 @@ class ClustersBackend(_SkyBase):
     def preflight(self, ctx: LaunchContext) -> None:
         import_sky()
         check_router_port(ctx)
+        for stage in ctx.plan["stages"]:  # every task renders (bundled model known, ...) before anything launches
+            stage_task(ctx.plan, stage, ctx.options, service=False, replica=0)
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         from cascadia_sky.launch.launcher import router_fingerprint
@@ -234,32 +247,57 @@ class ClustersBackend(_SkyBase):
         wait_until_ready(ctx, self.observe)
 
     def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str]) -> None:
+        from cascadia_sky.engines.process import free_port
         from cascadia_sky.launch.launcher import stage_fingerprint
 
         comp = f"{action.stage}/{replica}"
         cluster = f"{ctx.name}-{action.stage}-{replica}"
+        old = ctx.record().component(comp)
         if action.op == "remove_stage":
             ctx.store.update_component(ctx.name, comp, phase="stopping")
             if cluster in self.api.cluster_status([cluster]):
                 self.api.cluster_down(cluster)
             ctx.store.delete_component(ctx.name, comp)
             return
+        if old is not None and cluster in self.api.cluster_status([cluster]):
+            if action.op == "launch_stage" and old.url and http_get(old.url + "/health")[0] == 200:
+                ctx.store.update_component(ctx.name, comp, phase="ready")  # an interrupted `up` had finished it
+                return
+            # Changed, or left half-launched: start over on a fresh cluster rather than run a second engine job.
+            ctx.store.update_component(ctx.name, comp, phase="stopping")
+            self.api.cluster_down(cluster)
         stage = next(s for s in ctx.plan["stages"] if s["name"] == action.stage)
-        cfg = stage_task(ctx.plan, stage, ctx.options, service=False, replica=replica)
+        port = old.port if old is not None and old.port else free_port()
+        cfg = stage_task(ctx.plan, stage, ctx.options, service=False, replica=replica, port=port)
         ctx.store.put_component(ComponentRecord(
             deployment=ctx.name, name=comp, kind="cluster", stage=action.stage, replica=replica, phase="starting",
-            handle=cluster, started_at=time.time(), fingerprint=stage_fingerprint(stage)))
+            handle=cluster, port=port, started_at=time.time(), fingerprint=stage_fingerprint(stage)))
         ctx.progress(f"{cluster}: launching (sky.launch)")
-        url = self.api.cluster_launch(cfg, cluster, secrets, vllm_port(cfg))
+        url = self.api.cluster_launch(cfg, cluster, secrets, stage_port(cfg))
         ctx.store.update_component(ctx.name, comp, url=url)
-        deadline = self._deadline(ctx)
-        while http_get(url + "/health")[0] != 200:
-            if time.monotonic() > deadline:
-                raise LaunchError(f"{cluster}: vLLM at {url} not answering after {ctx.options['ready_timeout_s']:g} s;"
-                                  f" see `sky logs {cluster}`")
-            time.sleep(self.poll_s)
+        ctx.progress(f"{cluster}: job submitted; waiting for its engine at {url}")
+        self._wait_serving(ctx, comp, cluster, url)
         ctx.store.update_component(ctx.name, comp, phase="ready")
         ctx.progress(f"{cluster}: ready at {url}")
+
+    def _wait_serving(self, ctx: LaunchContext, comp: str, cluster: str, url: str) -> None:
+        """Probe the engine (cheap, often) until it answers; ask SkyPilot about the job (slower) to fail fast."""
+        deadline = self._deadline(ctx)
+        next_job_check = time.monotonic() + self.poll_s
+        while http_get(url + "/health")[0] != 200:
+            now = time.monotonic()
+            if now >= next_job_check:
+                job = self.api.job_status(cluster)
+                if job.startswith(_JOB_ENDED):
+                    tail = self.api.job_log_tail(cluster, SKY_JOB_LOG_TAIL_LINES)[-LAUNCH_LOG_TAIL_CHARS:]
+                    ctx.store.update_component(ctx.name, comp, phase="failed", message=f"job {job}:\n{tail}")
+                    raise LaunchError(f"{cluster}: its job ended ({job}) before the engine answered at {url}; "
+                                      f"last lines of `sky logs {cluster}`:\n{tail}")
+                next_job_check = now + self.poll_s
+            if now > deadline:
+                raise LaunchError(f"{cluster}: no engine answering at {url} after "
+                                  f"{ctx.options['ready_timeout_s']:g} s; see `sky logs {cluster}`")
+            time.sleep(min(SKY_HEALTH_POLL_INTERVAL_SECONDS, self.poll_s))
 
     def observe(self, record: DeploymentRecord) -> DeploymentObservation:
         clusters = [c.handle for c in record.components if c.kind == "cluster"]
@@ -276,11 +314,10 @@ class ClustersBackend(_SkyBase):
                                      tuple(comps))
 
     def teardown(self, record: DeploymentRecord, store: StateStore) -> list[str]:
+        """The router (and supervisor) first, then every recorded cluster that exists, in parallel."""
         stopped = stop_local(record, store)
         clusters = [c.handle for c in record.components if c.kind == "cluster"]
-        existing = self.api.cluster_status(clusters) if clusters else {}
-        for name in clusters:
-            if name in existing:
-                self.api.cluster_down(name)
-                stopped.append(name)
-        return stopped
+        found = self.api.cluster_status(clusters) if clusters else {}
+        existing = [n for n in clusters if n in found]
+        self._run_parallel(existing, self.api.cluster_down, label=lambda name: name)
+        return stopped + existing
