@@ -252,3 +252,13 @@ def test_vectorised_pool_bound_equals_the_exact_dp(seed: int) -> None:
     result = solve(problem)
     if result.chosen:
         assert bound <= result.latency_s + 1e-9
+
+
+def test_plan_with_infinite_latency_round_trips(deepseek_plan, tmp_path: Path) -> None:
+    stages = [deepseek_plan.stages[0].model_copy(update={"p95_latency_s": math.inf}), *deepseek_plan.stages[1:]]
+    predicted = deepseek_plan.predicted.model_copy(update={"p95_latency_s": math.inf})
+    plan = deepseek_plan.model_copy(update={"stages": stages, "predicted": predicted})
+    path = write_plan(plan, tmp_path / "inf.json")
+    assert json.loads(path.read_text())["predicted"]["p95_latency_s"] == "Infinity"
+    back = read_plan(path)
+    assert math.isinf(back.predicted.p95_latency_s) and math.isinf(back.stages[0].p95_latency_s)

@@ -21,7 +21,9 @@ from cascadia_sky.errors import SpecError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # An unsustainable latency is infinite; JSON has no infinity, so it is written as the string "Infinity"
+    # (valid JSON, read back as float inf) rather than null, which would not read back.
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 class StagePlan(_Frozen):
