@@ -1,0 +1,246 @@
+"""`cascadia up` of a two-stage CPU cascade with the `clusters` backend on the local Slurm cluster, through SkyPilot.
+
+examples/local-slurm.yaml: the stages' engines are real llama.cpp servers (xllamacpp; SmolLM2-135M-Instruct and
+gemma-3-270m from PyPI) started by SkyPilot tasks as Slurm jobs; the router runs here. The test sends requests
+through the router with the openai client, checks that one is answered by stage 1 and one escalates to stage 2, runs
+`cascadia status`, then `cascadia down`, and checks that SkyPilot, Slurm and this machine are left clean. It prints
+the wall times (up, first answer, down) as one JSON line.
+
+Marked `slurm`: scripts/test.sh runs it between `scripts/local-slurm.sh up` and `down` when CI=true or
+CASCADIA_TEST_SLURM=1. Without a running cluster it fails in CI (with the reason) and skips elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import psutil
+import pytest
+import yaml
+
+from cascadia_sky.engines.process import free_port
+from cascadia_sky.launch.state import StateStore
+from tests.launch.helpers import processes_of
+from tests.test_slurm_smoke import _queue, _slurm_config_value, local_slurm  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "local-slurm"                 # the cascade's name in examples/local-slurm.yaml
+CLUSTERS = (f"{NAME}-small-0", f"{NAME}-large-0")
+ENGINE_MODULE = "cascadia_sky.engines.xllamacpp_server"
+UP_TIMEOUT_SECONDS = 1200            # two parallel launches: SkyPilot runtime + engine packages and models from PyPI
+CLI_TIMEOUT_SECONDS = 300            # status / down / SkyPilot calls
+DRAIN_SECONDS = 60                   # Slurm's queue and the node's processes after down; the API server's stop
+# Prompts whose stage-1 confidence (mean token logprob, greedy) is far from the plan's threshold (about -0.73):
+# SmolLM2 continues a count at about -0.07 (accepted) and nonsense at about -2.0 (escalated to gemma).
+CONFIDENT_PROMPT = "1, 2, 3, 4, 5, 6,"
+DOUBTFUL_PROMPT = "Zorblax quibbled the vexing"
+
+
+def _environment(tmp_path: Path, state_dir: Path) -> dict[str, str]:
+    """The CLI's environment: cascadia's state and SkyPilot's client (HOME, runtime dir, its own API server on a
+    free port) in the test's temp dir, with the cluster's ssh config; the user's ~/.sky is never touched."""
+    home = tmp_path / "home"
+    (home / ".slurm").mkdir(parents=True)
+    (home / "tmp").mkdir()  # the API server's workers leave sky-tmp* dirs behind when stopped
+    shutil.copy(state_dir / "client" / "slurm-config", home / ".slurm" / "config")
+    return {**os.environ, "HOME": str(home), "SKY_RUNTIME_DIR": str(home), "TMPDIR": str(home / "tmp"),
+            "SKYPILOT_DISABLE_USAGE_COLLECTION": "1", "SKYPILOT_API_SERVER_LOCAL_PORT": str(free_port()),
+            "CASCADIA_HOME": str(tmp_path / "cascadia")}
+
+
+def _spec(tmp_path: Path, alias: str) -> Path:
+    """examples/local-slurm.yaml, aimed at this Slurm cluster's alias (the profile path made absolute)."""
+    data = yaml.safe_load((REPO / "examples" / "local-slurm.yaml").read_text())
+    data["infra"]["targets"] = [f"slurm/{alias}"]
+    data["quality"]["profile"] = str(REPO / "examples" / data["quality"]["profile"])
+    path = tmp_path / "local-slurm.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = CLI_TIMEOUT_SECONDS) -> tuple[subprocess.CompletedProcess[str],
+                                                                                          float]:
+    """`cascadia ARGS` and its wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "cascadia_sky.cli", *args], cwd=REPO, env=env, text=True,
+                          capture_output=True, timeout=timeout, check=False)
+    return proc, time.monotonic() - t0
+
+
+def _sky(env: dict[str, str], code: str) -> str:
+    """Run SkyPilot SDK code in the test's SkyPilot home (a child process: SkyPilot reads HOME when imported);
+    returns the last line it printed."""
+    proc = subprocess.run([sys.executable, "-c", "import sky, json\n" + code], env=env, text=True,
+                          capture_output=True, timeout=CLI_TIMEOUT_SECONDS, check=False)
+    assert proc.returncode == 0, f"SkyPilot call failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _sky_clusters(env: dict[str, str]) -> dict[str, str]:
+    return json.loads(_sky(env, "print(json.dumps({r.name: str(r.status.value) for r in sky.get(sky.status())}))"))
+
+
+def _job_names(state_dir: Path, user: str) -> list[str]:
+    """The user's Slurm job names (SkyPilot names a cluster's job <cluster>-<user hash>)."""
+    env = {**os.environ, "SLURM_CONF": str(state_dir / "slurm" / "slurm.conf")}
+    return subprocess.run(["squeue", "-h", "-u", user, "-o", "%j"], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+def _listener(port: int) -> psutil.Process | None:
+    """The process listening on `port`, if any."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def _accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port (a closed server's TIME_WAIT sockets do not)."""
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _cluster_processes(user: str) -> list[str]:
+    """Processes of the Slurm user that belong to this cascade's clusters: its engines, SkyPilot's skylet, job
+    processes and subprocess daemons (their command lines name the cluster; the daemons exit by themselves about
+    30 s after `sky down`, so callers wait for them)."""
+    found = []
+    for proc in psutil.process_iter(["username", "cmdline", "status"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if proc.info["username"] == user and proc.info["status"] != psutil.STATUS_ZOMBIE and (
+                ENGINE_MODULE in cmd or any(c in cmd for c in CLUSTERS)):
+            found.append(f"{proc.pid}: {cmd[:200]}")
+    return found
+
+
+def _our_processes(home: Path) -> list[str]:
+    """Processes started for this test's cascadia home (they inherit CASCADIA_HOME): the supervisor, the router,
+    SkyPilot's API server and its workers. Two kinds of SkyPilot's own helpers are left out: its ssh ControlMasters
+    to the cluster (ControlPersist; `local-slurm.sh down` closes them) and its subprocess daemons, which wait 30 s
+    after terminating a finished request's children and then exit by themselves."""
+    left = []
+    for pid in processes_of(home):
+        try:
+            proc = psutil.Process(pid)
+            cmd = " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            continue
+        if proc.name() != "ssh" and "sky/skylet/subprocess_daemon.py" not in cmd:
+            left.append(f"{pid}: {cmd[:200]}")
+    return left
+
+
+def _eventually(check: Any, wait_s: float = DRAIN_SECONDS) -> Any:
+    """`check()` once it is falsy (empty), or its last value after `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while (value := check()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return value
+
+
+def _ask(client: openai.OpenAI, prompt: str) -> dict[str, Any]:
+    """One completion through the router: which stage answered, how many escalations, the text."""
+    raw = client.completions.with_raw_response.create(model=NAME, prompt=prompt, max_tokens=12, temperature=0)
+    out = raw.parse()
+    return {"stage": raw.headers.get("x-cascadia-stage"), "escalations": raw.headers.get("x-cascadia-escalations"),
+            "path": raw.headers.get("x-cascadia-path") or "", "text": out.choices[0].text}
+
+
+def test_cascade_up_answers_escalates_and_down_leaves_nothing(local_slurm: Path, tmp_path: Path,  # noqa: F811
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    user = _slurm_config_value("User")
+    env = _environment(tmp_path, local_slurm)
+    home = Path(env["CASCADIA_HOME"])
+    router_port = free_port()
+    spec = _spec(tmp_path, _slurm_config_value("Host"))
+    figures: dict[str, float] = {}
+    engine_ports: list[int] = []
+    launched = False
+    try:
+        # --- up: two SkyPilot clusters on Slurm, launched in parallel, then the router here ------------------------
+        t0 = time.monotonic()
+        launched = True
+        up, figures["up_s"] = _cli(env, "up", str(spec), "--yes", "--port", str(router_port),
+                                   timeout=UP_TIMEOUT_SECONDS)
+        assert up.returncode == 0, f"cascadia up failed:\n{up.stdout[-4000:]}\n{up.stderr[-6000:]}"
+        assert f"deployment '{NAME}' is ready (backend clusters)" in up.stdout, up.stdout
+        record = StateStore(home).get(NAME)
+        assert record is not None and record.phase == "up"
+        clusters = [c for c in record.components if c.kind == "cluster"]
+        assert sorted(c.handle for c in clusters) == sorted(CLUSTERS)
+        assert _sky_clusters(env) == {c: "UP" for c in CLUSTERS}
+        jobs = _job_names(local_slurm, user)
+        for comp in clusters:
+            # At the cluster's head IP, on the port the launcher picked, served by a Slurm job of the cluster's
+            # user (started by the SkyPilot task, not by anything on this side).
+            assert comp.url == f"http://127.0.0.1:{comp.port}", comp.url
+            engine_ports.append(int(comp.port or 0))
+            owner = _listener(engine_ports[-1])
+            assert owner is not None and owner.username() == user, (comp.name, owner)
+            assert ENGINE_MODULE in " ".join(owner.cmdline())
+            assert any(j.startswith(f"{comp.handle}-") for j in jobs), f"no Slurm job for {comp.handle}: {jobs}"
+        assert len(set(engine_ports)) == 2
+
+        # --- requests through the router: one stays at stage 1, one escalates to stage 2 ---------------------------
+        key = Path(record.api_key_file).read_text().strip()
+        client = openai.OpenAI(base_url=record.endpoint, api_key=key, max_retries=0, timeout=120)
+        t1 = time.monotonic()
+        confident = _ask(client, CONFIDENT_PROMPT)
+        figures["first_answer_s"] = time.monotonic() - t1
+        figures["up_to_first_answer_s"] = time.monotonic() - t0
+        doubtful = _ask(client, DOUBTFUL_PROMPT)
+        assert confident["text"].strip() and doubtful["text"].strip()
+        assert (confident["stage"], confident["escalations"]) == ("small", "0"), confident
+        assert (doubtful["stage"], doubtful["escalations"]) == ("large", "1"), doubtful
+        assert doubtful["path"].startswith("small=escalated(") and "large=answered" in doubtful["path"], doubtful
+
+        # --- status ------------------------------------------------------------------------------------------------
+        status, figures["status_s"] = _cli(env, "status", NAME)
+        assert status.returncode == 0, status.stderr
+        text = " ".join(status.stdout.split())
+        assert f"{NAME} (clusters): ready" in text, status.stdout
+        assert all(f"{c} " in text for c in ("small/0", "large/0", "router")), status.stdout
+        assert "2 requests" in text and "answered by small 50%, large 50%" in text, status.stdout
+
+        # --- down --------------------------------------------------------------------------------------------------
+        down, figures["down_s"] = _cli(env, "down", NAME)
+        assert down.returncode == 0, f"cascadia down failed:\n{down.stdout}\n{down.stderr}"
+        launched = False
+        assert all(c in down.stdout for c in CLUSTERS), down.stdout
+
+        # --- clean: SkyPilot, Slurm, the node's files and processes, the ports, cascadia's state --------------------
+        t2 = time.monotonic()
+        assert _sky_clusters(env) == {}
+        assert _eventually(lambda: _queue(user)) == "", f"Slurm jobs of {user} left after cascadia down"
+        assert _eventually(lambda: _cluster_processes(user)) == []
+        slurm_home = local_slurm / "home" / ".sky_clusters"   # runtime dirs: /tmp/<cluster>-<hash> on the node
+        left_dirs = [p for c in CLUSTERS for p in (*slurm_home.glob(f"{c}-*"), *Path("/tmp").glob(f"{c}-*"))]
+        assert left_dirs == [], "SkyPilot's per-cluster home or runtime dir is left"
+        assert [p for p in (router_port, *engine_ports) if _accepts(p)] == [], "a server still listens"
+        assert StateStore(home).get(NAME) is None
+        after, _ = _cli(env, "status")
+        assert after.returncode == 0 and "no deployments" in after.stdout, after.stdout
+        figures["clean_checks_s"] = time.monotonic() - t2
+    finally:
+        if launched:  # a failure above: take everything down (the failed assertion is what gets reported)
+            _cli(env, "down", NAME)
+        _sky(env, "sky.api_stop()")
+        figures["total_s"] = time.monotonic() - t0
+        with capsys.disabled():
+            print(f"\n[slurm cascade e2e] {json.dumps({k: round(v, 1) for k, v in figures.items()})}")
+    assert not _accepts(int(env["SKYPILOT_API_SERVER_LOCAL_PORT"])), "SkyPilot's API server still listens"
+    assert _eventually(lambda: _our_processes(home)) == []
