@@ -159,24 +159,24 @@ def chebyshev_search(
     if n >= 2 and joint_points > 0:
         per_dim = max(2, int(round(joint_points ** (1.0 / n))))
         coarse = [threshold_grid(s, per_dim - 1) for s in stage_scores]
-        queue: list[tuple[float, Thresholds]] = []
+        queue: list[tuple[float, Thresholds, float]] = []
         for combo in itertools.product(*coarse):
             theta = tuple(float(v) for v in combo)
             if theta in seen:
                 continue
             seen.add(theta)
-            penalty = objective_j(0.0, quality_of(theta), q_min, z1, z2, mu_s)
+            q = quality_of(theta)
+            penalty = objective_j(0.0, q, q_min, z1, z2, mu_s)
             bound = penalty + (lower_bound(theta) if lower_bound is not None else 0.0)
             if bound >= best.j:
                 pruned += 1
                 continue
-            queue.append((bound, theta))
+            queue.append((bound, theta, q))
         queue.sort()
-        for k, (bound, theta) in enumerate(queue):
+        for k, (bound, theta, q) in enumerate(queue):
             if bound >= best.j:
                 pruned += len(queue) - k
                 break
-            q = quality_of(theta)
             lat, cost, dep = run_deploy(theta)
             ev = Evaluation(theta, q, lat, cost, objective_j(lat, q, q_min, z1, z2, mu_s), dep)
             evaluations.append(ev)
