@@ -156,6 +156,22 @@ def chebyshev_search(
     evaluations.append(best)
     seen: set[Thresholds] = {start}
 
+    def bound_of(theta: Thresholds, q: float) -> float:
+        """Penalty, plus the lower bound on L unless the penalty alone already prunes (the bound costs a solve)."""
+        penalty = objective_j(0.0, q, q_min, z1, z2, mu_s)
+        if penalty >= best.j or lower_bound is None:
+            return penalty
+        return penalty + lower_bound(theta)
+
+    def evaluate(theta: Thresholds, q: float) -> None:
+        """Solve the deployment level for theta, record it, and keep it if J improves."""
+        nonlocal best
+        lat, cost, dep = run_deploy(theta)
+        ev = Evaluation(theta, q, lat, cost, objective_j(lat, q, q_min, z1, z2, mu_s), dep)
+        evaluations.append(ev)
+        if ev.j < best.j - 1e-12:
+            best = ev
+
     if n >= 2 and joint_points > 0:
         per_dim = max(2, int(round(joint_points ** (1.0 / n))))
         coarse = [threshold_grid(s, per_dim - 1) for s in stage_scores]
@@ -166,8 +182,7 @@ def chebyshev_search(
                 continue
             seen.add(theta)
             q = quality_of(theta)
-            penalty = objective_j(0.0, q, q_min, z1, z2, mu_s)
-            bound = penalty + (lower_bound(theta) if lower_bound is not None else 0.0)
+            bound = bound_of(theta, q)
             if bound >= best.j:
                 pruned += 1
                 continue
@@ -177,11 +192,7 @@ def chebyshev_search(
             if bound >= best.j:
                 pruned += len(queue) - k
                 break
-            lat, cost, dep = run_deploy(theta)
-            ev = Evaluation(theta, q, lat, cost, objective_j(lat, q, q_min, z1, z2, mu_s), dep)
-            evaluations.append(ev)
-            if ev.j < best.j - 1e-12:
-                best = ev
+            evaluate(theta, q)
         if progress:
             progress(f"joint screening: J={best.j:.3f}s L={best.latency_s:.3f}s Q={best.quality:.4f} "
                      f"({solves} deployment solves)")
@@ -198,15 +209,10 @@ def chebyshev_search(
                     continue
                 seen.add(theta)
                 q = quality_of(theta)
-                penalty = objective_j(0.0, q, q_min, z1, z2, mu_s)
-                if penalty >= best.j or (lower_bound is not None and penalty + lower_bound(theta) >= best.j):
+                if bound_of(theta, q) >= best.j:
                     pruned += 1
                     continue
-                lat, cost, dep = run_deploy(theta)
-                ev = Evaluation(theta, q, lat, cost, objective_j(lat, q, q_min, z1, z2, mu_s), dep)
-                evaluations.append(ev)
-                if ev.j < best.j - 1e-12:
-                    best = ev
+                evaluate(theta, q)
         improved = best.j < j_before * (1.0 - tolerance) if math.isfinite(j_before) else math.isfinite(best.j)
         stable = 0 if improved else stable + 1
         if progress:
