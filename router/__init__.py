@@ -1,11 +1,31 @@
 """cascadia router: the OpenAI-compatible cascade endpoint. Self-contained: imports nothing from the planner,
-SkyPilot or PuLP (a router machine installs only the `router` extra). See README.md."""
+SkyPilot or PuLP (a router machine installs only the `router` extra). See README.md.
 
-from router.app import create_app
-from router.config import RouterConfig, load_config, parse_config
-from router.errors import ConfigError, RouterError
-from router.scorers import SCORERS, make_scorer, parse_logprobs
-from router.security import Secrets, load_secrets
+Importing this package imports nothing heavy: the names below resolve on first use (PEP 562), so a core install
+(no FastAPI) can still read `router.scorers` (plain functions, the one definition of every score).
+"""
 
-__all__ = ["SCORERS", "ConfigError", "RouterConfig", "RouterError", "Secrets", "create_app", "load_config",
-           "load_secrets", "make_scorer", "parse_config", "parse_logprobs"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "create_app": "router.app",
+    "RouterConfig": "router.config", "load_config": "router.config", "parse_config": "router.config",
+    "ConfigError": "router.errors", "RouterError": "router.errors",
+    "SCORERS": "router.scorers", "make_scorer": "router.scorers", "parse_logprobs": "router.scorers",
+    "Secrets": "router.security", "load_secrets": "router.security",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'router' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+__all__ = sorted(_EXPORTS)
