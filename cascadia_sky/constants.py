@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 # --- schema versions -------------------------------------------------------------------------
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
 
 # --- CLI -------------------------------------------------------------------------------------
 DEBUG_ENV_VAR = "CASCADIA_DEBUG"
@@ -76,6 +76,8 @@ LOCAL_GGUF_BYTES_PER_PARAM = 0.6           # Q4-class GGUF weights
 
 # --- launcher (cascadia up / status / down) --------------------------------------------------
 LAUNCH_ROUTER_PORT = 8800                    # the router's port (local backend: on 127.0.0.1)
+LAUNCH_ROUTER_HOST_LOCAL = "127.0.0.1"       # the router on this machine (local and clusters backends) binds loopback
+LAUNCH_ROUTER_HOST_SERVICE = "0.0.0.0"       # the router as a SkyServe service listens on its node for the LB
 LAUNCH_READY_TIMEOUT_SECONDS = 600.0         # `up` gives up on a component not ready after this (local: per engine)
 LAUNCH_POLL_INTERVAL_SECONDS = 0.2           # local supervisor loop and `up`'s wait loop
 LAUNCH_MAX_RESTARTS = 3                      # a local process that crashed more often than this is failed

@@ -377,7 +377,7 @@ def check_spec(spec: CascadeSpec) -> None:
     """Cross-field checks: known models and GPUs, existing files, and every stage fits some allowed GPU."""
     from cascadia_sky.catalog import clouds as known_clouds
     from cascadia_sky.models import get_model
-    from router.scorers import SCORERS  # the router's registry is the one source of scorer names
+    from router.scorers import SCORERS  # the router's registry (dependency-free) is the one source of scorer names
 
     if spec.quality.scorer not in SCORERS:
         names = sorted(SCORERS)
@@ -430,7 +430,7 @@ def check_spec(spec: CascadeSpec) -> None:
 
 def _check_local(spec: CascadeSpec) -> None:
     """Local engines serve bundled models only, one engine per stage, no GPU pins."""
-    from cascadia_sky.engines.bundled import BUNDLED_MODELS
+    from cascadia_sky.bundled import BUNDLED_MODELS
 
     known = {m.hf_id.lower(): m for m in BUNDLED_MODELS.values()} | {m.name: m for m in BUNDLED_MODELS.values()}
     for i, st in enumerate(spec.stages):
@@ -445,7 +445,7 @@ def _check_local(spec: CascadeSpec) -> None:
 
 def _check_infra(spec: CascadeSpec) -> None:
     """infra.backend must be a registered launch backend that fits the resources mode."""
-    from cascadia_sky.launch.backends import backend_names
+    from cascadia_sky.registries import backend_names
 
     infra = spec.infra
     if infra.backend is not None and infra.backend not in backend_names():

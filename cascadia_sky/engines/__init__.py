@@ -5,7 +5,7 @@
 - `vllm_cpu`: vLLM on CPU in its own virtual environment (heavy; for the vLLM wire-format tests).
 """
 
-from cascadia_sky.engines.bundled import BUNDLED_MODELS, BundledModel, bundled_model, gguf_path
+from cascadia_sky.bundled import BUNDLED_MODELS, BundledModel, bundled_model, gguf_path
 from cascadia_sky.engines.process import EngineError, EngineProcess, free_port, start_bundled, start_xllamacpp
 
 __all__ = ["BUNDLED_MODELS", "BundledModel", "EngineError", "EngineProcess", "bundled_model", "free_port",

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cascadia_sky.engines.bundled import bundled_model, gguf_path
+from cascadia_sky.bundled import bundled_model, gguf_path
 from cascadia_sky.errors import CascadiaError
 
 ENGINE_READY_TIMEOUT_SECONDS = 120.0   # xllamacpp is ready in ~1 s; vLLM on CPU in 25-80 s

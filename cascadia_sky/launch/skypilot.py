@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from cascadia_sky.errors import LaunchError, UserInputError
 
@@ -41,8 +41,38 @@ def import_sky() -> Any:
 
 # --- acting: the SDK adapter -------------------------------------------------------------------
 
+@runtime_checkable
+class SkyApiProtocol(Protocol):
+    """What the sky backends call. `SkyApi` implements it over SkyPilot's SDK; tests register a recording fake that
+    implements the same Protocol (a test checks that every method matches, argument for argument)."""
+
+    def check(self) -> None:
+        """Preflight: SkyPilot is usable here (raise a CascadiaError saying how to fix it)."""
+
+    def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str: ...
+
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None: ...
+
+    def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]: ...
+
+    def serve_down(self, services: list[str]) -> None: ...
+
+    def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str: ...
+
+    def cluster_status(self, clusters: list[str]) -> dict[str, str]: ...
+
+    def cluster_down(self, cluster: str) -> None: ...
+
+    def job_status(self, cluster: str) -> str: ...
+
+    def job_log_tail(self, cluster: str, lines: int) -> str: ...
+
+
 class SkyApi:
     """SkyPilot's client SDK, reduced to what the backends need. Secrets are attached to the task object only."""
+
+    def check(self) -> None:
+        import_sky()
 
     def _task(self, cfg: dict[str, Any], secrets: dict[str, str]) -> Any:
         sky = import_sky()

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cascadia_sky.constants import DEFAULT_HOME_DIRNAME, HOME_ENV_VAR
+from cascadia_sky.planner.plan import Plan, parse_plan
 
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION = 2   # 2: launch settings live in the recorded plan (columns options, router_port, ... gone)
 _BUSY_TIMEOUT_MS = 10_000
 
 
@@ -66,29 +67,25 @@ class DeploymentRecord:
     name: str
     backend: str
     phase: str = "launching"       # launching | up | failed | stopping
-    plan_json: str = ""
+    plan_json: str = ""            # the plan being launched (plan.json, schema v2: it carries the launch settings)
     spec_path: str = ""
-    router_port: int | None = None
     endpoint: str = ""             # the router's OpenAI base URL (…/v1) once known
     api_key_file: str = ""
     up_pid: int | None = None      # the `cascadia up` working on it (while launching)
     up_start: str | None = None
     supervisor_pid: int | None = None   # local backend: the supervisor owning the processes
     supervisor_start: str | None = None
-    ready_timeout_s: float = 0.0
-    options: str = "{}"            # JSON: backend options (infra section, dryrun-free settings)
     message: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
     components: tuple[ComponentRecord, ...] = field(default=())
 
     @property
-    def plan(self) -> dict[str, Any]:
-        return json.loads(self.plan_json) if self.plan_json else {}
-
-    @property
-    def option_dict(self) -> dict[str, Any]:
-        return json.loads(self.options or "{}")
+    def plan(self) -> Plan | None:
+        """The recorded plan, typed (None before `up` recorded one)."""
+        if not self.plan_json:
+            return None
+        return parse_plan(json.loads(self.plan_json), f"the recorded plan of deployment {self.name!r}")
 
     def component(self, name: str) -> ComponentRecord | None:
         return next((c for c in self.components if c.name == name), None)
@@ -141,10 +138,14 @@ class StateStore:
     # --- paths ------------------------------------------------------------------------------
 
     def deployment_dir(self, name: str) -> Path:
-        """Per-deployment files: router config, API key, logs."""
+        """Per-deployment files: the plan, router config, API key, logs."""
         d = self.home / "deployments" / name
         d.mkdir(parents=True, exist_ok=True)
         return d
+
+    def plan_path(self, name: str) -> Path:
+        """The plan a deployment runs (written by `up` before it acts; `up --plan` of it changes nothing)."""
+        return self.deployment_dir(name) / "plan.json"
 
     # --- reads ------------------------------------------------------------------------------
 

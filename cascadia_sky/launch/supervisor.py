@@ -29,6 +29,8 @@ from cascadia_sky.constants import (
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
 from cascadia_sky.launch.procs import http_get, process_start
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.launch.tasks import router_config
+from cascadia_sky.planner.plan import Plan
 
 
 @dataclass
@@ -47,6 +49,16 @@ class Supervisor:
         self.children: dict[str, _Child] = {}
         self.not_before: dict[str, float] = {}   # restart back-off
         self.stopping = False
+        self._plan: tuple[str, Plan] | None = None   # the recorded plan, parsed once per change
+
+    def plan(self, rec: DeploymentRecord) -> Plan:
+        """The deployment's recorded plan (typed; re-read only when `up` recorded another)."""
+        if self._plan is None or self._plan[0] != rec.plan_json:
+            plan = rec.plan
+            if plan is None:
+                raise RuntimeError(f"deployment {rec.name!r} has no recorded plan")
+            self._plan = (rec.plan_json, plan)
+        return self._plan[1]
 
     # --- one pass ------------------------------------------------------------------------------
 
@@ -104,11 +116,11 @@ class Supervisor:
         if comp.phase in ("starting", "restarting", "pending"):
             if _answers(comp.kind, child.proc.url):
                 self.store.update_component(self.name, comp.name, phase="ready", message="")
-            elif now - child.started > rec.ready_timeout_s:
+            elif now - child.started > (timeout := self.plan(rec).launch.ready_timeout_s):
                 tail = child.proc.log_tail(LAUNCH_LOG_TAIL_CHARS)
                 self._stop(comp.name)
                 self.store.update_component(self.name, comp.name, phase="failed", pid=None, pid_start=None,
-                                            message=f"not ready after {rec.ready_timeout_s:g} s; last lines of "
+                                            message=f"not ready after {timeout:g} s; last lines of "
                                                     f"{child.proc.log_path}:\n{tail}")
 
     def _start(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
@@ -129,25 +141,22 @@ class Supervisor:
                                     url=proc.url, log_path=str(proc.log_path), started_at=time.time())
 
     def _start_engine(self, rec: DeploymentRecord, comp: ComponentRecord, port: int, log_dir: Path) -> EngineProcess:
-        stage = next(s for s in rec.plan["stages"] if s["name"] == comp.stage)
-        threads = int(rec.option_dict.get("threads") or 1)
-        return start_bundled(stage["model"], alias=stage.get("served_model_name") or stage["name"], port=port,
-                             threads=threads, ctx=int(stage.get("max_context") or 2048), log_dir=log_dir,
-                             wait=False)
+        plan = self.plan(rec)
+        stage = plan.stage(comp.stage)
+        return start_bundled(stage.model, alias=stage.served_model_name, port=port,
+                             threads=plan.launch.engine_threads, ctx=stage.max_context, log_dir=log_dir, wait=False)
 
     def _start_router(self, rec: DeploymentRecord, port: int, engines: list[ComponentRecord],
                       log_dir: Path) -> EngineProcess:
-        from router import RouterConfig
-
+        plan = self.plan(rec)
         endpoints: dict[str, list[str]] = {}
         for e in engines:
             if e.desired == "running":
                 endpoints.setdefault(e.stage, []).append(e.url)
-        config = RouterConfig.from_plan(rec.plan, endpoints)
         path = self.store.deployment_dir(self.name) / "router.json"
-        path.write_text(json.dumps(config.model_dump(), indent=2) + "\n")
-        argv = [sys.executable, "-m", "router", "--config", str(path), "--host", "127.0.0.1", "--port", str(port),
-                "--api-keys-file", rec.api_key_file]
+        path.write_text(json.dumps(router_config(plan, endpoints), indent=2) + "\n")
+        argv = [sys.executable, "-m", "router", "--config", str(path), "--host", plan.launch.router_host,
+                "--port", str(port), "--api-keys-file", rec.api_key_file]
         return spawn("router", rec.name, argv, port, log_dir)
 
     def _stop(self, name: str) -> None:

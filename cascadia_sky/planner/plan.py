@@ -4,20 +4,41 @@ A frozen, schema-versioned pydantic model written as JSON (never pickle). These 
 components and users' scripts read them: `stages[].model`, `stages[].gpu_type`, `stages[].gpus`, `stages[].tp`,
 `stages[].pp`, `stages[].replicas`, `stages[].threshold` (accept when score >= threshold; null on the last stage),
 `stages[].share` (fraction of all requests that reach the stage), `predicted.quality`, `predicted.p95_latency_s`,
-`predicted.usd_per_hour`, `solver.status`, `solver.wall_s`; and for the router `name`, `scorer`, `stages[].name`,
-`stages[].served_model_name`.
+`predicted.usd_per_hour`, `solver.status`, `solver.wall_s`; for the router `name`, `scorer`, `stages[].name`,
+`stages[].served_model_name`; and for the launcher the `launch` section (backend, targets, ports, engine threads),
+so that a plan file alone determines a deployment (`cascadia up --plan plan.json`).
+
+Each stage and launch field says in its metadata (`affects`) what a change of it means to a running deployment:
+`engine` (the stage's engines are relaunched), `router` (the router is updated) or nothing. The launcher derives
+its fingerprints from these marks, so a new field cannot be forgotten there.
+
+Schema history: version 1 had no `launch` section (launch settings travelled beside the plan); version 2 adds it.
+A version-1 file is refused with the command that makes a version-2 plan (re-plan the cascade file).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cascadia_sky.constants import PLAN_SCHEMA_VERSION
+from cascadia_sky.constants import (
+    LAUNCH_READY_TIMEOUT_SECONDS,
+    LAUNCH_ROUTER_HOST_LOCAL,
+    LAUNCH_ROUTER_HOST_SERVICE,
+    LAUNCH_ROUTER_PORT,
+    PLAN_SCHEMA_VERSION,
+    SKY_VLLM_VERSION,
+)
 from cascadia_sky.errors import SpecError
+
+if TYPE_CHECKING:
+    from cascadia_sky.spec import CascadeSpec
+
+ENGINE = {"affects": "engine"}   # a change relaunches the stage's engines
+ROUTER = {"affects": "router"}   # a change updates the router (no engine relaunch)
 
 
 class _Frozen(BaseModel):
@@ -29,24 +50,26 @@ class _Frozen(BaseModel):
 class StagePlan(_Frozen):
     """How one stage is deployed and routed."""
 
-    name: str
-    model: str = Field(description="Hugging Face model id.")
-    served_model_name: str = Field(description="The name the engine serves the model under.")
-    precision: str
-    max_context: int
-    gpu_type: str
+    name: str = Field(json_schema_extra=ROUTER)
+    model: str = Field(description="Hugging Face model id.", json_schema_extra=ENGINE)
+    served_model_name: str = Field(description="The name the engine serves the model under.",
+                                   json_schema_extra={"affects": "engine,router"})
+    precision: str = Field(json_schema_extra=ENGINE)
+    max_context: int = Field(json_schema_extra=ENGINE)
+    gpu_type: str = Field(json_schema_extra=ENGINE)
     gpus: int = Field(description="tp * pp * replicas")
-    tp: int
-    pp: int
-    replicas: int
-    cloud: str | None = None
-    region: str | None = None
-    instance_type: str | None = None
-    gpus_per_instance: int | None = None
-    instances: int | None = None
-    spot: bool = False
+    tp: int = Field(json_schema_extra=ENGINE)
+    pp: int = Field(json_schema_extra=ENGINE)
+    replicas: int = Field(json_schema_extra=ENGINE)
+    cloud: str | None = Field(None, json_schema_extra=ENGINE)
+    region: str | None = Field(None, json_schema_extra=ENGINE)
+    instance_type: str | None = Field(None, json_schema_extra=ENGINE)
+    gpus_per_instance: int | None = Field(None, json_schema_extra=ENGINE)
+    instances: int | None = Field(None, json_schema_extra=ENGINE)
+    spot: bool = Field(False, json_schema_extra=ENGINE)
     usd_per_hour: float = 0.0
-    threshold: float | None = Field(description="Accept the answer when score >= threshold; null on the last stage.")
+    threshold: float | None = Field(description="Accept the answer when score >= threshold; null on the last stage.",
+                                    json_schema_extra=ROUTER)
     share: float = Field(description="Fraction of all requests that reach this stage.")
     answered_share: float = Field(description="Fraction of all requests this stage answers.")
     rate_rps: float = Field(description="Planned arrival rate at this stage (requests/s).")
@@ -92,6 +115,47 @@ class FrontierPoint(_Frozen):
     last_stage_gpus: int
 
 
+class LaunchSettings(_Frozen):
+    """How `cascadia up` runs the plan (from the spec's `infra` and `resources.local` sections, with `up`'s
+    --port/--timeout applied): with it, the plan file alone determines the deployment."""
+
+    backend: str = Field(description="Launch backend: local, skyserve or clusters.")
+    targets: list[str] | None = Field(None, description="SkyPilot infra the stages may run on (null: any enabled).",
+                                      json_schema_extra=ENGINE)
+    autoscale: bool = Field(False, description="skyserve: autoscale each stage around its planned rate.",
+                            json_schema_extra=ENGINE)
+    vllm_version: str = Field(SKY_VLLM_VERSION, description="vLLM version installed on GPU stage replicas.",
+                              json_schema_extra=ENGINE)
+    engine_threads: int = Field(1, ge=1, description="CPU threads per llama.cpp engine (CPU stages).",
+                                json_schema_extra=ENGINE)
+    router_host: str = Field(LAUNCH_ROUTER_HOST_LOCAL, description="Address the router binds: 127.0.0.1 when it "
+                                                                   "runs on this machine, 0.0.0.0 on a service node.",
+                             json_schema_extra=ROUTER)
+    router_port: int = Field(LAUNCH_ROUTER_PORT, ge=1, le=65535, description="The router's port.",
+                             json_schema_extra=ROUTER)
+    ready_timeout_s: float = Field(LAUNCH_READY_TIMEOUT_SECONDS, gt=0,
+                                   description="Seconds a component may take to become ready.")
+
+
+def launch_settings(spec: CascadeSpec) -> LaunchSettings:
+    """The launch section of a spec's plan: `infra.backend` when set, else local for a resources.local spec and
+    skyserve otherwise; the router binds loopback unless it runs as a SkyServe service on its own node."""
+    infra = spec.infra
+    backend = infra.backend or ("local" if spec.resources.local is not None else "skyserve")
+    return LaunchSettings(
+        backend=backend, targets=list(infra.targets) if infra.targets else None, autoscale=infra.autoscale,
+        vllm_version=infra.vllm_version,
+        engine_threads=spec.resources.local.threads if spec.resources.local is not None else 1,
+        router_host=LAUNCH_ROUTER_HOST_SERVICE if backend == "skyserve" else LAUNCH_ROUTER_HOST_LOCAL,
+        router_port=infra.router_port)
+
+
+def affected_fields(model: type[BaseModel], what: str) -> tuple[str, ...]:
+    """The fields of a plan model whose change affects `what` ("engine" or "router"), in declaration order."""
+    return tuple(name for name, f in model.model_fields.items()
+                 if what in str((f.json_schema_extra or {}).get("affects", "")).split(","))  # type: ignore[union-attr]
+
+
 class Plan(_Frozen):
     """The planner's output. `schema_version` changes whenever a stable key changes meaning."""
 
@@ -110,9 +174,22 @@ class Plan(_Frozen):
     solver: SolverInfo
     inputs: dict[str, str] = Field(default_factory=dict, description="sha256 of the spec, profile, trace, catalogs.")
     frontier: list[FrontierPoint] = Field(default_factory=list)
+    launch: LaunchSettings = Field(description="How `cascadia up` runs this plan.")
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
+
+    def stage(self, name: str) -> StagePlan:
+        """The stage of that name (a KeyError names the plan's stages)."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(f"plan {self.name!r} has no stage {name!r} (stages: {', '.join(s.name for s in self.stages)})")
+
+    def with_launch(self, **changes: Any) -> Plan:
+        """A copy with launch settings changed (validated, e.g. `up --port`)."""
+        launch = LaunchSettings.model_validate({**self.launch.model_dump(), **changes})
+        return self.model_copy(update={"launch": launch})
 
 
 def write_plan(plan: Plan, path: str | Path) -> Path:
@@ -132,12 +209,21 @@ def read_plan(path: str | Path) -> Plan:
     except json.JSONDecodeError as exc:
         raise SpecError(str(p), f"line {exc.lineno}", f"not valid JSON: {exc.msg}") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
+    if version == 1:
+        raise SpecError(str(p), "schema_version", "is 1 (a plan without its launch section, written by an older "
+                                                  "cascadia-sky); make a version-2 plan from the cascade file: "
+                                                  "`cascadia plan cascade.yaml -o plan.json`")
     if version != PLAN_SCHEMA_VERSION:
         raise SpecError(str(p), "schema_version", f"is {version!r}, this cascadia-sky reads version "
                                                   f"{PLAN_SCHEMA_VERSION}; re-run `cascadia plan`")
+    return parse_plan(data, str(p))
+
+
+def parse_plan(data: Any, source: str = "plan.json") -> Plan:
+    """Validate a parsed plan (e.g. the copy the state store keeps); one SpecError naming the field."""
     try:
         return Plan.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
-        raise SpecError(str(p), loc, err["msg"]) from None
+        raise SpecError(source, loc, err["msg"]) from None

@@ -48,7 +48,7 @@ from cascadia_sky.planner.candidates import (
     pool_candidates,
 )
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
-from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan
+from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan, launch_settings
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search
 from cascadia_sky.quality import QualityProfile, load_profile
 from cascadia_sky.spec import CascadeSpec, allowed_gpu_types
@@ -381,4 +381,4 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
                 objective=spec.objective.latency, goal=spec.objective.goal, slo_p95_s=spec.objective.slo_p95_s,
                 budget_usd_per_hour=res.cloud.budget_usd_per_hour if res.cloud is not None else None,
                 workload_rate_rps=ctx.workload.rate_rps, stages=stages, predicted=predicted, solver=solver,
-                inputs=_inputs(spec), frontier=frontier)
+                inputs=_inputs(spec), frontier=frontier, launch=launch_settings(spec))

@@ -10,16 +10,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cascadia_sky.planner.plan import Plan
+
 REPO = Path(__file__).resolve().parents[2]
 OFFLINE_ENV = {"SKYPILOT_DISABLE_USAGE_COLLECTION": "1", "SKYPILOT_DISABLE_LOCAL_API_SERVER": "1",
                "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def cli(home: Path, *args: str, timeout: float = 120, **popen: Any) -> subprocess.CompletedProcess[str]:
-    """Run `cascadia ARGS` with its state in `home` (and SkyPilot's HOME there too)."""
+# What a core install (no extras) lacks: the router's web stack and SkyPilot.
+EXTRAS_MODULES = ("fastapi", "uvicorn", "aiohttp", "starlette", "httpx", "prometheus_client", "sky", "boto3")
+_BLOCKING_MAIN = """
+import importlib.abc, sys
+class _Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (made unimportable by the test)", name=name)
+sys.meta_path.insert(0, _Absent())
+sys.argv = ["cascadia", *sys.argv[1:]]
+from cascadia_sky.cli import main
+main()
+"""
+
+
+def cli(home: Path, *args: str, timeout: float = 120, absent: tuple[str, ...] = (),
+        **popen: Any) -> subprocess.CompletedProcess[str]:
+    """Run `cascadia ARGS` with its state in `home` (and SkyPilot's HOME there too); the modules named in `absent`
+    cannot be imported (as in an install without the extras that bring them)."""
     env = {**os.environ, **OFFLINE_ENV, "CASCADIA_HOME": str(home), "HOME": str(home / "user")}
     (home / "user").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "cascadia_sky.cli", *args], cwd=REPO, env=env, text=True,
+    entry = ["-c", _BLOCKING_MAIN.format(blocked=set(absent))] if absent else ["-m", "cascadia_sky.cli"]
+    return subprocess.run([sys.executable, *entry, *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout, check=False, **popen)
 
 
@@ -42,17 +62,17 @@ def processes_of(home: Path) -> list[int]:
 
 
 @functools.cache
-def example_plan(name: str) -> dict[str, Any]:
-    """The plan of examples/<name>.yaml (planned once per test session)."""
+def example_plan(name: str) -> Plan:
+    """The plan of examples/<name>.yaml (planned once per test session; plans are frozen, so sharing is safe)."""
     from cascadia_sky.planner.planner import make_plan
     from cascadia_sky.spec import load_spec
 
-    return make_plan(load_spec(REPO / "examples" / f"{name}.yaml")).model_dump(mode="json")
+    return make_plan(load_spec(REPO / "examples" / f"{name}.yaml"))
 
 
 class RecordingSkyApi:
-    """Stands in for SkyPilot's SDK (cascadia_sky.launch.skypilot.SkyApi): records every call with the task it
-    got, and answers like SkyServe / SkyPilot would. `ready_after` status polls a service turns READY;
+    """Stands in for SkyPilot's SDK (implements cascadia_sky.launch.skypilot.SkyApiProtocol, as SkyApi does):
+    records every call with the task it got, and answers like SkyServe / SkyPilot would. `ready_after` status polls a service turns READY;
     `fail` names services that go FAILED. Clusters are real local engines when `engines` is set; the clusters
     named in `fail_setup` start nothing and their job fails in setup (with `setup_log` as its log)."""
 
@@ -67,6 +87,9 @@ class RecordingSkyApi:
         self.fail_setup = fail_setup
         self.setup_log = setup_log
         self._port = 30000
+
+    def check(self) -> None:
+        self.calls.append(("check", "", None))
 
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
         assert service not in self.services, f"serve up of an existing service {service}"

@@ -9,25 +9,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from cascadia_sky.errors import UserInputError
 from cascadia_sky.launch.state import DeploymentRecord, StateStore
 from cascadia_sky.launch.status import DeploymentObservation
-
-# name -> "module:Class" (imported lazily) or a class (registered at run time, e.g. a test's recording fake).
-_REGISTRY: dict[str, Any] = {
-    "local": "cascadia_sky.launch.backends.local:LocalBackend",
-    "skyserve": "cascadia_sky.launch.backends.sky:SkyServeBackend",
-    "clusters": "cascadia_sky.launch.backends.sky:ClustersBackend",
-}
-
-
-def backend_names() -> list[str]:
-    """The names `infra.backend` accepts (the spec validates against this registry)."""
-    return sorted(_REGISTRY)
+from cascadia_sky.planner.plan import Plan
+from cascadia_sky.registries import LAUNCH_BACKENDS as _REGISTRY
+from cascadia_sky.registries import backend_names
 
 
 def register_backend(name: str, factory: Any) -> Any:
@@ -75,14 +66,13 @@ class LaunchContext:
     """Everything a backend needs to act on one deployment."""
 
     store: StateStore
-    plan: dict[str, Any]                 # plan.json as a dict (the contract; never mutated)
+    plan: Plan                           # the contract, launch settings included (frozen)
     backend: str
-    options: dict[str, Any] = field(default_factory=dict)   # the spec's infra section + CLI overrides
     progress: Callable[[str], None] = lambda msg: None
 
     @property
     def name(self) -> str:
-        return str(self.plan["name"])
+        return self.plan.name
 
     @property
     def directory(self) -> Path:

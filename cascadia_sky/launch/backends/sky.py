@@ -24,16 +24,18 @@ from cascadia_sky.constants import (
 )
 from cascadia_sky.errors import CascadiaError, LaunchError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext
-from cascadia_sky.launch.backends.local import (
+from cascadia_sky.launch.backends.supervised import (
     check_router_port,
     ensure_supervisor,
     observe_local,
     stop_local,
     wait_until_ready,
 )
+from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.procs import http_get, same_process
-from cascadia_sky.launch.skypilot import SkyApi, check_tasks, import_sky
+from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, check_tasks
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.planner.plan import Plan
 from cascadia_sky.launch.status import ComponentObservation, DeploymentObservation
 from cascadia_sky.launch.tasks import (
     router_task,
@@ -49,12 +51,12 @@ _STAGE_OPS = ("launch_stage", "update_stage", "remove_stage")
 _JOB_ENDED = ("SUCCEEDED", "CANCELLED", "FAILED")   # SkyPilot job states after which the engine will not answer
 
 
-def dryrun_clouds(plan: dict[str, Any], options: dict[str, Any]) -> list[str]:
+def dryrun_clouds(plan: Plan) -> list[str]:
     """Clouds to seed and enable for the dry run: the targets', the plan's, else every shipped catalog's."""
     from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES
 
-    named = [t.split("/")[0].lower() for t in options.get("targets") or []]
-    named += [str(s["cloud"]).lower() for s in plan["stages"] if s.get("cloud")]
+    named = [t.split("/")[0].lower() for t in plan.launch.targets or []]
+    named += [s.cloud.lower() for s in plan.stages if s.cloud]
     known = sorted({c for c in named if c in SKYPILOT_CLOUD_NAMES})
     return known or sorted(SKYPILOT_CLOUD_NAMES)
 
@@ -63,8 +65,8 @@ class _SkyBase:
     name = "sky"
     service = True
 
-    def __init__(self, api: Any = None, poll_s: float = SKY_POLL_INTERVAL_SECONDS) -> None:
-        self.api = api if api is not None else SkyApi()
+    def __init__(self, api: SkyApiProtocol | None = None, poll_s: float = SKY_POLL_INTERVAL_SECONDS) -> None:
+        self.api: SkyApiProtocol = api if api is not None else SkyApi()
         self.poll_s = poll_s
 
     def _run_parallel(self, jobs: list[Any], fn: Any, label: Any = lambda job: job.stage) -> None:
@@ -83,26 +85,25 @@ class _SkyBase:
             raise LaunchError("; ".join(errors))
 
     def _deadline(self, ctx: LaunchContext) -> float:
-        return time.monotonic() + float(ctx.options["ready_timeout_s"])
+        return time.monotonic() + ctx.plan.launch.ready_timeout_s
 
     def dryrun(self, actions: list[Action], ctx: LaunchContext) -> DryrunReport:
         items: list[dict[str, Any]] = []
         tasks: list[dict[str, Any]] = []
-        for stage in ctx.plan["stages"]:
-            cfg = stage_task(ctx.plan, stage, ctx.options, service=self.service)
-            copies = int(stage.get("replicas") or 1)
-            label = f"{ctx.name}-{stage['name']}" + ("" if self.service else f"-{{0..{copies - 1}}}")
+        for stage in ctx.plan.stages:
+            cfg = stage_task(ctx.plan, stage, service=self.service)
+            copies = stage.replicas
+            label = f"{ctx.name}-{stage.name}" + ("" if self.service else f"-{{0..{copies - 1}}}")
             items.append({"name": label, "kind": "service" if self.service else f"{copies} cluster(s)",
                           "task": to_yaml(cfg), "_copies": copies * stage_layout(stage)[1]})
             tasks.append({"name": label, "config": cfg, "service": self.service})
         with tempfile.TemporaryDirectory(prefix="cascadia-router-") as tmp:
             if self.service:
-                endpoints = {s["name"]: [f"http://{ctx.name}-{s['name']}.pending:8000"] for s in ctx.plan["stages"]}
-                cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"),
-                                  ctx.options)
+                endpoints = {s.name: [f"http://{ctx.name}-{s.name}.pending:8000"] for s in ctx.plan.stages}
+                cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"))
                 items.append({"name": cfg["name"], "kind": "service", "task": to_yaml(cfg), "_copies": 1})
                 tasks.append({"name": cfg["name"], "config": cfg, "service": True, "cpu_only": True})
-            checked = check_tasks(tasks, dryrun_clouds(ctx.plan, ctx.options))
+            checked = check_tasks(tasks, dryrun_clouds(ctx.plan))
         notes = []
         for item, res in zip(items, checked):
             if not res["ok"]:
@@ -114,8 +115,8 @@ class _SkyBase:
         if not self.service:
             items.append({"name": "router", "kind": "local process", "usd_per_hour": 0.0,
                           "command": f"python -m router --config <deployment>/router.json --host 127.0.0.1 "
-                                     f"--port {ctx.options['router_port']} (endpoints: the clusters' head IPs)"})
-        notes.append(f"SkyPilot's optimizer ran on the shipped catalogs ({', '.join(dryrun_clouds(ctx.plan, ctx.options))}"
+                                     f"--port {ctx.plan.launch.router_port} (endpoints: the clusters' head IPs)"})
+        notes.append(f"SkyPilot's optimizer ran on the shipped catalogs ({', '.join(dryrun_clouds(ctx.plan))}"
                      f"; prices per hour, all replicas and nodes). HF_TOKEN and the router key are SkyPilot secrets "
                      f"passed at launch, never written.")
         return DryrunReport(self.name, tuple(actions), tuple(items), tuple(notes))
@@ -127,7 +128,7 @@ class SkyServeBackend(_SkyBase):
     name = "skyserve"
 
     def preflight(self, ctx: LaunchContext) -> None:
-        import_sky()
+        self.api.check()
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         secrets = secret_values()
@@ -137,30 +138,26 @@ class SkyServeBackend(_SkyBase):
         if stage_actions or any(a.op in ("launch_router", "update_router") for a in actions):
             endpoints = {c.stage: [c.url] for c in rec.components if c.kind == "service" and c.url}
             path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json")
-            cfg = router_task(ctx.plan, path, ctx.options)
+            cfg = router_task(ctx.plan, path)
             key = Path(rec.api_key_file).read_text().strip()
             url = self._service(ctx, "router", "", cfg, {"CASCADIA_ROUTER_API_KEYS": key},
                                 update=rec.component("router") is not None)
             ctx.store.update(ctx.name, endpoint=url.rstrip("/") + "/v1")
 
     def _stage(self, action: Action, ctx: LaunchContext, secrets: dict[str, str]) -> None:
-        from cascadia_sky.launch.launcher import stage_fingerprint
-
         service = f"{ctx.name}-{action.stage}"
         if action.op == "remove_stage":
             ctx.store.update_component(ctx.name, action.stage, phase="stopping")
             self.api.serve_down([service])
             ctx.store.delete_component(ctx.name, action.stage)
             return
-        stage = next(s for s in ctx.plan["stages"] if s["name"] == action.stage)
-        self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage, ctx.options), secrets,
-                      update=action.op == "update_stage", fingerprint=stage_fingerprint(stage))
+        stage = ctx.plan.stage(action.stage)
+        self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage), secrets,
+                      update=action.op == "update_stage", fingerprint=stage_fingerprint(ctx.plan, stage))
 
     def _service(self, ctx: LaunchContext, comp: str, stage: str, cfg: dict[str, Any], secrets: dict[str, str],
                  *, update: bool, fingerprint: str = "") -> str:
         """Create (or update) one service and wait for READY; recorded before SkyPilot is called."""
-        from cascadia_sky.launch.launcher import router_fingerprint
-
         service = str(cfg["name"])
         ctx.store.put_component(ComponentRecord(
             deployment=ctx.name, name=comp, kind="router" if comp == "router" else "service", stage=stage,
@@ -186,7 +183,7 @@ class SkyServeBackend(_SkyBase):
                 ctx.store.update_component(ctx.name, comp, phase="failed", message=f"SkyServe: {status}")
                 raise LaunchError(f"service {service} is {status}; see `sky serve logs {service} 1`")
             if time.monotonic() > deadline:
-                raise LaunchError(f"service {service} not READY after {ctx.options['ready_timeout_s']:g} s "
+                raise LaunchError(f"service {service} not READY after {ctx.plan.launch.ready_timeout_s:g} s "
                                   f"(SkyServe says {status or 'nothing'}); see `sky serve status {service}`")
             time.sleep(self.poll_s)
         url = info.get("endpoint") or url
@@ -220,14 +217,12 @@ class ClustersBackend(_SkyBase):
     service = False
 
     def preflight(self, ctx: LaunchContext) -> None:
-        import_sky()
+        self.api.check()
         check_router_port(ctx)
-        for stage in ctx.plan["stages"]:  # every task renders (bundled model known, ...) before anything launches
-            stage_task(ctx.plan, stage, ctx.options, service=False, replica=0)
+        for stage in ctx.plan.stages:  # every task renders (bundled model known, ...) before anything launches
+            stage_task(ctx.plan, stage, service=False, replica=0)
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
-        from cascadia_sky.launch.launcher import router_fingerprint
-
         secrets = secret_values()
         jobs = []
         rec = ctx.record()
@@ -235,20 +230,18 @@ class ClustersBackend(_SkyBase):
             if a.op == "remove_stage":
                 jobs += [(a, c.replica) for c in rec.components if c.stage == a.stage]
             elif a.op in ("launch_stage", "update_stage"):
-                stage = next(s for s in ctx.plan["stages"] if s["name"] == a.stage)
-                jobs += [(a, r) for r in range(int(stage.get("replicas") or 1))]
+                jobs += [(a, r) for r in range(ctx.plan.stage(a.stage).replicas)]
         self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets),
                            label=lambda job: f"{job[0].stage}/{job[1]}")
-        port = int(ctx.options["router_port"])
+        port = ctx.plan.launch.router_port
         ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
                                                 fingerprint=router_fingerprint(ctx.plan), port=port))
-        ctx.store.update(ctx.name, endpoint=f"http://127.0.0.1:{port}/v1")
+        ctx.store.update(ctx.name, endpoint=f"http://{ctx.plan.launch.router_host}:{port}/v1")
         ensure_supervisor(ctx)
         wait_until_ready(ctx, self.observe)
 
     def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str]) -> None:
         from cascadia_sky.engines.process import free_port
-        from cascadia_sky.launch.launcher import stage_fingerprint
 
         comp = f"{action.stage}/{replica}"
         cluster = f"{ctx.name}-{action.stage}-{replica}"
@@ -266,12 +259,12 @@ class ClustersBackend(_SkyBase):
             # Changed, or left half-launched: start over on a fresh cluster rather than run a second engine job.
             ctx.store.update_component(ctx.name, comp, phase="stopping")
             self.api.cluster_down(cluster)
-        stage = next(s for s in ctx.plan["stages"] if s["name"] == action.stage)
+        stage = ctx.plan.stage(action.stage)
         port = old.port if old is not None and old.port else free_port()
-        cfg = stage_task(ctx.plan, stage, ctx.options, service=False, replica=replica, port=port)
+        cfg = stage_task(ctx.plan, stage, service=False, replica=replica, port=port)
         ctx.store.put_component(ComponentRecord(
             deployment=ctx.name, name=comp, kind="cluster", stage=action.stage, replica=replica, phase="starting",
-            handle=cluster, port=port, started_at=time.time(), fingerprint=stage_fingerprint(stage)))
+            handle=cluster, port=port, started_at=time.time(), fingerprint=stage_fingerprint(ctx.plan, stage)))
         ctx.progress(f"{cluster}: launching (sky.launch)")
         url = self.api.cluster_launch(cfg, cluster, secrets, stage_port(cfg))
         ctx.store.update_component(ctx.name, comp, url=url)
@@ -296,7 +289,7 @@ class ClustersBackend(_SkyBase):
                 next_job_check = now + self.poll_s
             if now > deadline:
                 raise LaunchError(f"{cluster}: no engine answering at {url} after "
-                                  f"{ctx.options['ready_timeout_s']:g} s; see `sky logs {cluster}`")
+                                  f"{ctx.plan.launch.ready_timeout_s:g} s; see `sky logs {cluster}`")
             time.sleep(min(SKY_HEALTH_POLL_INTERVAL_SECONDS, self.poll_s))
 
     def observe(self, record: DeploymentRecord) -> DeploymentObservation:
