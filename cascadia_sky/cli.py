@@ -1,28 +1,55 @@
 """The `cascadia` command line. Thin: each command parses, calls one library function, prints.
 
 Heavy imports (PuLP, SkyPilot, FastAPI) happen inside the commands, so `cascadia --help` stays fast.
-Errors from the library (`CascadiaError`) become one red line and the error's exit code; set
-CASCADIA_DEBUG=1 to see the traceback.
+Errors from the library (`CascadiaError`) become one red line per problem and the error's exit code; set
+CASCADIA_DEBUG=1 to see the traceback. Text that comes from the user or a file (paths, messages, patterns) is
+printed as plain text, never as rich markup, so brackets in it survive.
+
+Files the commands write go to one documented place unless `-o`/`--png` says otherwise: `cascadia plan` writes
+`<state home>/plans/<name>/plan.json` (and the frontier PNG beside it); `cascadia simulate` writes its plots beside
+the plan it replays, else in that same folder. The state home is $CASCADIA_HOME, else ~/.cascadia.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
+
+from rich.text import Text
+from typer.core import TyperGroup
 
 from cascadia_sky import __version__
 from cascadia_sky.constants import DEBUG_ENV_VAR
 from cascadia_sky.errors import CascadiaError
 
+# `cascadia --help` lists the commands in the order a user runs them; any other command follows.
+WORKFLOW = ("validate", "calibrate", "plan", "up", "status", "reschedule", "watch", "down", "simulate", "router",
+            "catalog", "perf")
+
+
+def _flag(*names: str, **kwargs: Any) -> Any:
+    """A boolean flag (off by default), shown in --help as a flag, without a `<bool>` type column."""
+    return typer.Option(False, *names, metavar="", **kwargs)
+
+
+class _WorkflowGroup(TyperGroup):
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: (WORKFLOW.index(n) if n in WORKFLOW else len(WORKFLOW), names.index(n)))
+
+
 app = typer.Typer(
     name="cascadia",
+    cls=_WorkflowGroup,
     help="Plan, launch and serve LLM model cascades (the Cascadia method) on clouds.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 perf_app = typer.Typer(help="The performance model: estimate one configuration, validate against measurements.",
                        no_args_is_help=True)
@@ -41,7 +68,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+    version: bool = _flag("--version", callback=_version_callback, is_eager=True,
                                  help="Print the version and exit."),
 ) -> None:
     """Plan, launch and serve LLM model cascades."""
@@ -63,17 +90,18 @@ def validate(
     for row in describe_spec(spec):
         table.add_row(*row)
     console.print(table)
-    console.print(f"Next: [bold]cascadia plan {spec_file}[/]")
+    _warn(spec.warnings)
+    console.print(Text.assemble("Next: ", (f"cascadia plan {spec_file}", "bold")))
 
 
 @app.command()
 def catalog(
     cloud: list[str] = typer.Option(None, "--cloud", "-c", help="Only these clouds (repeatable): aws, gcp, ..."),
     gpu: list[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU types (repeatable; aliases work)."),
-    spot: bool = typer.Option(False, "--spot", help="Price spot instances (offers without spot are left out)."),
+    spot: bool = _flag("--spot", help="Price spot instances (offers without spot are left out)."),
     max_price: float = typer.Option(None, "--max-price", min=0.0,
                                     help="Leave out instances above this many USD per hour."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    as_json: bool = _flag("--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """List GPU types (specs) and the cheapest cloud offer per GPU type and instance size."""
     import json
@@ -139,7 +167,7 @@ def perf_estimate(
 @perf_app.command("validate")
 def perf_validate(
     file: str = typer.Argument(..., metavar="FILE.csv", help="Measured rows (aiconfigurator silicon CSV format)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    as_json: bool = _flag("--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Compare predicted with measured TTFT/TPOT, row by row, with median and p90 errors."""
     import json
@@ -160,7 +188,7 @@ def perf_validate(
                       f"{r.ttft_ms:.1f}", f"{r.ttft_pred_ms:.1f}", f"{r.tpot_ms:.2f}", f"{r.tpot_pred_ms:.2f}")
     console.print(table)
     for s in report.skipped:
-        console.print(f"skipped line {s.line} ({s.id}): {s.reason}", highlight=False)
+        console.print(f"skipped line {s.line} ({s.id}): {s.reason}", highlight=False, markup=False)
     summ = report.summary()
     for key in ("ttft", "tpot"):
         console.print(f"{key.upper()}: median error {summ[key]['median_ape']:.1%}, p90 {summ[key]['p90_ape']:.1%} "
@@ -173,7 +201,7 @@ def router(
                                                   "--local-engines"),
     config: str = typer.Option(None, "--config", help="A router config file (YAML/JSON) instead of a plan."),
     endpoint: list[str] = typer.Option(None, "--endpoint", "-e", help="STAGE=URL[,URL...] (repeatable)."),
-    local_engines: bool = typer.Option(False, "--local-engines",
+    local_engines: bool = _flag("--local-engines",
                                        help="Start bundled local engines (xllamacpp) for the plan's stages."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (non-loopback needs API keys)."),
     port: int = typer.Option(8800, "--port"),
@@ -188,7 +216,7 @@ def router(
 
     if (plan is None) == (config is None):
         raise UserInputError("give exactly one of --plan plan.json or --config router.yaml")
-    console.print(f"router for {plan or config} on http://{host}:{port}/v1 (Ctrl-C stops)")
+    console.print(f"router for {plan or config} on http://{host}:{port}/v1 (Ctrl-C stops)", markup=False)
     run_router(Path(plan or config), endpoint or [], local_engines=local_engines, host=host, port=port,
                api_keys_file=api_keys_file, admin_key_file=admin_key_file)
 
@@ -196,35 +224,43 @@ def router(
 @app.command()
 def plan(
     spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade spec to plan."),
-    output: str = typer.Option("plan.json", "-o", "--output", help="Where to write plan.json."),
-    explain: bool = typer.Option(False, "--explain",
+    output: str = typer.Option(None, "-o", "--output",
+                               help="Where to write plan.json (default: <state home>/plans/<name>/plan.json)."),
+    explain: bool = _flag("--explain",
                                  help="Also show the latency-quality frontier (table + PNG) and why each stage "
                                       "got what it got."),
     png: str = typer.Option("", "--png", help="Frontier PNG path (default: next to plan.json) with --explain."),
+    as_json: bool = _flag("--json",
+                                 help="Print the plan as JSON (still written to the plan file) instead of tables."),
 ) -> None:
     """Plan a cascade: per stage GPU type/count, TP/PP, replicas, threshold; predicted quality, p95, $/h."""
     from pathlib import Path
 
+    from cascadia_sky.launch.state import state_home
     from cascadia_sky.planner.explain import explanation, frontier_png, plan_table, summary
     from cascadia_sky.planner.plan import write_plan
     from cascadia_sky.planner.planner import make_plan
     from cascadia_sky.spec import load_spec
 
     spec = load_spec(spec_file)
+    _warn(spec.warnings)
     with err_console.status("planning...") as status:
         result = make_plan(spec, progress=lambda msg: status.update(f"planning: {msg}"))
-    path = write_plan(result, output)
+    path = write_plan(result, output or state_home() / "plans" / spec.name / "plan.json")
+    if as_json:
+        print(result.to_json(), end="")
+        err_console.print(f"wrote {path}", markup=False, highlight=False)
+        return
     console.print(plan_table(result))
     console.print(summary(result))
     if result.solver.status != "optimal":
-        err_console.print(f"[bold yellow]warning:[/] no plan meets the quality target "
-                          f"{result.predicted.quality_target:.4f} with a sustainable deployment; this is the best "
-                          "trade-off found. Lower quality.target, add GPUs or lower the rate.")
+        _warn([f"no plan meets the quality target {result.predicted.quality_target:.4f} with a sustainable "
+               "deployment; this is the best trade-off found. Lower quality.target, add GPUs or lower the rate."])
     if explain:
         console.print(explanation(result))
-        picture = frontier_png(result, png or Path(output).with_suffix(".frontier.png"))
-        console.print(f"frontier plot: {picture}")
-    console.print(f"wrote {path}")
+        picture = frontier_png(result, png or path.with_suffix(".frontier.png"))
+        console.print(f"frontier plot: {picture}", markup=False)
+    console.print(f"wrote {path}", markup=False)
 
 
 @app.command()
@@ -234,13 +270,13 @@ def simulate(
     trace: str = typer.Option(None, "--trace", help="Replay this trace CSV instead of the spec's workload."),
     rate_scale: float = typer.Option(1.0, "--rate-scale", min=0.0, help="Replay the workload this many times "
                                      "faster than the spec says (the plan stays as planned)."),
-    baselines: bool = typer.Option(False, "--baselines", help="Also plan and replay every baseline strategy "
+    baselines: bool = _flag("--baselines", help="Also plan and replay every baseline strategy "
                                    "(single, cascadeserve, uniform-gpus, fixed-parallelism, cascadia, ...)."),
     output_lengths: str = typer.Option("auto", "--output-lengths", help="auto (the trace's when it has them, "
                                        "else the profile's), workload, or profile."),
     png: str = typer.Option("", "--png", help="Prefix of the PNG plots (default: next to --plan, or "
                             "./NAME.sim)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    as_json: bool = _flag("--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Replay a trace against a plan (and baselines): latency, quality, SLO attainment, per-stage queueing."""
     import json
@@ -270,18 +306,27 @@ def simulate(
     for r in runs[:1]:                      # the others: --json
         if r.result is not None:
             console.print(stage_table(r.result))
-    prefix = png or (str(Path(plan_file).with_suffix("")) + ".sim" if plan_file else f"{spec.name}.sim")
+    if png:
+        prefix = png
+    elif plan_file:
+        prefix = str(Path(plan_file).with_suffix("")) + ".sim"
+    else:
+        from cascadia_sky.launch.state import state_home
+
+        folder = state_home() / "plans" / spec.name
+        folder.mkdir(parents=True, exist_ok=True)
+        prefix = str(folder / "plan.sim")
     for path in write_plots(runs, prefix, title=spec.name):
-        console.print(f"wrote {path}")
+        console.print(f"wrote {path}", markup=False)
 
 
 @app.command()
 def up(
     spec_file: str = typer.Argument(None, metavar="CASCADE.YAML", help="The cascade to plan and launch."),
     plan_file: str = typer.Option(None, "--plan", help="Launch this plan.json instead of planning a cascade file."),
-    dryrun: bool = typer.Option(False, "--dryrun", help="Show what would be launched (rendered SkyPilot tasks, "
+    dryrun: bool = _flag("--dryrun", help="Show what would be launched (rendered SkyPilot tasks, "
                                                         "SkyPilot's resource choice and price); launch nothing."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before launching paid resources."),
+    yes: bool = _flag("--yes", "-y", help="Do not ask before launching paid resources."),
     port: int = typer.Option(None, "--port", min=1, max=65535, help="The router's port (default 8800)."),
     timeout: float = typer.Option(None, "--timeout", min=0.0,
                                   help="Seconds a component may take to become ready (default 600)."),
@@ -297,19 +342,26 @@ def up(
 
     target = load_target(spec_file, plan_file, port=port, timeout_s=timeout)
     result = launch_up(target, dryrun=dryrun, confirm=None if yes else confirm,
-                       progress=lambda msg: err_console.print(f"[dim]up:[/] {msg}", highlight=False))
+                       progress=lambda msg: err_console.print(Text.assemble(("up: ", "dim"), msg), highlight=False))
     console.print(*up_report(result), sep="\n", soft_wrap=True)
 
 
 @app.command()
 def status(
     name: str = typer.Argument(None, metavar="[NAME]", help="One deployment (default: all)."),
+    as_json: bool = _flag("--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Every deployment: per stage its replicas and their states, GPU, $/h, endpoint; the router's live figures."""
-    from cascadia_sky.launch.launcher import status as launch_status
-    from cascadia_sky.launch.report import status_report
+    import json
 
-    console.print(*status_report(launch_status(name)), sep="\n")
+    from cascadia_sky.launch.launcher import status as launch_status
+    from cascadia_sky.launch.report import status_json, status_report
+
+    views = launch_status(name)
+    if as_json:
+        print(json.dumps(status_json(views), indent=2))
+        return
+    console.print(*status_report(views), sep="\n")
 
 
 @app.command()
@@ -330,14 +382,21 @@ def main() -> None:
     except CascadiaError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        for line in str(exc).splitlines() or [""]:   # several problems: one line each
+            err_console.print(Text.assemble(("error: ", "bold red"), line), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # a bug: still one line, unless debugging
         if debug:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-                          f"(set {DEBUG_ENV_VAR}=1 for the traceback)", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("internal error: ", "bold red"),
+                                        f"{type(exc).__name__}: {exc} (set {DEBUG_ENV_VAR}=1 for the traceback)"),
+                          highlight=False, soft_wrap=True)
         sys.exit(1)
+
+
+def _warn(warnings: list[str]) -> None:
+    for w in warnings:
+        err_console.print(Text.assemble(("warning: ", "bold yellow"), w), highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

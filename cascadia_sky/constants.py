@@ -93,3 +93,7 @@ SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/
 SKY_ROUTER_CPUS = "4+"                       # the router service's replica
 SKY_HEALTH_POLL_INTERVAL_SECONDS = 1.0       # clusters: probing a launched engine's /health (direct HTTP, cheap)
 SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown when a stage's job ends before serving
+
+# --- quality profiles ------------------------------------------------------------------------------
+PROFILE_MARGIN_POINTS = 0.03                 # `validate` warns when the profile cannot pin quality to +- this
+PROFILE_CONFIDENCE = 0.95                    # ... at this confidence (normal approximation of the binomial)

@@ -29,6 +29,25 @@ class SpecError(UserInputError):
         super().__init__(where + message)
 
 
+class SpecProblems(SpecError):
+    """Several problems in one input file, reported together (one line each, in a stable order), so one run of
+    `cascadia validate` shows everything to fix. `file`, `field` and `message` are those of the first problem."""
+
+    def __init__(self, problems: list[SpecError]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0]
+        self.file, self.field, self.message = first.file, first.field, first.message
+        UserInputError.__init__(self, "\n".join(str(p) for p in self.problems))
+
+
+def raise_problems(problems: list[SpecError]) -> None:
+    """Raise nothing, the one problem, or all of them together."""
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SpecProblems(problems)
+
+
 class ProfileError(SpecError):
     """A bad quality profile CSV: names the file, the line and column, and the fix."""
 

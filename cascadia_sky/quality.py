@@ -21,12 +21,14 @@ from __future__ import annotations
 import csv
 import difflib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from cascadia_sky.constants import PROFILE_CONFIDENCE, PROFILE_MARGIN_POINTS
 from cascadia_sky.errors import ProfileError
 
 PROFILE_COLUMNS = ("prompt_id", "model", "score", "quality", "input_tokens", "output_tokens")
@@ -309,9 +311,11 @@ def load_profile(path: str | Path, stage_models: Sequence[str],
     cols = [h.strip().lower() for h in header]
     missing = [c for c in PROFILE_COLUMNS if c not in cols]
     if missing:
+        header_like = all(re.fullmatch(r"[a-z_][a-z0-9_]{0,39}", c) for c in cols) and len(cols) <= 32
+        found = ", ".join(cols) if header_like else "a line that is not a CSV header (not shown)"
         raise ProfileError(file, f"line {skip + 1}", f"missing column(s) {', '.join(repr(c) for c in missing)}; "
                                                      f"the header must name {', '.join(PROFILE_COLUMNS)} "
-                                                     f"(found: {', '.join(cols)})")
+                                                     f"(found: {found})")
     pos = {c: cols.index(c) for c in PROFILE_COLUMNS}
     prompt_index: dict[str, int] = {}
     first_line: list[int] = []
@@ -344,7 +348,7 @@ def load_profile(path: str | Path, stage_models: Sequence[str],
         p = prompt_index[pid]
         for st in stages:
             if (p, st) in seen:
-                raise ProfileError(file, f"line {line}", f"prompt '{pid}' already has a row for stage {st + 1} "
+                raise ProfileError(file, f"line {line}", f"prompt {_shown(pid)} already has a row for stage {st + 1} "
                                                          f"model '{stage_models[st]}' (line {seen[(p, st)]}); "
                                                          "keep one row per prompt and model")
             seen[(p, st)] = line
@@ -363,7 +367,7 @@ def load_profile(path: str | Path, stage_models: Sequence[str],
             for st in range(n_st):
                 if (p, st) not in seen:
                     raise ProfileError(file, f"line {first_line[p]}",
-                                       f"prompt '{pids[p]}' has no row for stage {st + 1} model "
+                                       f"prompt {_shown(pids[p])} has no row for stage {st + 1} model "
                                        f"'{stage_models[st]}'; every prompt needs one row per stage model "
                                        "(add the row or drop the prompt)")
     return QualityProfile(arrays[0], arrays[1], arrays[2], arrays[3], prompt_ids=list(prompt_index),
@@ -386,7 +390,7 @@ def _name_lookup(stage_models: Sequence[str], aliases: Mapping[str, str]) -> dic
 
 
 def _no_rows_message(stage: int, model: str, other_models: Mapping[str, str]) -> str:
-    names = sorted(other_models.values())
+    names = sorted(n for n in other_models.values() if _plain(n))
     listing = ", ".join(f"'{n}'" for n in names[:8]) + (" ..." if len(names) > 8 else "")
     msg = f"stage {stage + 1} model '{model}' has no rows"
     msg += f" (models in the profile: {listing})" if names else " (the profile has no data rows)"
@@ -395,8 +399,63 @@ def _no_rows_message(stage: int, model: str, other_models: Mapping[str, str]) ->
     tail = low.rsplit("/", 1)[-1]
     close = close or [k for k in other_models if k.rsplit("/", 1)[-1] == tail][:1]
     if close:
-        msg += f"; did you mean '{other_models[close[0]]}'?"
+        msg += f"; did you mean {_shown(other_models[close[0]])}?"
     return msg + " Use the profile's model name in the stage, or add it to the stage's aliases"
+
+
+_PLAIN_CELL = re.compile(r"[\w.+\-/]{1,64}")    # a number, a model id, a prompt id: no ':', '=', spaces, quotes
+
+
+def _plain(text: str) -> bool:
+    """A cell that is plainly CSV data (a name, a number), safe to repeat in an error message."""
+    return bool(_PLAIN_CELL.fullmatch(text.strip()))
+
+
+def _shown(cell: str) -> str:
+    """A cell as an error message may quote it: plain cells in quotes, anything else only by its length (a file
+    that is not a profile, e.g. one full of secrets, must not be echoed)."""
+    return f"'{cell.strip()}'" if _plain(cell) else f"a value of {len(cell)} characters (not shown)"
+
+
+def prompts_needed(quality: float, margin: float = PROFILE_MARGIN_POINTS,
+                   confidence: float = PROFILE_CONFIDENCE) -> int:
+    """Prompts needed to estimate a mean quality near `quality` (0..1) within +-`margin` at `confidence` (normal
+    approximation of the binomial: n = z^2 q (1 - q) / margin^2; e.g. about 683 for +-3 points at 80 %)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    q = min(max(quality, 0.0), 1.0)
+    return math.ceil(z * z * max(q * (1 - q), 0.01) / (margin * margin))
+
+
+def profile_warnings(profile: QualityProfile, stage_names: Sequence[str]) -> list[str]:
+    """What makes a profile's promise weak: too few prompts for +-3 points at 95 %, or a later stage that is not
+    better than an earlier one (escalating to it buys nothing)."""
+    out = []
+    q = profile.quality
+    means = [float(np.mean(q[:, i])) for i in range(profile.n_stages)]
+    binary = bool(np.all((q >= 0) & (q <= 1)))
+    if binary:
+        need = prompts_needed(means[-1])
+        if profile.n_prompts < need:
+            out.append(f"{profile.n_prompts} prompts: the last stage's quality {means[-1]:.3f} is known only to "
+                       f"about +-{_half_width(means[-1], profile.n_prompts):.3f} at {PROFILE_CONFIDENCE:.0%}; "
+                       f"+-{PROFILE_MARGIN_POINTS:.2f} needs about {need} prompts (calibrate on more)")
+    for j in range(1, profile.n_stages):
+        for i in range(j):
+            if means[j] <= means[i]:
+                out.append(f"stage {stage_names[j]!r} scores {means[j]:.3f} on the profile, not above stage "
+                           f"{stage_names[i]!r} ({means[i]:.3f}): requests escalated to it get no better answers; "
+                           f"check the profile's model names and grades")
+                break
+    return out
+
+
+def _half_width(q: float, n: int) -> float:
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + PROFILE_CONFIDENCE / 2)
+    return z * math.sqrt(max(q * (1 - q), 0.0) / max(n, 1))
 
 
 def _real(cell: str, file: str, line: int, column: str) -> float:
@@ -404,10 +463,10 @@ def _real(cell: str, file: str, line: int, column: str) -> float:
         value = float(cell)
     except ValueError:
         raise ProfileError(file, f"line {line}, column '{column}'",
-                           f"not a number: '{cell.strip()}'; write a decimal number like -0.25") from None
+                           f"not a number: {_shown(cell)}; write a decimal number like -0.25") from None
     if not math.isfinite(value):
         raise ProfileError(file, f"line {line}, column '{column}'",
-                           f"must be a finite number, got '{cell.strip()}'")
+                           f"must be a finite number, got {_shown(cell)}")
     return value
 
 
@@ -422,7 +481,7 @@ def _count(cell: str, file: str, line: int, column: str) -> int:
             f = math.nan
         if not (math.isfinite(f) and f.is_integer()):
             raise ProfileError(file, f"line {line}, column '{column}'",
-                               f"not a whole token count: '{text}'; write a non-negative integer") from None
+                               f"not a whole token count: {_shown(text)}; write a non-negative integer") from None
         value = int(f)
     if value < 0:
         raise ProfileError(file, f"line {line}, column '{column}'",

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cascadia_sky.constants import LAUNCH_ROUTER_PORT, MAX_PIPELINE_PARALLEL, SKY_VLLM_VERSION
-from cascadia_sky.errors import CascadiaError, SpecError
+from cascadia_sky.errors import CascadiaError, SpecError, raise_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
 LOCAL_DEVICE = "cpu"  # the "GPU type" of a stage served by a local CPU engine
@@ -218,6 +218,12 @@ class CascadeSpec(_Strict):
     infra: InfraSpec = Field(default_factory=InfraSpec, description="How `cascadia up` launches the plan.")
 
     _source: Path | None = PrivateAttr(None)
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the cross-checks found weak but not wrong (shown by `validate` and `plan`)."""
+        return list(self._warnings)
 
     @property
     def source(self) -> Path | None:
@@ -303,16 +309,61 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     return _loc_to_path(loc), msg
 
 
+def _typo_pairs(errors: list[dict[str, Any]]) -> set[int]:
+    """Indexes of `missing` errors explained by a misspelt key beside them (`modle:` for `model:`): the unknown key's
+    own line already says "did you mean 'model'?", so the missing field is not reported twice."""
+    extras = [(tuple(e["loc"][:-1]), str(e["loc"][-1])) for e in errors if e.get("type") == "extra_forbidden"]
+    drop = set()
+    for i, e in enumerate(errors):
+        if e.get("type") != "missing" or not e.get("loc"):
+            continue
+        parent, name = tuple(e["loc"][:-1]), str(e["loc"][-1])
+        if any(p == parent and difflib.get_close_matches(key, [name], n=1, cutoff=0.6) for p, key in extras):
+            drop.add(i)
+    return drop
+
+
 def parse_spec(data: Any, file: str = "cascade.yaml") -> CascadeSpec:
-    """Validate a parsed YAML document structurally; raise one SpecError for the first problem."""
+    """Validate a parsed YAML document structurally; every problem is reported (one line each, file order)."""
     if not isinstance(data, dict):
         raise SpecError(file, "", "the file must be a YAML mapping with keys name, stages, quality, workload, "
                                   "objective, resources")
     try:
         return CascadeSpec.model_validate(data)
     except ValidationError as exc:
-        field, msg = _describe(exc.errors()[0])
-        raise SpecError(file, field, msg) from None
+        errors = exc.errors()
+    drop = _typo_pairs(errors)
+    kept = sorted((e for i, e in enumerate(errors) if i not in drop), key=lambda e: _doc_order(data, e["loc"]))
+    raise_problems(_unique([SpecError(file, *_describe(e)) for e in kept]))
+    raise AssertionError("a validation error without problems")   # raise_problems raised
+
+
+def _doc_order(data: Any, loc: tuple[Any, ...]) -> tuple[int, ...]:
+    """Where a field stands in the file (keys in the order written; a missing key after its section's keys), so
+    problems are listed top to bottom as the user reads the file."""
+    out = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict):
+            keys = list(node)
+            out.append(keys.index(part) if part in keys else len(keys))
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if part < len(node) else None
+        else:
+            out.append(0)   # a union tag or a model-level check: stay with the parent
+    return tuple(out)
+
+
+def _unique(problems: list[SpecError]) -> list[SpecError]:
+    seen: set[str] = set()
+    out = []
+    for p in problems:
+        if str(p) not in seen:
+            seen.add(str(p))
+            out.append(p)
+    return out
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -335,7 +386,7 @@ def load_spec(path: str | Path, check: bool = True) -> CascadeSpec:
     spec = parse_spec(read_yaml(p), file=str(p))
     spec._source = p
     if check:
-        check_spec(spec)
+        spec._warnings = check_spec(spec)
     return spec
 
 
@@ -373,10 +424,59 @@ def allowed_gpu_types(spec: CascadeSpec, stage_index: int) -> list[str]:
     return allowed
 
 
-def check_spec(spec: CascadeSpec) -> None:
-    """Cross-field checks: known models and GPUs, existing files, and every stage fits some allowed GPU."""
-    from cascadia_sky.catalog import clouds as known_clouds
-    from cascadia_sky.models import get_model
+def check_spec(spec: CascadeSpec) -> list[str]:
+    """Cross-field checks: known models and GPUs, data files that are what they claim, every stage fits some allowed
+    GPU, and the profile has rows for every stage. Every problem is reported (one line each, in this order);
+    returns warnings that do not stop planning (a profile too small for its target, a later stage no better)."""
+    problems: list[SpecError] = []
+
+    def attempt(check: Any, *args: Any) -> Any:
+        try:
+            return check(*args)
+        except SpecError as exc:
+            problems.extend(getattr(exc, "problems", [exc]))
+            return None
+
+    res = spec.resources
+    attempt(_check_scorer, spec)
+    if res.pool is not None:
+        attempt(_known_gpu, spec, res.pool.gpu, "resources.pool.gpu")
+    if res.cloud is not None:
+        for i, c in enumerate(res.cloud.clouds):
+            attempt(_known_cloud, spec, c, f"resources.cloud.clouds[{i}]")
+        for i, g in enumerate(res.cloud.gpu_types or []):
+            attempt(_known_gpu, spec, g, f"resources.cloud.gpu_types[{i}]")
+        for g, q in res.cloud.quotas.items():
+            attempt(_known_quota, spec, g, q)
+    if res.local is not None:
+        attempt(_check_local, spec)
+    attempt(_check_infra, spec)
+    if res.local is None:
+        resources_ok = not problems
+        for i, st in enumerate(spec.stages):
+            pins = [attempt(_known_gpu, spec, g, f"stages[{i}].gpu_types[{j}]")
+                    for j, g in enumerate(st.gpu_types or [])]
+            if resources_ok and None not in pins and not allowed_gpu_types(spec, i):
+                problems.append(_fail(spec, f"stages[{i}].gpu_types", "none of the pinned GPU types is allowed by "
+                                                                     "resources; pin an allowed type or widen "
+                                                                     "resources"))
+    archs = [attempt(_stage_arch, spec, i) for i in range(len(spec.stages))]
+    profile = attempt(_data_file, spec, "quality.profile", spec.quality.profile)
+    if spec.workload.trace is not None:
+        trace = attempt(_data_file, spec, "workload.trace", spec.workload.trace)
+        if trace is not None:
+            attempt(_check_trace_header, spec, trace)
+    if res.local is None and not problems:
+        for i, arch in enumerate(archs):
+            attempt(_check_fits, spec, i, arch)
+    warnings: list[str] = []
+    if profile is not None and None not in archs:
+        warnings = attempt(_check_profile, spec, profile) or []
+    raise_problems(problems)
+    return warnings
+
+
+def _check_scorer(spec: CascadeSpec) -> None:
     from router.scorers import SCORERS  # the router's registry (dependency-free) is the one source of scorer names
 
     if spec.quality.scorer not in SCORERS:
@@ -384,48 +484,94 @@ def check_spec(spec: CascadeSpec) -> None:
         close = difflib.get_close_matches(spec.quality.scorer, names, n=1)
         hint = f"did you mean '{close[0]}'?" if close else f"known scorers: {', '.join(names)}"
         raise _fail(spec, "quality.scorer", f"unknown scorer '{spec.quality.scorer}' ({hint})")
-    res = spec.resources
-    if res.pool is not None:
-        _known_gpu(spec, res.pool.gpu, "resources.pool.gpu")
-    if res.cloud is not None:
-        cl = known_clouds()
-        for i, c in enumerate(res.cloud.clouds):
-            if c.lower() not in cl:
-                close = difflib.get_close_matches(c.lower(), cl, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"known clouds: {', '.join(cl)}"
-                raise _fail(spec, f"resources.cloud.clouds[{i}]", f"unknown cloud '{c}' ({hint})")
-        for i, g in enumerate(res.cloud.gpu_types or []):
-            _known_gpu(spec, g, f"resources.cloud.gpu_types[{i}]")
-        for g, q in res.cloud.quotas.items():
-            _known_gpu(spec, g, f"resources.cloud.quotas.{g}")
-            if q < 0:
-                raise _fail(spec, f"resources.cloud.quotas.{g}", "a quota must be >= 0 GPUs")
-    if res.local is not None:
-        _check_local(spec)
-    _check_infra(spec)
-    for i, st in enumerate(spec.stages):
-        if res.local is not None:
-            break
-        for j, g in enumerate(st.gpu_types or []):
-            _known_gpu(spec, g, f"stages[{i}].gpu_types[{j}]")
-        if not allowed_gpu_types(spec, i):
-            raise _fail(spec, f"stages[{i}].gpu_types", "none of the pinned GPU types is allowed by resources; "
-                                                        "pin an allowed type or widen resources")
-    archs = []
-    for i, st in enumerate(spec.stages):
-        model_ref = st.model
-        if model_ref.endswith(".json"):
-            model_ref = str(spec.resolve(model_ref))
-        try:
-            archs.append(get_model(model_ref))
-        except CascadiaError as exc:
-            raise _fail(spec, f"stages[{i}].model", str(exc)) from None
-        if st.max_context > archs[-1].max_context:
-            raise _fail(spec, f"stages[{i}].max_context",
-                        f"{st.max_context} exceeds the model's maximum context {archs[-1].max_context}; lower it")
-    _check_files(spec)
-    if res.local is None:
-        _check_fits(spec, archs)
+
+
+def _known_cloud(spec: CascadeSpec, cloud: str, field: str) -> None:
+    from cascadia_sky.catalog import clouds as known_clouds
+
+    cl = known_clouds()
+    if cloud.lower() not in cl:
+        close = difflib.get_close_matches(cloud.lower(), cl, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known clouds: {', '.join(cl)}"
+        raise _fail(spec, field, f"unknown cloud '{cloud}' ({hint})")
+
+
+def _known_quota(spec: CascadeSpec, gpu: str, quota: int) -> None:
+    _known_gpu(spec, gpu, f"resources.cloud.quotas.{gpu}")
+    if quota < 0:
+        raise _fail(spec, f"resources.cloud.quotas.{gpu}", "a quota must be >= 0 GPUs")
+
+
+def _stage_arch(spec: CascadeSpec, i: int) -> Any:
+    from cascadia_sky.models import get_model
+
+    st = spec.stages[i]
+    model_ref = str(spec.resolve(st.model)) if st.model.endswith(".json") else st.model
+    try:
+        arch = get_model(model_ref)
+    except CascadiaError as exc:
+        raise _fail(spec, f"stages[{i}].model", str(exc)) from None
+    if st.max_context > arch.max_context:
+        raise _fail(spec, f"stages[{i}].max_context",
+                    f"{st.max_context} exceeds the model's maximum context {arch.max_context}; lower it")
+    return arch
+
+
+# Where no data file of a cascade lives: kernel and device files are never quality profiles or traces, and reading
+# them (e.g. /proc/self/environ) could put secrets into an error message.
+_SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/run")
+
+
+def _data_file(spec: CascadeSpec, field: str, relative: str) -> Path:
+    """A data file named by the spec: an existing, non-empty regular file outside the system folders."""
+    import os
+    import stat
+
+    path = spec.resolve(relative)
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise _fail(spec, field, f"file not found: {path} (paths are relative to the spec's folder)") from None
+    except OSError as exc:
+        raise _fail(spec, field, f"cannot read {path} ({exc.strerror}); check the path and its permissions") from None
+    real = os.path.realpath(path)
+    if any(real == d or real.startswith(d + "/") for d in _SYSTEM_DIRS):
+        raise _fail(spec, field, f"{path} is a system file, not a CSV data file; give the path of your CSV")
+    if not stat.S_ISREG(info.st_mode):
+        raise _fail(spec, field, f"{path} is not a regular file; give the path of a CSV file")
+    if info.st_size == 0:
+        raise _fail(spec, field, f"{path} is empty; give a CSV file with a header line and rows")
+    if not os.access(path, os.R_OK):
+        raise _fail(spec, field, f"cannot read {path} (permission denied); check its permissions")
+    return path
+
+
+def _check_trace_header(spec: CascadeSpec, path: Path) -> None:
+    """The trace's first line names its columns (the rows are read when planning)."""
+    from cascadia_sky.workload import TRACE_COLUMNS
+
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        first = fh.readline(4096)
+    cols = [c.strip() for c in first.strip().split(",")]
+    missing = [c for c in TRACE_COLUMNS if c not in cols]
+    if missing:
+        raise _fail(spec, "workload.trace", f"{path}: the first line must be the header "
+                                            f"{','.join(TRACE_COLUMNS)} (missing {', '.join(missing)}); is this "
+                                            f"an Azure-format trace CSV?")
+
+
+def _check_profile(spec: CascadeSpec, path: Path) -> list[str]:
+    """The profile has rows for every stage (an error otherwise); warnings for what makes its promise weak."""
+    from cascadia_sky.quality import load_profile, profile_warnings
+
+    from cascadia_sky.errors import ProfileError
+
+    aliases = {a: st.model for st in spec.stages for a in st.aliases}
+    try:
+        profile = load_profile(path, [st.model for st in spec.stages], aliases)
+    except ProfileError as exc:   # named as the spec's field, then the profile's own line and column
+        raise _fail(spec, "quality.profile", str(exc)) from None
+    return [f"{path}: {w}" for w in profile_warnings(profile, spec.stage_names())]
 
 
 def _check_local(spec: CascadeSpec) -> None:
@@ -466,47 +612,30 @@ def _check_infra(spec: CascadeSpec) -> None:
                                            "remove infra.targets or set infra.backend: clusters")
 
 
-def _check_files(spec: CascadeSpec) -> None:
-    prof = spec.resolve(spec.quality.profile)
-    if not prof.is_file():
-        raise _fail(spec, "quality.profile", f"file not found: {prof} (paths are relative to the spec's folder)")
-    if spec.workload.trace is not None:
-        tr = spec.resolve(spec.workload.trace)
-        if not tr.is_file():
-            raise _fail(spec, "workload.trace", f"file not found: {tr} (paths are relative to the spec's folder)")
-
-
-def _check_fits(spec: CascadeSpec, archs: list[Any]) -> None:
-    """Every stage must fit at least one allowed GPU at the largest TP (one node) x PP, with one full context."""
+def _check_fits(spec: CascadeSpec, i: int, arch: Any) -> None:
+    """A stage must fit at least one allowed GPU at the largest TP (one node) x PP, with one full context."""
     from cascadia_sky.catalog import get_gpu
     from cascadia_sky.perf import Deployment, memory_fit
 
-    for i, (st, arch) in enumerate(zip(spec.stages, archs)):
-        best_reason = ""
-        fits_any = False
-        for g in allowed_gpu_types(spec, i):
-            gpu = get_gpu(g)
-            max_gpus = spec.resources.pool.count if spec.resources.pool is not None else 10**6
-            tps = [st.tp] if st.tp else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= gpu.gpus_per_node]
-            pps = [st.pp] if st.pp else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= MAX_PIPELINE_PARALLEL]
-            for tp in tps:
-                for pp in pps:
-                    if tp * pp > max_gpus:
-                        continue
-                    fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision),
-                                     st.max_context)
-                    if fit.fits:
-                        fits_any = True
-                        break
-                    best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
-                if fits_any:
-                    break
-            if fits_any:
-                break
-        if not fits_any:
-            raise _fail(spec, f"stages[{i}].model",
-                        f"{arch.name} ({st.precision}) fits no allowed GPU even at the largest TP x PP "
-                        f"({best_reason}); allow bigger GPUs, a lower precision or a shorter max_context")
+    st = spec.stages[i]
+    best_reason = ""
+    for g in allowed_gpu_types(spec, i):
+        gpu = get_gpu(g)
+        max_gpus = spec.resources.pool.count if spec.resources.pool is not None else 10**6
+        tps = [st.tp] if st.tp else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= gpu.gpus_per_node]
+        pps = [st.pp] if st.pp else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= MAX_PIPELINE_PARALLEL]
+        for tp in tps:
+            for pp in pps:
+                if tp * pp > max_gpus:
+                    continue
+                fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision),
+                                 st.max_context)
+                if fit.fits:
+                    return
+                best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
+    raise _fail(spec, f"stages[{i}].model",
+                f"{arch.name} ({st.precision}) fits no allowed GPU even at the largest TP x PP "
+                f"({best_reason}); allow bigger GPUs, a lower precision or a shorter max_context")
 
 
 def describe_spec(spec: CascadeSpec) -> list[tuple[str, ...]]:

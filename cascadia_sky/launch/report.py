@@ -11,7 +11,7 @@ from rich.text import Text
 
 from cascadia_sky.errors import CascadiaError
 from cascadia_sky.launch.backends import Action
-from cascadia_sky.launch.launcher import DeploymentView, UpResult
+from cascadia_sky.launch.launcher import DeploymentView, UpResult, key_file_mode
 from cascadia_sky.planner.plan import StagePlan
 
 
@@ -33,7 +33,7 @@ def usage_examples(result: UpResult) -> RenderableType:
           f'messages=[{{"role": "user", "content": "Name three primary colors."}}])\n'
           f'print(r.choices[0].message.content)')
     return Group(Text.assemble(("endpoint  ", "bold"), base), Text.assemble(("API key   ", "bold"),
-                 result.api_key_file, " (mode 0600; sent as a Bearer token)"),
+                 result.api_key_file, f" (mode {key_file_mode(result.api_key_file)}; sent as a Bearer token)"),
                  Text("curl:", style="bold"), Text(curl), Text("python (openai):", style="bold"), Text(py),
                  Text(f"stop it with: cascadia down {result.name}"))
 
@@ -130,3 +130,19 @@ def router_figures(stats: dict[str, Any]) -> str:
     p95 = (w.get("latency_s") or {}).get("p95")
     return (f"router (last {w['window_s']} s): {w['requests']} requests, {w['arrival_rate_per_s']:.3f} req/s; "
             f"answered by {shares or '-'}; p95 latency {'-' if p95 is None else f'{p95:.2f} s'}")
+
+
+def status_json(views: list[DeploymentView]) -> dict[str, Any]:
+    """`cascadia status --json`: every deployment with its derived states (what the tables show, as data)."""
+    out = []
+    for v in views:
+        rec = v.record
+        out.append({
+            "name": rec.name, "backend": rec.backend, "status": v.status.value, "endpoint": rec.endpoint,
+            "api_key_file": rec.api_key_file, "message": rec.message,
+            "components": [{"name": c.name, "kind": c.kind, "stage": c.stage, "replica": c.replica,
+                            "state": (v.components.get(c.name).value if v.components.get(c.name) else c.phase),
+                            "url": c.url, "handle": c.handle, "restarts": c.restarts, "message": c.message}
+                           for c in rec.components],
+            "router_stats": v.router_stats})
+    return {"deployments": out}
