@@ -22,23 +22,24 @@ if [ "$rc" -eq 5 ]; then
   echo "error: pytest collected no tests (exit 5); the suite must not be empty" >&2
   exit 1
 fi
-# The slow vLLM tests (own venv under .cache/, created by the tests; minutes the first time) run after the rest,
-# in CI or when asked. Exit 5 here only means the arguments selected none of them.
-if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${CASCADIA_TEST_VLLM:-}" = "1" ]; }; then
-  set +e
-  .venv/bin/python -m pytest -m vllm "$@"
-  rc=$?
-  set -e
-  [ "$rc" -eq 5 ] && rc=0
-fi
-# A core install (no extras) in a fresh venv validates and plans every example, in CI or when asked.
-if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${CASCADIA_TEST_INSTALL:-}" = "1" ]; }; then
-  set +e
-  .venv/bin/python -m pytest -m install "$@"
-  rc=$?
-  set -e
-  [ "$rc" -eq 5 ] && rc=0
-fi
+# A stage of marked tests that runs after the fast suite passed, in CI or when its variable is 1. Exit 5 here only
+# means the arguments selected none of them.
+marked_stage() {  # MARKER VARIABLE PYTEST-ARGS...
+  local marker=$1 var=$2
+  shift 2
+  if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${!var:-}" = "1" ]; }; then
+    set +e
+    .venv/bin/python -m pytest -m "$marker" "$@"
+    rc=$?
+    set -e
+    [ "$rc" -eq 5 ] && rc=0
+  fi
+  return 0
+}
+# The slow vLLM tests (own venv under .cache/, created by the tests; minutes the first time).
+marked_stage vllm CASCADIA_TEST_VLLM "$@"
+# A core install (no extras) in a fresh venv validates and plans every example.
+marked_stage install CASCADIA_TEST_INSTALL "$@"
 # SkyPilot on a real local Slurm cluster (scripts/local-slurm.sh; root, apt, loopback sshd), in CI or when asked:
 # up, the `slurm` tests, then down, which fails if anything it made is left. A failed set-up fails the run with its
 # reason (the tests never skip in CI).
