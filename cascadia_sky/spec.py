@@ -152,6 +152,10 @@ class CloudSpec(_Strict):
     spot: bool = Field(False, description="Use spot prices (and spot instances).")
     budget_usd_per_hour: float | None = Field(None, gt=0, description="Spending limit in $/hour.")
     quotas: dict[str, int] = Field(default_factory=dict, description="Maximum GPUs per GPU type, e.g. {H100: 16}.")
+    quota: Literal["auto"] | None = Field(None, description="auto: limit AWS offers to the account's EC2 vCPU quotas "
+                                                            "(G/VT and P families, on-demand or spot) minus what runs "
+                                                            "now, read with boto3 at planning time. Explicit `quotas` "
+                                                            "win for their GPU types.")
 
 
 class LocalSpec(_Strict):
@@ -396,6 +400,9 @@ def check_spec(spec: CascadeSpec) -> None:
                 raise _fail(spec, f"resources.cloud.clouds[{i}]", f"unknown cloud '{c}' ({hint})")
         for i, g in enumerate(res.cloud.gpu_types or []):
             _known_gpu(spec, g, f"resources.cloud.gpu_types[{i}]")
+        if res.cloud.quota == "auto" and "aws" not in [c.lower() for c in res.cloud.clouds]:
+            raise _fail(spec, "resources.cloud.quota", "auto reads AWS quotas; add aws to resources.cloud.clouds or "
+                                                       "drop quota")
         for g, q in res.cloud.quotas.items():
             _known_gpu(spec, g, f"resources.cloud.quotas.{g}")
             if q < 0:
