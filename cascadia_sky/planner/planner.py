@@ -309,6 +309,12 @@ def search(ctx: PlanningContext, progress: Progress | None = None,
     `level` replaces the deployment level (baselines restrict its candidates; `sim/baselines.py`).
     """
     level = level if level is not None else DeploymentLevel(ctx)
+    report = getattr(level, "quota_report", None)
+    if progress and report is not None:
+        progress("quota: auto: EC2 vCPUs left " + (", ".join(f"{k} {v:g}" for k, v in sorted(report.caps.items()))
+                                                   or "(none read)"))
+        for gap in report.gaps:
+            progress(f"quota: auto: {gap}")
     scores = [ctx.train.scores[:, i] for i in range(len(ctx.stages) - 1)]
     result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
                               grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
