@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -25,8 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import pytest
 from botocore.stub import ANY, Stubber
 
+from cascadia_sky import catalog
 from cascadia_sky.cloud import aws_api
 from cascadia_sky.cloud.aws_quota import QUOTA_CODES
 
@@ -180,22 +181,6 @@ def all_quota_codes(value: float) -> dict[str, float]:
     return {code: value for code in QUOTA_CODES.values()}
 
 
-@contextlib.contextmanager
-def fake_env(endpoint: str, home: Path) -> Iterator[dict[str, str]]:
-    """Set the fake credentials, moto's endpoint and an isolated CASCADIA_HOME in os.environ (restored after)."""
-    env = {**FAKE_ENV, "AWS_ENDPOINT_URL": endpoint, "CASCADIA_HOME": str(home)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield env
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 # $/GPU-hour the fake AWS charges on demand, by GPU name (its own data; the tests read expectations from it)
 FAKE_GPU_USD_PER_HOUR = {"T4": 0.53, "T4g": 0.42, "A10G": 1.01, "L4": 0.80, "L40S": 1.86, "V100": 3.06,
                          "A100": 4.10, "H100": 6.88, "H200": 7.91, "B200": 14.24, "B300": 17.80}
@@ -232,3 +217,21 @@ def refresh_fake(fake: FakeAws, regions: list[str], spot_factor: float = 0.4) ->
         fake.queue_spot(region, spot)
         data[region] = {"types": types, "zones": zones, "on_demand": on_demand, "spot": spot}
     return data
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    """One moto server per test module."""
+    with moto_server() as url:
+        yield url
+
+
+@pytest.fixture
+def fake_aws(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
+    """A fresh fake AWS (moto reset), fake credentials in the environment and an isolated CASCADIA_HOME."""
+    reset(moto_url)
+    for key, value in {**FAKE_ENV, "AWS_ENDPOINT_URL": moto_url, "CASCADIA_HOME": str(tmp_path / "home")}.items():
+        monkeypatch.setenv(key, value)
+    catalog.clear_cache()
+    yield FakeAws()
+    catalog.clear_cache()

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from cascadia_sky import catalog
 from cascadia_sky.catalog import offers
 from cascadia_sky.cloud import aws_api
 from cascadia_sky.cloud.aws_catalog import refresh_aws
@@ -20,29 +19,17 @@ from cascadia_sky.cloud.aws_quota import QUOTA_CODES, cap_key, caps_from, quota_
 from cascadia_sky.errors import InfeasibleError
 from cascadia_sky.planner.planner import make_plan
 from cascadia_sky.spec import load_spec
-from tests.aws_fake import FAKE_ENV, FakeAws, all_quota_codes, moto_server, refresh_fake, reset
+from tests.aws_fake import FakeAws, all_quota_codes, fake_aws, moto_url, refresh_fake  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
 REGIONS = ["us-east-1", "us-west-2"]
 P_ON_DEMAND, G_ON_DEMAND = QUOTA_CODES[("P", "on-demand")], QUOTA_CODES[("G", "on-demand")]
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
 @pytest.fixture
-def aws(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
-    reset(moto_url)
-    for key, value in {**FAKE_ENV, "AWS_ENDPOINT_URL": moto_url, "CASCADIA_HOME": str(tmp_path / "home")}.items():
-        monkeypatch.setenv(key, value)
-    catalog.clear_cache()
-    fake = FakeAws()
-    monkeypatch.setattr(aws_api, "AwsSession", lambda profile=None: fake.session)  # planning reads quotas here
-    yield fake
-    catalog.clear_cache()
+def aws(fake_aws: FakeAws, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
+    monkeypatch.setattr(aws_api, "AwsSession", lambda profile=None: fake_aws.session)  # planning reads quotas here
+    return fake_aws
 
 
 def write_spec(tmp_path: Path, **cloud: Any) -> Path:

@@ -13,7 +13,7 @@ import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -24,27 +24,15 @@ from cascadia_sky.cli import app
 from cascadia_sky.cloud import aws_api
 from cascadia_sky.cloud.aws_catalog import refresh_aws
 from cascadia_sky.errors import CloudAccessError
-from tests.aws_fake import FAKE_ENV, FakeAws, moto_server, price_item, refresh_fake, reset
+from tests.aws_fake import FakeAws, fake_aws, moto_url, price_item, refresh_fake  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 REGIONS = ["us-east-1", "us-west-2"]
 
 
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    with moto_server() as url:
-        yield url
-
-
 @pytest.fixture
-def aws(moto_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
-    reset(moto_url)
-    for key, value in {**FAKE_ENV, "AWS_ENDPOINT_URL": moto_url, "CASCADIA_HOME": str(tmp_path / "home")}.items():
-        monkeypatch.setenv(key, value)
-    catalog.clear_cache()
-    fake = FakeAws()
-    yield fake
-    catalog.clear_cache()
+def aws(fake_aws: FakeAws) -> FakeAws:
+    return fake_aws
 
 
 def read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
