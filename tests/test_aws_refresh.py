@@ -7,6 +7,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -196,25 +198,34 @@ def _age_catalog(days: float) -> None:
     catalog.clear_cache()
 
 
-def test_catalog_warns_when_the_prices_are_older_than_a_week(aws: FakeAws) -> None:
+def test_catalog_warns_when_the_prices_are_older_than_a_week(aws: FakeAws, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    shipped = tmp_path / "catalogs"   # a shipped snapshot from January, so an 8-day-old refresh is the newest
+    shutil.copytree(catalog.catalog_dir(), shipped)
+    sources = (shipped / "offer_sources.csv").read_text()
+    (shipped / "offer_sources.csv").write_text(re.sub(r"\d{4}-\d{2}-\d{2}", "2026-01-01", sources))
+    monkeypatch.setenv("CASCADIA_CATALOG_DIR", str(shipped))
     refresh_fake(aws, ["us-east-1"])
     refresh_aws(["us-east-1"], session=aws.session)
     _age_catalog(8)
-    catalog.shipped_offer_rows("aws")
-    if catalog.active_offer_file("aws").user:  # still newer than the shipped snapshot: it is shown, and stale
-        table = CliRunner().invoke(app, ["catalog", "--cloud", "aws"], env={"COLUMNS": "200"})
-        assert "warning: aws prices are 8 d old (more than a week); refresh: cascadia catalog refresh" in \
-            table.output
-    else:  # older than the shipped snapshot: the shipped catalog wins
-        assert catalog.active_offer_file("aws").source.startswith("skypilot-org")
+    assert catalog.active_offer_file("aws").user
+    table = CliRunner().invoke(app, ["catalog", "--cloud", "aws", "--cloud", "gcp"], env={"COLUMNS": "200"})
+    assert "warning: aws prices are 8 d old (more than a week); refresh: cascadia catalog refresh --cloud aws" \
+        in table.output
+    assert "warning: gcp prices are" in table.output
+    data = json.loads(CliRunner().invoke(app, ["catalog", "--cloud", "aws", "--json"]).stdout)
+    assert data["catalogs"][0]["stale"] and all(o["stale"] for o in data["cheapest_offers"])
+    _age_catalog(6)
+    data = json.loads(CliRunner().invoke(app, ["catalog", "--cloud", "aws", "--json"]).stdout)
+    assert not data["catalogs"][0]["stale"] and not any(o["stale"] for o in data["cheapest_offers"])
 
 
 def test_newest_catalog_wins(aws: FakeAws) -> None:
     refresh_fake(aws, ["us-east-1"])
     refresh_aws(["us-east-1"], session=aws.session)
     assert catalog.active_offer_file("aws").user and catalog.offer_csv_path("aws") == user_offer_paths("aws")[0]
-    shipped_date = datetime.fromisoformat(catalog.active_offer_file("aws", ).date)
-    _age_catalog((datetime.now() - shipped_date).days + 30)  # older than the shipped snapshot
+    shipped_date = datetime.fromisoformat(catalog.shipped_offer_rows("aws")[1])
+    _age_catalog((datetime.now() - shipped_date).days + 2)  # fetched before the shipped snapshot was taken
     assert not catalog.active_offer_file("aws").user
     assert {o.source for o in offers(["aws"])} == {catalog.active_offer_file("aws").source}
     assert catalog.active_offer_file("gcp").user is False
