@@ -241,3 +241,17 @@ def test_a_core_install_imports_no_boto3_and_says_how_to_get_it() -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"CloudAccessError the AWS refresh needs boto3; install it: {aws_api.INSTALL_HINT}"
     assert issubclass(CloudAccessError, Exception)
+
+
+def test_gpu_names_get_skypilots_corrections() -> None:
+    from cascadia_sky.cloud.aws_catalog import gpu_name
+
+    def info(name: str, count: int, mib: int, partition: float = 1.0) -> dict[str, Any]:
+        return {"Gpus": [{"Name": name, "Count": count, "LogicalGpuCount": 1, "GpuPartitionSize": partition,
+                          "MemoryInfo": {"SizeInMiB": mib}}], "TotalGpuMemoryInMiB": max(count, 1) * mib}
+
+    assert gpu_name(info("NVIDIA", 8, 144384), "p5en.48xlarge") == ("H200", 8.0)       # skypilot#4652
+    assert gpu_name(info("A100", 8, 81920), "p4de.24xlarge") == ("A100-80GB", 8.0)
+    assert gpu_name(info("A100", 8, 40960), "p4d.24xlarge") == ("A100", 8.0)
+    assert gpu_name(info("L4", 0, 2861, 0.125), "g6f.large") == ("L4", 0.125)           # a slice of an L4
+    assert gpu_name(info("H100", 1, 81920), "p5.4xlarge") == ("H100", 1.0)
