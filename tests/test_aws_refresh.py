@@ -82,17 +82,18 @@ def test_spot_is_the_latest_price_per_zone_and_the_planner_takes_the_cheapest_zo
 
 
 def test_pricing_access_denied_is_a_gap_and_keeps_the_shipped_prices(aws: FakeAws) -> None:
+    aws.pricing().add_client_error("get_products", service_error_code="AccessDeniedException",
+                                   service_message="User is not authorized", http_status_code=400)
     for region in REGIONS:
-        aws.pricing().add_client_error("get_products", service_error_code="AccessDeniedException",
-                                       service_message="User is not authorized", http_status_code=400)
         aws.queue_spot(region, {})
     summary = refresh_aws(REGIONS, session=aws.session)
-    assert {g["api"] for g in summary.gaps} == {"pricing:GetProducts"}
+    aws.assert_all_answered()   # asked once: the Pricing API is global
+    assert [g["api"] for g in summary.gaps] == ["pricing:GetProducts"]
     assert all("grant the IAM permission pricing:GetProducts" in g["message"] for g in summary.gaps)
     shipped_rows, shipped_date = catalog.shipped_offer_rows("aws")
     shipped = {(r["InstanceType"], r["Region"]): float(r["Price"]) for r in shipped_rows}
     _, rows = read_csv(summary.path)
-    assert rows and summary.price_fallbacks == len(rows)
+    assert {r["Region"] for r in rows} == set(REGIONS) and summary.price_fallbacks == len(rows)
     assert all(float(r["Price"]) == shipped[(r["InstanceType"], r["Region"])] for r in rows)
     assert summary.rows_without_price > 0    # types the shipped catalog does not list are left out
     assert {o.source for o in offers(["aws"])} == {f"shipped catalog {shipped_date}"}

@@ -93,8 +93,9 @@ def _guarded(api: str, region: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if code in _DENIED:
             raise AwsGap(api, region, f"access denied; grant the IAM permission {api}") from None
         if code in _REGION_OFF:
-            raise AwsGap(api, region, f"region {region} is not enabled for this account ({code}); enable it in the "
-                                      f"AWS console or leave it out of --regions") from None
+            raise AwsGap(api, region, f"region {region} is not enabled for this account, or the credentials are not "
+                                      f"valid there ({code}); enable the region in the AWS console or leave it out "
+                                      "of --regions") from None
         if code in _THROTTLED:
             raise AwsGap(api, region, f"still throttled after {AWS_MAX_ATTEMPTS} attempts ({code}); "
                                       "run the refresh again later") from None

@@ -172,7 +172,9 @@ def refresh_aws(regions: list[str] | None = None, progress: Progress | None = No
         if progress:
             progress(f"{region}: {what}", done, total)
 
+    pricing_denied = False   # the Pricing API is global: once denied, do not ask again for every region
     for region in chosen:
+        region_start = done
         try:
             types = aws_api.gpu_instance_types(session, region)
             step(region, STEPS_PER_REGION[0])
@@ -181,14 +183,18 @@ def refresh_aws(regions: list[str] | None = None, progress: Progress | None = No
             step(region, STEPS_PER_REGION[1])
         except aws_api.AwsGap as gap:  # without shapes or zones nothing of this region can be listed
             gaps.append(gap)
-            done += len(STEPS_PER_REGION) - 1
+            done = region_start + len(STEPS_PER_REGION) - 1
             step(region, "skipped")
             continue
         seen_types.update(names)
         try:
+            if pricing_denied:
+                raise aws_api.AwsGap("pricing:GetProducts", region, "access denied (see above)")
             on_demand = aws_api.on_demand_prices(session, region, names) if names else {}
         except aws_api.AwsGap as gap:
-            gaps.append(gap)
+            if not pricing_denied:
+                gaps.append(gap)
+            pricing_denied = pricing_denied or "access denied" in gap.message
             on_demand = {}
             for name in names:
                 if (name, region) in shipped:
