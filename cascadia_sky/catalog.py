@@ -3,6 +3,10 @@
 The data ships inside the package as `cascadia_sky.catalogs` (read with importlib.resources), so an installed wheel
 works without the source tree; CASCADIA_CATALOG_DIR points at another directory with the same layout.
 
+A user catalog (`cascadia catalog refresh`, written under $CASCADIA_HOME/catalogs/offers/<cloud>.csv with a
+`<cloud>.meta.json` saying when and from where) replaces the shipped offers of that cloud when it is at least as
+new; its rows whose GPU is not in gpus.csv (or is a fraction of a GPU) are skipped, not errors.
+
 GPU names are SkyPilot's canonical accelerator names (`A100` is the 40 GB part, `A100-80GB` the 80 GB one), so a
 planned GPU type can be handed to SkyPilot as it is. Lookups are case-insensitive and accept aliases (`h100_sxm`).
 Throughput figures are dense (no 2:4 sparsity) datasheet peaks; interconnect is the datasheet's per-GPU intra-node
@@ -14,16 +18,23 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from cascadia_sky.constants import CATALOG_DIR_ENV_VAR
+from cascadia_sky.constants import (
+    CATALOG_DIR_ENV_VAR,
+    DEFAULT_HOME_DIRNAME,
+    HOME_ENV_VAR,
+    USER_CATALOG_DIRNAME,
+)
 from cascadia_sky.errors import CatalogError
 
 GPUS_FILE = "gpus.csv"
@@ -276,6 +287,8 @@ class Offer:
     source: str
     price_date: str
     zone: str = ""                     # availability zone of the row ("" where the cloud's catalog has none)
+    fetched_at: str = ""               # user catalogs: ISO time (UTC) the prices were fetched; "" when only a date
+    spot_source: str = ""              # where the spot price comes from when not `source`
 
     def price(self, spot: bool = False) -> float | None:
         """$/hour of the whole instance; None when spot is asked for and not offered."""
@@ -291,9 +304,75 @@ class Offer:
         return asdict(self)
 
 
-def offer_csv_path(cloud: str) -> Path:
-    """The offers file of a cloud, laid out as SkyPilot's v8 `<cloud>/vms.csv` (the launcher seeds SkyPilot with it)."""
+def user_catalog_dir() -> Path:
+    """Where refreshed catalogs live: $CASCADIA_HOME/catalogs, else ~/.cascadia/catalogs (not created here)."""
+    home = os.environ.get(HOME_ENV_VAR) or str(Path.home() / DEFAULT_HOME_DIRNAME)
+    return Path(home).expanduser() / USER_CATALOG_DIRNAME
+
+
+def user_offer_paths(cloud: str) -> tuple[Path, Path]:
+    """(offers CSV, meta JSON) of a cloud's user catalog."""
     name = _check_cloud(cloud)
+    base = user_catalog_dir() / OFFERS_DIR
+    return base / f"{name}.csv", base / f"{name}.meta.json"
+
+
+@dataclass(frozen=True)
+class OfferFile:
+    """The offers file a cloud's offers come from, and where its prices come from."""
+
+    path: Path
+    user: bool              # a refreshed user catalog (else the shipped one)
+    source: str
+    date: str               # YYYY-MM-DD of the prices
+    fetched_at: str = ""    # user catalogs: ISO time of the fetch
+    meta: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def meta_dict(self) -> dict[str, Any]:
+        """The meta file's content (user catalogs; empty for shipped ones)."""
+        return {k: json.loads(v) for k, v in self.meta}
+
+
+def _user_offer_file(cloud: str) -> OfferFile | None:
+    csv_path, meta_path = user_offer_paths(cloud)
+    if not csv_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        fetched = datetime.fromisoformat(meta["fetched_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CatalogError(f"{meta_path}: missing or unreadable (it says when {csv_path.name} was fetched); run "
+                           f"`cascadia catalog refresh --cloud {cloud}` again or delete {csv_path}") from None
+    return OfferFile(path=csv_path, user=True, source=str(meta.get("source", "user catalog")),
+                     date=fetched.date().isoformat(), fetched_at=fetched.isoformat(),
+                     meta=tuple(sorted((k, json.dumps(v)) for k, v in meta.items())))
+
+
+def active_offer_file(cloud: str) -> OfferFile:
+    """The newest catalog of a cloud: the user's refreshed one when it is at least as new as the shipped one."""
+    name = _check_cloud(cloud)
+    user = _user_offer_file(name)
+    shipped_path = catalog_dir() / OFFERS_DIR / f"{name}.csv"
+    shipped_source, shipped_date = _offer_sources(catalog_dir()).get(name, ("", ""))
+    if user is not None and (not shipped_path.is_file() or user.date >= shipped_date):
+        return user
+    return OfferFile(path=offer_csv_path(name, shipped=True), user=False, source=shipped_source, date=shipped_date)
+
+
+def shipped_offer_rows(cloud: str) -> tuple[list[dict[str, str]], str]:
+    """The shipped offers file's rows of a cloud and the date of its prices."""
+    name = _check_cloud(cloud)
+    rows = _read_offer_file(offer_csv_path(name, shipped=True), name)
+    return [row for _, row in rows], _offer_sources(catalog_dir()).get(name, ("", ""))[1]
+
+
+def offer_csv_path(cloud: str, shipped: bool = False) -> Path:
+    """The offers file of a cloud (the newest, user or shipped; `shipped` forces the shipped one), laid out as
+    SkyPilot's v8 `<cloud>/vms.csv` (the launcher seeds SkyPilot with it)."""
+    name = _check_cloud(cloud)
+    if not shipped:
+        return active_offer_file(name).path
     path = catalog_dir() / OFFERS_DIR / f"{name}.csv"
     if not path.is_file():
         raise CatalogError(f"{OFFERS_DIR}/{name}.csv: not found in {catalog_dir()}; restore it or fix "
@@ -365,7 +444,9 @@ def _gpu_of(file: str, line: int, row: dict[str, str], index: dict[str, str]) ->
     return found
 
 
-def _parse_offers(directory: Path, cloud: str) -> list[Offer]:
+def _parse_offers(directory: Path, cloud: str, user_path: str = "") -> list[Offer]:
+    if user_path:
+        return _parse_user_offers(directory, cloud, Path(user_path))
     path = directory / OFFERS_DIR / f"{cloud}.csv"
     file = f"{OFFERS_DIR}/{path.name}"
     rows = _read_offer_file(path, cloud)
@@ -428,16 +509,57 @@ def _parse_offers(directory: Path, cloud: str) -> list[Offer]:
     return offers_
 
 
+def _parse_user_offers(directory: Path, cloud: str, path: Path) -> list[Offer]:
+    """A refreshed catalog: rows of GPUs we know, whole GPUs only, each price with its source (see the meta)."""
+    if cloud == "gcp":
+        raise CatalogError(f"{path}: user catalogs for gcp are not supported yet; delete the file")
+    info = _user_offer_file(cloud)
+    assert info is not None
+    meta = info.meta_dict
+    fallbacks: dict[str, str] = meta.get("price_fallbacks", {})
+    index = _gpu_index(str(directory))
+    out = []
+    for line, row in _read_offer_file(path, cloud):
+        gpu = index.get(_key(row["AcceleratorName"]))
+        try:
+            gpus = float(row["AcceleratorCount"])
+        except ValueError:
+            gpus = 0.0
+        if gpu is None or not gpus.is_integer() or gpus < 1 or not row["Price"]:
+            continue
+        file = str(path)
+        usd = _cell(file, line, row, "Price", float)
+        spot = _cell(file, line, row, "SpotPrice", float, optional=True)
+        fallback = fallbacks.get(f"{row['InstanceType']}/{row['Region']}")
+        out.append(Offer(cloud=cloud, instance_type=row["InstanceType"], gpu=gpu, gpus=int(gpus),
+                         vcpus=_cell(file, line, row, "vCPUs", float),
+                         memory_gib=_cell(file, line, row, "MemoryGiB", float), region=row["Region"],
+                         usd_per_hour=round(usd, 6), spot_usd_per_hour=None if spot is None else round(spot, 6),
+                         source=fallback or str(meta.get("on_demand_source", info.source)),
+                         price_date=fallback.rsplit(" ", 1)[-1] if fallback else info.date,
+                         zone=row.get("AvailabilityZone", ""), fetched_at="" if fallback else info.fetched_at,
+                         spot_source=str(meta.get("spot_source", ""))))
+    return out
+
+
 @functools.lru_cache(maxsize=16)
+def _offers_cached(directory: str, cloud: str, user_path: str, _mtime_ns: int) -> tuple[Offer, ...]:
+    return tuple(_parse_offers(Path(directory), cloud, user_path))
+
+
 def _offers_at(directory: str, cloud: str) -> tuple[Offer, ...]:
-    return tuple(_parse_offers(Path(directory), cloud))
+    """The offers of the cloud's newest catalog (cached per file and modification time)."""
+    active = active_offer_file(cloud)
+    if not active.user:
+        return _offers_cached(directory, cloud, "", 0)
+    return _offers_cached(directory, cloud, str(active.path), active.path.stat().st_mtime_ns)
 
 
 def clear_cache() -> None:
     """Forget parsed catalogs (after editing the files in a running process)."""
     _gpu_specs_at.cache_clear()
     _gpu_index.cache_clear()
-    _offers_at.cache_clear()
+    _offers_cached.cache_clear()
 
 
 def offers(clouds: Iterable[str] | None = None, gpu_types: Iterable[str] | None = None,
@@ -498,28 +620,3 @@ def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None)
             writer.writerow([gpu, repr(sorted(accelerators[gpu]))])
     written.append(common)
     return written
-
-
-@dataclass(frozen=True)
-class CatalogView:
-    """What `cascadia catalog` shows: GPU specs and the cheapest offer per (GPU type, GPUs per instance)."""
-
-    gpus: tuple[GpuSpec, ...]
-    offers: tuple[Offer, ...]
-    spot: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready view (the `--json` output)."""
-        return {"spot": self.spot, "gpus": [g.to_dict() for g in self.gpus],
-                "cheapest_offers": [o.to_dict() for o in self.offers]}
-
-
-def catalog_view(clouds: Iterable[str] | None = None, gpu_types: Iterable[str] | None = None,
-                 spot: bool = False, max_usd_per_hour: float | None = None) -> CatalogView:
-    """GPU specs (filtered by `gpu_types`) and the cheapest offers under the filters."""
-    gpu_list = list(gpu_types) if gpu_types is not None else None
-    specs = gpu_specs()
-    names = [canonical_gpu_name(g) for g in gpu_list] if gpu_list else list(specs)
-    chosen = tuple(specs[n] for n in dict.fromkeys(names))
-    return CatalogView(gpus=chosen, offers=tuple(cheapest_offers(clouds, gpu_list or None, spot, max_usd_per_hour)),
-                       spot=spot)

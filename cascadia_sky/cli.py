@@ -94,8 +94,13 @@ def validate(
     console.print(Text.assemble("Next: ", (f"cascadia plan {spec_file}", "bold")))
 
 
-@app.command()
+catalog_app = typer.Typer(help="GPU types and cloud offers; `refresh` fetches today's prices from a cloud's APIs.")
+app.add_typer(catalog_app, name="catalog")
+
+
+@catalog_app.callback(invoke_without_command=True)
 def catalog(
+    ctx: typer.Context,
     cloud: list[str] = typer.Option(None, "--cloud", "-c", help="Only these clouds (repeatable): aws, gcp, ..."),
     gpu: list[str] = typer.Option(None, "--gpu", "-g", help="Only these GPU types (repeatable; aliases work)."),
     spot: bool = _flag("--spot", help="Price spot instances (offers without spot are left out)."),
@@ -103,12 +108,15 @@ def catalog(
                                     help="Leave out instances above this many USD per hour."),
     as_json: bool = _flag("--json", help="Print one JSON object instead of tables."),
 ) -> None:
-    """List GPU types (specs) and the cheapest cloud offer per GPU type and instance size."""
+    """List GPU types (specs) and the cheapest cloud offer per GPU type and instance size, with each price's
+    source and age (the newest catalog per cloud: a refreshed user catalog over the shipped one)."""
+    if ctx.invoked_subcommand is not None:
+        return
     import json
 
     from rich.table import Table
 
-    from cascadia_sky.catalog import catalog_view
+    from cascadia_sky.catalog_view import catalog_view, format_age
 
     view = catalog_view(cloud or None, gpu or None, spot, max_price)
     if as_json:
@@ -122,17 +130,74 @@ def catalog(
                       "-" if g.fp8_tflops is None else f"{g.fp8_tflops:g}", f"{g.hbm_tb_s:g}",
                       f"{g.interconnect_gb_s:g}", str(g.gpus_per_node))
     console.print(specs)
-    dates = ", ".join(sorted({f"{o.cloud} {o.price_date}" for o in view.offers}))
     table = Table(title=f"Cheapest {'spot' if spot else 'on-demand'} offer per GPU type and instance size",
-                  caption=f"prices taken on: {dates or '-'} (sources: catalogs/offers/SOURCES.md)")
-    for col in ("GPU", "GPUs", "cloud", "instance type", "region", "$/h", "$/GPU-h"):
-        table.add_column(col, justify="right" if col in ("GPUs", "$/h", "$/GPU-h") else "left", overflow="fold")
-    for o in view.offers:
+                  caption="sources: catalogs/offers/SOURCES.md (shipped); `cascadia catalog refresh` (user)")
+    for col in ("GPU", "GPUs", "cloud", "instance type", "region", "$/h", "$/GPU-h", "price source", "age"):
+        table.add_column(col, justify="right" if col in ("GPUs", "$/h", "$/GPU-h", "age") else "left",
+                         overflow="fold")
+    for o, age in zip(view.offers, view.ages_days):
+        source = (o.spot_source or o.source) if spot else o.source
         table.add_row(o.gpu, str(o.gpus), o.cloud, o.instance_type, o.region, f"{o.price(spot):.3f}",
-                      f"{o.usd_per_gpu_hour(spot):.3f}")
+                      f"{o.usd_per_gpu_hour(spot):.3f}", source[:60], format_age(age))
     console.print(table)
+    sources = Table(title="Catalog per cloud")
+    for col in ("cloud", "catalog", "prices from", "age", "path"):
+        sources.add_column(col, overflow="fold")
+    for src in view.sources:
+        sources.add_row(src.cloud, "user (refreshed)" if src.user else "shipped", src.fetched_at or src.date,
+                        format_age(src.age_days), src.path)
+    console.print(sources)
+    for src in view.sources:
+        if src.stale:
+            console.print(f"[yellow]warning: {src.cloud} prices are {format_age(src.age_days)} old (more than a "
+                          f"week); refresh: cascadia catalog refresh --cloud {src.cloud}[/]"
+                          if src.cloud == "aws" else f"[yellow]warning: {src.cloud} prices are "
+                          f"{format_age(src.age_days)} old (more than a week)[/]")
+        for gap in src.gaps:
+            console.print(f"[yellow]gap in the {src.cloud} refresh: {gap}[/]")
     if not view.offers:
         console.print("No offers match; drop a filter (--cloud, --gpu, --max-price) or --spot.")
+
+
+@catalog_app.command("refresh")
+def catalog_refresh(
+    cloud: str = typer.Option("aws", "--cloud", "-c", help="The cloud to refresh (aws)."),
+    regions: list[str] = typer.Option(None, "--regions", "-r",
+                                      help="Regions (repeatable or comma-separated); default: the account's "
+                                           "enabled regions."),
+    profile: str = typer.Option(None, "--profile", help="AWS profile (default: boto3's credential chain)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of text."),
+) -> None:
+    """Fetch today's GPU offers, on-demand and spot prices from the cloud's APIs into a user catalog."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cascadia_sky.cloud.aws_catalog import refresh_catalog
+
+    wanted = [r.strip() for item in regions or [] for r in item.split(",") if r.strip()]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"refreshing {cloud}", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=step, completed=done, total=total)
+
+        summary = refresh_catalog(cloud, wanted or None, progress=progress, profile=profile)
+    if as_json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return
+    console.print(f"{summary.cloud}: {summary.rows} offers ({summary.instance_types} GPU instance types, "
+                  f"{summary.rows_with_spot} with a spot price) in {len(summary.regions)} regions, fetched "
+                  f"{summary.fetched_at} in {summary.wall_s:.1f} s -> {summary.path}")
+    if summary.rows_without_price:
+        console.print(f"{summary.rows_without_price} offered (type, zone) pairs have no on-demand price and are "
+                      "left out")
+    if summary.price_fallbacks:
+        console.print(f"{summary.price_fallbacks} rows keep the shipped catalog's on-demand price")
+    for gap in summary.gaps:
+        console.print(f"[yellow]gap: {gap['api']} in {gap['region']}: {gap['message']}[/]")
+    console.print("Next: [bold]cascadia catalog --cloud aws[/] (plans now use these prices)")
 
 
 @perf_app.command("estimate")

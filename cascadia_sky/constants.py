@@ -97,3 +97,15 @@ SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown whe
 # --- quality profiles ------------------------------------------------------------------------------
 PROFILE_MARGIN_POINTS = 0.03                 # `validate` warns when the profile cannot pin quality to +- this
 PROFILE_CONFIDENCE = 0.95                    # ... at this confidence (normal approximation of the binomial)
+
+# --- AWS (catalog refresh and quotas; cascadia_sky/cloud/) -----------------------------------
+USER_CATALOG_DIRNAME = "catalogs"            # under $CASCADIA_HOME: refreshed offers (offers/<cloud>.csv + .meta.json)
+CATALOG_STALE_AFTER_DAYS = 7.0               # `cascadia catalog` warns about prices older than this
+AWS_MAX_ATTEMPTS = 8                         # boto3 standard retry mode: attempts per call, the first included
+AWS_CONNECT_TIMEOUT_SECONDS = 10.0
+AWS_READ_TIMEOUT_SECONDS = 60.0
+AWS_PRICING_REGION = "us-east-1"             # the Pricing API's endpoint region (it also serves eu-central-1, ap-south-1)
+AWS_DEFAULT_REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1",
+                       "ap-southeast-2")     # refreshed when neither --regions nor describe_regions says otherwise
+AWS_GPU_TYPE_PATTERNS = ("g*", "p*")         # instance types with NVIDIA GPUs (the G/VT and P quota families)
+AWS_SPOT_PRODUCT = "Linux/UNIX"              # spot price history product description

@@ -74,3 +74,7 @@ class InfeasibleError(PlanError):
 
 class LaunchError(CascadiaError):
     """Launching, observing or stopping a deployment failed; the message says what was cleaned up and what next."""
+
+
+class CloudAccessError(CascadiaError):
+    """A cloud API cannot be used at all (no credentials, SDK missing); the message says what to run."""

@@ -152,6 +152,10 @@ class CloudSpec(_Strict):
     spot: bool = Field(False, description="Use spot prices (and spot instances).")
     budget_usd_per_hour: float | None = Field(None, gt=0, description="Spending limit in $/hour.")
     quotas: dict[str, int] = Field(default_factory=dict, description="Maximum GPUs per GPU type, e.g. {H100: 16}.")
+    quota: Literal["auto"] | None = Field(None, description="auto: limit AWS offers to the account's EC2 vCPU quotas "
+                                                            "(G/VT and P families, on-demand or spot) minus what runs "
+                                                            "now, read with boto3 at planning time. Explicit `quotas` "
+                                                            "win for their GPU types.")
 
 
 class LocalSpec(_Strict):
@@ -446,6 +450,9 @@ def check_spec(spec: CascadeSpec) -> list[str]:
             attempt(_known_cloud, spec, c, f"resources.cloud.clouds[{i}]")
         for i, g in enumerate(res.cloud.gpu_types or []):
             attempt(_known_gpu, spec, g, f"resources.cloud.gpu_types[{i}]")
+        if res.cloud.quota == "auto" and "aws" not in [c.lower() for c in res.cloud.clouds]:
+            problems.append(_fail(spec, "resources.cloud.quota", "auto reads AWS quotas; add aws to "
+                                                                 "resources.cloud.clouds or drop quota"))
         for g, q in res.cloud.quotas.items():
             attempt(_known_quota, spec, g, q)
     if res.local is not None:

@@ -28,6 +28,8 @@ CONFIGS = {
     "cloud-cost-slo-quota": dict(mode="cloud", goal="min-cost", slo=True, quotas=True),
     "cloud-cost-max-stage-slo-budget": dict(mode="cloud", goal="min-cost", objective="max-stage", slo=True,
                                             budget=True),
+    "cloud-latency-caps": dict(mode="cloud", caps=True),
+    "cloud-cost-caps-quota-slo": dict(mode="cloud", goal="min-cost", caps=True, quotas=True, slo=True),
 }
 SEEDS = range(40)
 
@@ -86,7 +88,25 @@ def test_reduction_keeps_the_optimum(config: str) -> None:
     assert after < before
 
 
-@pytest.mark.parametrize("config", ["pool-e2e-slo-quota", "cloud-latency-budget-quota", "cloud-cost-slo-quota"])
+def test_capacity_groups_change_some_optima() -> None:
+    """The caps of the caps instances bind: without them some optima differ or infeasible instances become feasible,
+    and every capped plan keeps each group's total use within its limit."""
+    changed = 0
+    for seed in SEEDS:
+        problem = instance("cloud-latency-caps", seed)
+        capped = solve(problem)
+        free = solve(dataclasses.replace(problem, caps={}))
+        for key, cap in problem.caps.items():
+            assert sum(c.uses.get(key, 0.0) for c in capped.chosen) <= cap
+        if capped.status == DeployStatus.INFEASIBLE:
+            assert "caps" in capped.binding["relax"] or not free.chosen
+        changed += objective_values(problem, capped.chosen) != objective_values(problem, free.chosen) \
+            if capped.chosen else bool(free.chosen)
+    assert changed >= 3
+
+
+@pytest.mark.parametrize("config", ["pool-e2e-slo-quota", "cloud-latency-budget-quota", "cloud-cost-slo-quota",
+                                    "cloud-latency-caps"])
 def test_unreduced_milp_equals_reduced(config: str) -> None:
     for seed in SEEDS[:8]:
         problem = instance(config, seed)

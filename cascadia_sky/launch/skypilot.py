@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from cascadia_sky.catalog import user_catalog_dir
+from cascadia_sky.constants import HOME_ENV_VAR
 from cascadia_sky.errors import LaunchError, UserInputError
 
 SKY_INSTALL_HINT = "pip install 'cascadia-sky[sky]'"
@@ -176,6 +178,7 @@ def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str
         home.mkdir()
         env = {**os.environ, **OFFLINE_ENV, "HOME": str(home)}
         env.pop("SKY_RUNTIME_DIR", None)
+        env[HOME_ENV_VAR] = str(user_catalog_dir().parent)  # the child seeds SkyPilot with the user's newest catalog
         proc = subprocess.run([sys.executable, "-m", "cascadia_sky.launch.skypilot", str(request), str(result)],
                               env=env, capture_output=True, text=True, timeout=DRYRUN_TIMEOUT_SECONDS,
                               check=False)
@@ -186,7 +189,8 @@ def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str
 
 
 def _seed_and_enable(clouds: list[str]) -> None:
-    """Seed ~/.sky/catalogs/v8 from the shipped catalogs and mark those clouds enabled (child process only)."""
+    """Seed ~/.sky/catalogs/v8 from the newest catalogs (user or shipped) and mark those clouds enabled (child
+    process only)."""
     from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES, write_skypilot_catalog
 
     known = [c for c in clouds if c in SKYPILOT_CLOUD_NAMES]

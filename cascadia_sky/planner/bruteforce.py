@@ -8,6 +8,7 @@ optimum can be cross-checked where enumeration is out of reach.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import random
@@ -31,6 +32,7 @@ from cascadia_sky.planner.verify import (
 )
 
 BRUTE_FORCE_MAX_PLANS = 200_000
+_CAP_GROUPS = ("aws:vcpu:r1:G:on-demand", "aws:vcpu:r1:P:on-demand")
 
 
 def _best_plan(problem: DeployProblem, *, pool_relaxed: bool) -> tuple[Candidate, ...] | None:
@@ -103,9 +105,11 @@ def dp_pool(problem: DeployProblem) -> tuple[float, bool] | None:
 
 def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goal: str = "min-latency",
                    stages: int = 3, per_stage: int = 6, quotas: bool = False, budget: bool = False,
-                   slo: bool = False, share_epsilon: float = 0.05) -> DeployProblem:
+                   slo: bool = False, share_epsilon: float = 0.05, caps: bool = False) -> DeployProblem:
     """A small seeded instance for brute-force comparisons: duplicates and dominated candidates on purpose,
-    some infinite latencies, shares that drop below epsilon, and tight pools, budgets, quotas and SLOs.
+    some infinite latencies, shares that drop below epsilon, and tight pools, budgets, quotas and SLOs. With
+    `caps`, candidates use one of two capacity groups (like vCPUs of an EC2 quota per family and purchase option)
+    and the groups get tight limits.
 
     Latencies are multiples of 1/8 s and prices multiples of $0.5/h, so sums are exact and ties are real ties.
     """
@@ -126,6 +130,8 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
                                    p95_latency_s=latency, usd_per_hour=usd, key=f"s{i}_{gpu_type}_tp{tp}_pp{pp}"
                                    f"_r{replicas}_{j}", gpus_per_instance=gpi if mode == "cloud" else None,
                                    instances=replicas * math.ceil(tp * pp / gpi) if mode == "cloud" else None))
+        if caps:  # drawn after the candidates, so instances without caps stay what they were
+            cands = [dataclasses.replace(c, uses={rng.choice(_CAP_GROUPS): float(4 * c.gpus)}) for c in cands]
         table.append(tuple(cands))
     shares = [1.0]
     for _ in range(stages - 1):
@@ -139,4 +145,5 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
         budget_usd_per_hour=round(rng.uniform(cost_lo * 0.9, (cost_lo + cost_hi) / 2) * 2) / 2 if budget else None,
         slo_p95_s=rng.randint(4, 8 * 3 * stages) / 8 if slo else None,
         quotas={t: rng.randint(2, 4 * stages) for t in sorted(types) if rng.random() < 0.6} if quotas else {},
+        caps={g: float(4 * rng.randint(2, 4 * stages)) for g in _CAP_GROUPS} if caps else {},
         share_epsilon=share_epsilon)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from typing import Sequence
 
 import numpy as np
@@ -129,6 +130,7 @@ class LatencyCurve:
 
 
 Curves = dict[tuple[str, int, int], LatencyCurve]
+OfferUses = Callable[[Offer, int], Mapping[str, float]]   # (offer, instances) -> capacity group -> amount
 
 
 def _curve(curves: Curves, stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, lengths: LengthDist) -> LatencyCurve:
@@ -182,9 +184,16 @@ def _packing(tp: int, pp: int, offer: Offer, replicas: int) -> int | None:
 
 def cloud_candidates(stage: StageSetup, offers: Sequence[Offer], spot: bool, rate_rps: float,
                      lengths: LengthDist, max_gpus_by_type: dict[str, int] | None = None,
-                     curves: Curves | None = None) -> tuple[Candidate, ...]:
-    """Per allowed GPU type and (TP, PP): replicas 1..k on the cheapest exactly-packing offer."""
+                     curves: Curves | None = None, offer_uses: OfferUses | None = None,
+                     caps: Mapping[str, float] | None = None) -> tuple[Candidate, ...]:
+    """Per allowed GPU type and (TP, PP): replicas 1..k on the cheapest exactly-packing offer.
+
+    With `offer_uses` (what renting n instances of an offer uses of capacity groups, e.g. EC2 vCPU quotas) the
+    cheapest offer is kept per set of groups used, preferring offers whose use fits `caps` on its own, so the MILP
+    can move a stage to another region or family when one group is spent.
+    """
     curves = {} if curves is None else curves
+    caps = {} if caps is None else caps
     out: list[Candidate] = []
     by_type: dict[str, list[Offer]] = {}
     for o in offers:
@@ -201,26 +210,33 @@ def cloud_candidates(stage: StageSetup, offers: Sequence[Offer], spot: bool, rat
             for dp in range(1, CLOUD_MAX_REPLICAS + 1):
                 if tp * pp * dp > max_gpus:
                     break
-                best: tuple[float, Offer, int] | None = None
+                # per group: the cheapest offer whose use fits the caps alone, else the cheapest (kept so that
+                # an infeasible plan can say which cap to raise; the MILP's reduction drops it)
+                best: dict[tuple[str, ...], tuple[bool, float, Offer, int, Mapping[str, float]]] = {}
                 for o in type_offers:
                     n_inst = _packing(tp, pp, o, dp)
                     if n_inst is None:
                         continue
+                    uses = offer_uses(o, n_inst) if offer_uses is not None else {}
+                    over = any(amount > caps.get(key, math.inf) for key, amount in uses.items())
+                    group = tuple(sorted(uses))
                     price = n_inst * o.price(spot)
-                    if best is None or price < best[0] - 1e-9:
-                        best = (price, o, n_inst)
-                if best is None:
+                    if group not in best or (over, price) < (best[group][0], best[group][1] - 1e-9):
+                        best[group] = (over, price, o, n_inst, uses)
+                if not best:
                     continue
                 p95 = curve.p95(rate_rps / dp)
                 if math.isinf(p95) and math.isinf(prev):
                     prev = p95
                     continue  # still too few replicas to keep up
-                price, o, n_inst = best
-                out.append(Candidate(stage=stage.index, gpu_type=gpu.name, tp=tp, pp=pp, replicas=dp,
-                                     gpus=tp * pp * dp, p95_latency_s=p95, usd_per_hour=round(price, 6),
-                                     cloud=o.cloud, region=o.region, instance_type=o.instance_type,
-                                     gpus_per_instance=o.gpus, instances=n_inst, spot=spot,
-                                     key=f"s{stage.index}_{gpu.name}_tp{tp}_pp{pp}_r{dp}"))
+                for group, (_, price, o, n_inst, uses) in sorted(best.items()):
+                    suffix = "" if len(best) == 1 and not group else "_" + "_".join(
+                        [o.region, *(k.rsplit(":", 2)[-2] for k in group)])
+                    out.append(Candidate(stage=stage.index, gpu_type=gpu.name, tp=tp, pp=pp, replicas=dp,
+                                         gpus=tp * pp * dp, p95_latency_s=p95, usd_per_hour=round(price, 6),
+                                         cloud=o.cloud, region=o.region, instance_type=o.instance_type,
+                                         gpus_per_instance=o.gpus, instances=n_inst, spot=spot, uses=dict(uses),
+                                         key=f"s{stage.index}_{gpu.name}_tp{tp}_pp{pp}_r{dp}{suffix}"))
                 if math.isfinite(prev) and p95 > prev * (1.0 - CLOUD_REPLICA_GAIN_FRACTION):
                     break  # one more replica no longer helps: the rest only cost more
                 prev = p95

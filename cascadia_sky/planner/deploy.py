@@ -7,8 +7,9 @@ Pipeline: data (an immutable `DeployProblem`) -> reduce (drop candidates no opti
 -> extract -> explain (what binds each stage) -> `verify.verify` re-checks the answer in plain Python.
 
 Notation: stages i = 0..S-1 (0 = smallest model); candidates c in C_i with p95 latency l_c, GPUs g_c, cost p_c
-($/h) and GPU type t_c; x[c] in {0,1} (c deploys stage i); s_i the share of all requests that reach stage i;
-K = {k : s_k >= share_epsilon} the stages whose latency binds L.
+($/h), GPU type t_c and uses u_c[r] of capacity groups r (e.g. `aws:vcpu:us-east-1:P:spot`, vCPUs of an EC2 quota);
+x[c] in {0,1} (c deploys stage i); s_i the share of all requests that reach stage i; K = {k : s_k >= share_epsilon}
+the stages whose latency binds L; cap_r the limit of group r.
 
 Goals are lexicographic, solved exactly with two CBC runs (no weights to tune, no epsilon that could flip the
 optimum): 1) optimise the primary; 2) constrain primary <= optimum * (1 + DEPLOY_TIE_TOL_REL) and optimise the
@@ -74,6 +75,7 @@ class Candidate:
     gpus_per_instance: int | None = None
     instances: int | None = None
     spot: bool = False
+    uses: Mapping[str, float] = field(default_factory=dict)  # capacity group -> amount used (see DeployProblem.caps)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +92,7 @@ class DeployProblem:
     budget_usd_per_hour: float | None = None
     slo_p95_s: float | None = None
     quotas: Mapping[str, int] = field(default_factory=dict)   # max GPUs per GPU type, summed over stages
+    caps: Mapping[str, float] = field(default_factory=dict)   # capacity group -> limit on sum_c uses_c[group] x_c
     share_epsilon: float = DEPLOY_SHARE_EPSILON_FRACTION
     time_limit_s: float = DEPLOY_MILP_TIME_LIMIT_SECONDS
     gap: float = DEPLOY_MILP_GAP_REL
@@ -137,6 +140,8 @@ def _check_candidate(problem: DeployProblem, i: int, c: Candidate) -> None:
         raise PlanError(f"{where}: p95_latency_s must be >= 0 or inf, got {c.p95_latency_s}")
     if not math.isfinite(c.usd_per_hour) or c.usd_per_hour < 0:
         raise PlanError(f"{where}: usd_per_hour must be finite and >= 0, got {c.usd_per_hour}")
+    if any(not math.isfinite(v) or v < 0 for v in c.uses.values()):
+        raise PlanError(f"{where}: uses must be finite and >= 0, got {dict(c.uses)}")
     if problem.mode == "pool" and problem.pool_gpu_type is not None and c.gpu_type != problem.pool_gpu_type:
         raise PlanError(f"{where}: gpu_type {c.gpu_type} in a pool of {problem.pool_gpu_type}; "
                         "generate pool candidates for the pool's GPU type only")
@@ -166,6 +171,8 @@ def validate_problem(problem: DeployProblem) -> None:
         raise PlanError("deploy problem: slo_p95_s must be > 0")
     if any(q < 0 for q in problem.quotas.values()):
         raise PlanError(f"deploy problem: quotas must be >= 0, got {dict(problem.quotas)}")
+    if any(not math.isfinite(v) or v < 0 for v in problem.caps.values()):
+        raise PlanError(f"deploy problem: caps must be finite and >= 0, got {dict(problem.caps)}")
     if not 0.0 <= problem.share_epsilon <= 1.0 or problem.time_limit_s <= 0 or problem.gap < 0:
         raise PlanError("deploy problem: need 0 <= share_epsilon <= 1, time_limit_s > 0 and gap >= 0")
     names: set[str] = set()
@@ -189,6 +196,8 @@ def _fits_alone(problem: DeployProblem, c: Candidate, binds: bool) -> bool:
         return False
     if c.gpus > problem.quotas.get(c.gpu_type, c.gpus):
         return False
+    if any(not within(c.uses.get(key, 0.0), cap) for key, cap in problem.caps.items()):
+        return False
     if problem.budget_usd_per_hour is not None and not within(c.usd_per_hour, problem.budget_usd_per_hour):
         return False
     # a binding stage's own latency is a lower bound on L (paths only add non-negative latencies)
@@ -203,6 +212,9 @@ def _pareto(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candida
     g_A <= g_B. Every objective and constraint is monotone in these, so swapping B for A never hurts: the optimum
     (and its tie-break) is unchanged. Sorted sweep: a dominator always precedes what it dominates.
     """
+    if problem.caps and problem.mode == "cloud":
+        return _pareto_capped(problem, cands)
+
     def resource_class(c: Candidate) -> tuple[int, str, int]:
         if problem.mode == "pool":
             return (1, c.gpu_type, c.gpus)
@@ -228,6 +240,25 @@ def _pareto(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candida
         else:
             free_min_usd = min(free_min_usd, c.usd_per_hour)
     return tuple(sorted(kept, key=lambda c: c.key))
+
+
+def _capped_uses(problem: DeployProblem, c: Candidate) -> tuple[float, ...]:
+    """c's use of every counted resource: its GPUs where its type has a quota, then each capped group."""
+    quota_use = tuple(float(c.gpus) if c.gpu_type == t else 0.0 for t in sorted(problem.quotas))
+    return quota_use + tuple(float(c.uses.get(key, 0.0)) for key in sorted(problem.caps))
+
+
+def _pareto_capped(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candidate, ...]:
+    """Cloud mode with capacity groups: A dominates B when l_A <= l_B, p_A <= p_B and A uses no more of any
+    quota'd GPU type or capped group (componentwise). Sorted sweep, so a dominator precedes what it dominates."""
+    order = sorted(cands, key=lambda c: (c.p95_latency_s, c.usd_per_hour, _capped_uses(problem, c), c.key))
+    kept: list[tuple[float, tuple[float, ...], Candidate]] = []
+    for c in order:
+        use = _capped_uses(problem, c)
+        if any(usd <= c.usd_per_hour and all(a <= b for a, b in zip(u, use)) for usd, u, _ in kept):
+            continue
+        kept.append((c.usd_per_hour, use, c))
+    return tuple(sorted((c for _, _, c in kept), key=lambda c: c.key))
 
 
 def reduce_candidates(problem: DeployProblem) -> tuple[tuple[Candidate, ...], ...]:
@@ -279,6 +310,13 @@ def _add_quota_constraints(m: _Model) -> None:
         m.prob += (used <= quota, f"quota_{_safe_name(gpu_type)}")
 
 
+def _add_cap_constraints(m: _Model) -> None:
+    """cap_{r}:  sum_i sum_c u_c[r] x[c] <= cap_r   for every capacity group r (e.g. vCPUs of an EC2 quota)."""
+    for key, cap in sorted(m.problem.caps.items()):
+        used = m.expr(lambda _i, c, r=key: c.uses.get(r, 0.0))
+        m.prob += (used <= cap, f"cap_{_safe_name(key)}")
+
+
 def _add_budget_constraints(m: _Model) -> None:
     """budget:  sum_i sum_c p_c x[c] <= B   (when a budget is given)."""
     if m.problem.budget_usd_per_hour is not None:
@@ -311,6 +349,7 @@ def _build(problem: DeployProblem, cands: tuple[tuple[Candidate, ...], ...], *, 
     _add_choice_constraints(m)
     _add_pool_constraints(m, pool_le)
     _add_quota_constraints(m)
+    _add_cap_constraints(m)
     _add_budget_constraints(m)
     _add_latency_constraints(m)
     _add_slo_constraints(m)
@@ -458,6 +497,13 @@ def _diagnose(problem: DeployProblem) -> tuple[str, list[str]]:
             + ", ".join(f"{t}: {metrics(plan).gpus_by_type[t]} GPUs (quota {q})"
                         for t, q in sorted(problem.quotas.items()) if metrics(plan).gpus_by_type.get(t, 0) > q)
             + "; raise those quotas or allow other GPU types")))
+    if problem.caps:
+        checks.append(("caps", dict(caps={}), lambda plan: (
+            "capacity too tight: without capacity limits the best plan meeting the other constraints uses "
+            + ", ".join(f"{key}: {metrics(plan).uses.get(key, 0.0):g} (limit {cap:g})"
+                        for key, cap in sorted(problem.caps.items())
+                        if not within(metrics(plan).uses.get(key, 0.0), cap))
+            + "; raise those limits (e.g. request an EC2 quota increase) or allow other GPU types")))
     if problem.slo_p95_s is not None:
         checks.append(("slo_p95_s", dict(slo_p95_s=None, goal="min-latency"), lambda plan: (
             f"SLO unreachable: the lowest p95 within the other constraints is {metrics(plan).latency_s:.3g} s "
@@ -481,6 +527,8 @@ def _constraint_usage(problem: DeployProblem, chosen: Sequence[Candidate], relax
         usage["budget_usd_per_hour"] = {"used": m.usd_per_hour, "limit": problem.budget_usd_per_hour}
     for gpu_type, quota in sorted(problem.quotas.items()):
         usage[f"quota:{gpu_type}"] = {"used": m.gpus_by_type.get(gpu_type, 0), "limit": quota}
+    for key, cap in sorted(problem.caps.items()):
+        usage[f"cap:{key}"] = {"used": m.uses.get(key, 0.0), "limit": cap}
     if problem.slo_p95_s is not None:
         usage["slo_p95_s"] = {"used": m.latency_s, "limit": problem.slo_p95_s}
     return usage

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cascadia_sky.catalog import catalog_dir, get_gpu, offers
+from cascadia_sky.catalog import active_offer_file, catalog_dir, clouds, get_gpu, offers
 from cascadia_sky.constants import (
     PLANNER_BOOTSTRAP_SAMPLES,
     PLANNER_FRONTIER_POINTS,
@@ -178,6 +178,24 @@ class DeploymentLevel:
             self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
         self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
                        if self.res.cloud is not None else {})
+        self.caps: dict[str, float] = {}
+        self.quota_report: Any = None
+        if self.res.cloud is not None and self.res.cloud.quota == "auto":
+            self._read_aws_quotas()
+
+    def _read_aws_quotas(self) -> None:
+        """quota: auto: EC2 vCPU caps of the regions the AWS offers are in (read once per planning run)."""
+        from cascadia_sky.cloud.aws_quota import read_caps
+
+        regions = sorted({o.region for o in self._offers if o.cloud == "aws"})
+        self.quota_report = read_caps(regions)
+        self.caps = dict(self.quota_report.caps)
+
+    def _offer_uses(self, offer: Any, instances: int) -> dict[str, float]:
+        from cascadia_sky.cloud.aws_quota import offer_uses
+
+        uses = offer_uses(offer, instances, self.res.cloud.spot, self.quotas)
+        return {k: v for k, v in uses.items() if k in self.caps}
 
     def _lengths_key(self, stage: int, reach: float) -> tuple[int, float]:
         return (stage, reach) if not self.ctx.workload.output_tokens.size else (stage, -1.0)
@@ -202,7 +220,9 @@ class DeploymentLevel:
                                                    lengths, curves)
             else:
                 self._cands[key] = cloud_candidates(st, self._offers, self.res.cloud.spot, rate, lengths,
-                                                    self.quotas, curves)
+                                                    self.quotas, curves,
+                                                    offer_uses=self._offer_uses if self.caps else None,
+                                                    caps=self.caps)
         return self._cands[key]
 
     def problem(self, thresholds: tuple[float, ...]) -> DeployProblem:
@@ -218,7 +238,7 @@ class DeploymentLevel:
         if self.res.local is not None:  # one candidate per stage; nothing shared, nothing priced
             return DeployProblem(mode="cloud", **common)
         return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
-                             quotas=self.quotas, **common)
+                             quotas=self.quotas, caps=self.caps, **common)
 
     def lower_bound(self, thresholds: tuple[float, ...]) -> float:
         """A cheap bound below the MILP's primary objective, used only to skip MILP solves that cannot win.
@@ -274,7 +294,8 @@ def _inputs(spec: CascadeSpec) -> dict[str, str]:
         out["trace"] = _sha256(spec.resolve(spec.workload.trace))
     cat = catalog_dir()
     h = hashlib.sha256()
-    for p in sorted(cat.rglob("*.csv")):
+    user = [f.path for f in map(active_offer_file, clouds()) if f.user]   # refreshed catalogs in use
+    for p in [*sorted(cat.rglob("*.csv")), *user]:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     out["catalogs"] = h.hexdigest()
@@ -288,6 +309,12 @@ def search(ctx: PlanningContext, progress: Progress | None = None,
     `level` replaces the deployment level (baselines restrict its candidates; `sim/baselines.py`).
     """
     level = level if level is not None else DeploymentLevel(ctx)
+    report = getattr(level, "quota_report", None)
+    if progress and report is not None:
+        progress("quota: auto: EC2 vCPUs left " + (", ".join(f"{k} {v:g}" for k, v in sorted(report.caps.items()))
+                                                   or "(none read)"))
+        for gap in report.gaps:
+            progress(f"quota: auto: {gap}")
     scores = [ctx.train.scores[:, i] for i in range(len(ctx.stages) - 1)]
     result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
                               grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,

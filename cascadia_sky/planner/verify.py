@@ -7,7 +7,7 @@ MILP's explanations use the same evaluator, so the semantics live in one place:
 - binding stages K = {k : share_k >= share_epsilon} (a stage below epsilon still needs a deployment);
 - `max-stage`: L = max_{i in K} l_i;  `e2e`: L = max_{k in K} sum_{j <= k} l_j;
 - pool mode: sum_i g_i = N (or <= N when the result says the pool was relaxed); quotas: per GPU type
-  sum of GPUs <= quota; budget: sum_i usd_i <= B; SLO: L <= slo.
+  sum of GPUs <= quota; capacity groups: per key sum_i uses_i[key] <= cap; budget: sum_i usd_i <= B; SLO: L <= slo.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class PlanMetrics:
     usd_per_hour: float
     gpus: int
     gpus_by_type: dict[str, int]
+    uses: dict[str, float]                # capacity group -> total use of the plan
 
 
 def evaluate(problem: DeployProblem, chosen: Sequence[Candidate]) -> PlanMetrics:
@@ -62,10 +63,13 @@ def evaluate(problem: DeployProblem, chosen: Sequence[Candidate]) -> PlanMetrics
         terms = {tuple(range(k + 1)): math.fsum(lat[: k + 1]) for k in binds}
     critical, latency = max(terms.items(), key=lambda kv: (kv[1], len(kv[0]))) if terms else ((), 0.0)
     by_type: dict[str, int] = {}
+    uses: dict[str, float] = {}
     for c in chosen:
         by_type[c.gpu_type] = by_type.get(c.gpu_type, 0) + c.gpus
+        for key, amount in c.uses.items():
+            uses[key] = uses.get(key, 0.0) + amount
     return PlanMetrics(latency_s=latency, critical=critical, usd_per_hour=math.fsum(c.usd_per_hour for c in chosen),
-                       gpus=sum(c.gpus for c in chosen), gpus_by_type=by_type)
+                       gpus=sum(c.gpus for c in chosen), gpus_by_type=by_type, uses=uses)
 
 
 def objective_values(problem: DeployProblem, chosen: Sequence[Candidate]) -> tuple[float, float]:
@@ -101,6 +105,10 @@ def violations(problem: DeployProblem, chosen: Sequence[Candidate], *, pool_rela
         used = m.gpus_by_type.get(gpu_type, 0)
         if used > quota:
             out.append((f"quota:{gpu_type}", f"quota {gpu_type}: {used} GPUs > quota {quota}"))
+    for key, cap in sorted(problem.caps.items()):
+        used_amount = m.uses.get(key, 0.0)
+        if not within(used_amount, cap):
+            out.append((f"cap:{key}", f"capacity {key}: {used_amount:g} used > limit {cap:g}"))
     if problem.slo_p95_s is not None and not within(m.latency_s, problem.slo_p95_s):
         out.append(("slo_p95_s", f"SLO: p95 {m.latency_s:.4g} s > slo {problem.slo_p95_s:.4g} s"))
     return out
