@@ -1,96 +1,266 @@
 """Live workload statistics (GET /stats) over sliding windows, and the Prometheus metrics (GET /metrics).
 
-/stats is what re-scheduling reads. For each window (seconds, from the config) it reports, over the requests that
-finished inside the window: arrival rate (requests/s), input and output token lengths (mean and quantiles), the
-share of requests answered per stage, and per stage the number of requests that reached it, the share it escalated,
-its score distribution and its latency quantiles. Quantiles use linear interpolation (numpy's default).
+/stats is what re-scheduling and `cascadia status` read. For each window (seconds, from the config) it reports, over
+the requests that finished inside the window: arrival rate (requests/s), input and output token lengths (mean and
+quantiles), the share of requests answered per stage, and per stage the number of requests that reached it, the share
+it escalated, its score distribution and its latency quantiles.
+
+Why aggregates and not an event log: /stats runs on the event loop, and walking every event (500k at the old cap)
+stalled every other request, /health included, for seconds. Now each window is a ring of `STATS_BUCKETS_PER_WINDOW`
+time buckets, each holding counters and mergeable histograms that `record` updates in O(1); /stats merges at most
+that many buckets, whatever the traffic. The price, stated:
+- a window of w seconds covers the last w seconds to within one bucket (w / STATS_BUCKETS_PER_WINDOW);
+- quantiles come from fixed log-spaced buckets (`LogHistogram`), so each is within `STATS_QUANTILE_REL_ERROR` of
+  a value that linear interpolation between order statistics (numpy's default) would give; count and mean are exact.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from router.scorers import quantile_sorted
 from router.serving import Trace
 
-STATS_MAX_EVENTS = 500_000  # memory bound: older events drop out even inside the longest window
+STATS_BUCKETS_PER_WINDOW = 60        # time buckets per window: /stats merges at most this many per window
+STATS_QUANTILE_REL_ERROR = 0.01      # relative error of a reported quantile (log-bucket width)
+_GAMMA = (1 + STATS_QUANTILE_REL_ERROR) / (1 - STATS_QUANTILE_REL_ERROR)
+_LOG_GAMMA = math.log(_GAMMA)
+_TINY = 1e-9                         # |x| below this counts as 0 (scores and seconds never need more)
 _QUANTILES = (0.1, 0.5, 0.9, 0.95, 0.99)
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
-    t: float                     # monotonic finish time
-    ok: bool
-    stage: str | None
-    fallback: bool
-    input_tokens: int | None
-    output_tokens: int | None
-    seconds: float
-    steps: tuple[tuple[str, str, float | None, float], ...]  # (stage, outcome, score, seconds)
+class LogHistogram:
+    """A mergeable histogram with fixed log-spaced buckets (DDSketch-style): bucket i holds |x| in
+    (gamma^(i-1), gamma^i], one set of buckets per sign, plus a zero count. Count, sum, min and max are exact;
+    a quantile is the midpoint of its bucket (relative error STATS_QUANTILE_REL_ERROR), clamped to [min, max].
+    Non-finite values are not recorded. Memory: one counter per occupied bucket (~1,700 over 1e-9..1e9)."""
+
+    __slots__ = ("pos", "neg", "zero", "count", "total", "lo", "hi")
+
+    def __init__(self) -> None:
+        self.pos: dict[int, int] = {}
+        self.neg: dict[int, int] = {}
+        self.zero = 0
+        self.count = 0
+        self.total = 0.0
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def add(self, x: float) -> None:
+        if not math.isfinite(x):
+            return
+        self.count += 1
+        self.total += x
+        self.lo = min(self.lo, x)
+        self.hi = max(self.hi, x)
+        if abs(x) < _TINY:
+            self.zero += 1
+            return
+        side = self.pos if x > 0 else self.neg
+        i = math.ceil(math.log(abs(x)) / _LOG_GAMMA)
+        side[i] = side.get(i, 0) + 1
+
+    def merge(self, other: LogHistogram) -> None:
+        for mine, theirs in ((self.pos, other.pos), (self.neg, other.neg)):
+            for i, c in theirs.items():
+                mine[i] = mine.get(i, 0) + c
+        self.zero += other.zero
+        self.count += other.count
+        self.total += other.total
+        self.lo = min(self.lo, other.lo)
+        self.hi = max(self.hi, other.hi)
+
+    def _ascending(self) -> list[tuple[float, int]]:
+        """(representative value, count) in ascending value order."""
+        mid = 2.0 / (_GAMMA + 1.0)  # gamma^i * mid is the bucket's midpoint in relative terms
+        out = [(-(_GAMMA ** i) * mid, c) for i, c in sorted(self.neg.items(), reverse=True)]
+        if self.zero:
+            out.append((0.0, self.zero))
+        out += [(_GAMMA ** i * mid, c) for i, c in sorted(self.pos.items())]
+        return out
+
+    def quantiles(self, qs: tuple[float, ...]) -> list[float]:
+        """Linear interpolation between the order statistics at ranks floor(h) and floor(h)+1, h = q*(n-1)."""
+        cells = self._ascending()
+        out = []
+        for q in qs:
+            h = q * (self.count - 1)
+            lo_rank = math.floor(h)
+            a, b = self._at(cells, lo_rank), self._at(cells, min(lo_rank + 1, self.count - 1))
+            out.append(min(self.hi, max(self.lo, a + (h - lo_rank) * (b - a))))
+        return out
+
+    @staticmethod
+    def _at(cells: list[tuple[float, int]], rank: int) -> float:
+        seen = 0
+        for value, c in cells:
+            seen += c
+            if rank < seen:
+                return value
+        return cells[-1][0]
+
+    def summary(self) -> dict[str, Any]:
+        """The /stats shape: {"count": 0} or {"count", "mean", "p10", "p50", "p90", "p95", "p99"}."""
+        if not self.count:
+            return {"count": 0}
+        out: dict[str, Any] = {"count": self.count, "mean": self.total / self.count}
+        for q, v in zip(_QUANTILES, self.quantiles(_QUANTILES), strict=True):
+            out[f"p{round(q * 100)}"] = v
+        return out
 
 
-def _dist(xs: list[float]) -> dict[str, Any]:
-    xs = sorted(x for x in xs if x is not None and x == x and abs(x) != float("inf"))
-    if not xs:
-        return {"count": 0}
-    out: dict[str, Any] = {"count": len(xs), "mean": sum(xs) / len(xs)}
-    for q in _QUANTILES:
-        out[f"p{round(q * 100)}"] = quantile_sorted(xs, q)
-    return out
+@dataclass(slots=True)
+class _StageAgg:
+    reached: int = 0
+    answered: int = 0
+    answered_ok: int = 0
+    escalated: int = 0
+    early_escalated: int = 0
+    failed: int = 0
+    score: LogHistogram = field(default_factory=LogHistogram)
+    latency: LogHistogram = field(default_factory=LogHistogram)
+
+    def merge(self, o: _StageAgg) -> None:
+        self.reached += o.reached
+        self.answered += o.answered
+        self.answered_ok += o.answered_ok
+        self.escalated += o.escalated
+        self.early_escalated += o.early_escalated
+        self.failed += o.failed
+        self.score.merge(o.score)
+        self.latency.merge(o.latency)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Aggregates of the requests that finished in one time bucket (or, merged, in a whole window)."""
+
+    index: int = 0
+    requests: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    input_tokens: LogHistogram = field(default_factory=LogHistogram)
+    output_tokens: LogHistogram = field(default_factory=LogHistogram)
+    latency: LogHistogram = field(default_factory=LogHistogram)
+    stages: dict[str, _StageAgg] = field(default_factory=dict)
+
+    def add(self, trace: Trace, ok: bool, seconds: float) -> None:
+        self.requests += 1
+        self.errors += not ok
+        self.fallbacks += trace.fallback
+        if trace.input_tokens is not None:
+            self.input_tokens.add(trace.input_tokens)
+        if trace.output_tokens is not None:
+            self.output_tokens.add(trace.output_tokens)
+        if ok:
+            self.latency.add(seconds)
+        for step in trace.steps:
+            agg = self._stage(step.stage)
+            agg.reached += 1
+            agg.escalated += step.outcome in ("escalated", "early_escalated")
+            agg.early_escalated += step.outcome == "early_escalated"
+            agg.failed += step.outcome == "failed"
+            if step.score is not None:
+                agg.score.add(step.score)
+            agg.latency.add(step.seconds)
+        if trace.stage is not None:
+            agg = self._stage(trace.stage)
+            agg.answered += 1
+            agg.answered_ok += ok
+
+    def _stage(self, name: str) -> _StageAgg:
+        agg = self.stages.get(name)
+        if agg is None:
+            agg = self.stages[name] = _StageAgg()
+        return agg
+
+    def merge(self, o: _Bucket) -> None:
+        self.requests += o.requests
+        self.errors += o.errors
+        self.fallbacks += o.fallbacks
+        self.input_tokens.merge(o.input_tokens)
+        self.output_tokens.merge(o.output_tokens)
+        self.latency.merge(o.latency)
+        for name, agg in o.stages.items():
+            self._stage(name).merge(agg)
+
+
+class _Window:
+    """A ring of time buckets covering one window; bucket k holds finish times in [k*width, (k+1)*width)."""
+
+    def __init__(self, window_s: int) -> None:
+        self.window_s = window_s
+        self.width_s = window_s / STATS_BUCKETS_PER_WINDOW
+        self.ring: list[_Bucket | None] = [None] * STATS_BUCKETS_PER_WINDOW
+
+    def bucket(self, t: float) -> _Bucket | None:
+        """The bucket for time t (a new one when its slot holds an older bucket); None if t is already too old."""
+        k = int(t // self.width_s)
+        slot = k % STATS_BUCKETS_PER_WINDOW
+        b = self.ring[slot]
+        if b is None or b.index < k:
+            b = self.ring[slot] = _Bucket(index=k)
+        return b if b.index == k else None
+
+    def merged(self, now: float) -> _Bucket:
+        newest = int(now // self.width_s)
+        total = _Bucket()
+        for b in self.ring:
+            if b is not None and newest - STATS_BUCKETS_PER_WINDOW < b.index <= newest:
+                total.merge(b)
+        return total
 
 
 class Stats:
-    """Sliding-window request log."""
+    """Sliding-window aggregates: O(1) per finished request, O(buckets) per snapshot."""
 
     def __init__(self, windows_s: list[int]) -> None:
         self.windows_s = sorted(windows_s)
-        self.events: deque[Event] = deque(maxlen=STATS_MAX_EVENTS)
+        self.windows = [_Window(w) for w in self.windows_s]
         self.started = time.monotonic()
 
-    def record(self, trace: Trace, ok: bool, seconds: float) -> None:
-        now = time.monotonic()
-        self.events.append(Event(now, ok, trace.stage, trace.fallback, trace.input_tokens, trace.output_tokens,
-                                 seconds, tuple((s.stage, s.outcome, s.score, s.seconds) for s in trace.steps)))
-        horizon = now - self.windows_s[-1]
-        while self.events and self.events[0].t < horizon:
-            self.events.popleft()
+    def record(self, trace: Trace, ok: bool, seconds: float, now: float | None = None) -> None:
+        """Count one finished request (`now`: its monotonic finish time; default: now)."""
+        now = time.monotonic() if now is None else now
+        for w in self.windows:
+            b = w.bucket(now)
+            if b is not None:
+                b.add(trace, ok, seconds)
 
     def snapshot(self, stage_names: list[str]) -> dict[str, Any]:
         now = time.monotonic()
         windows = {}
-        for w in self.windows_s:
-            evs = [e for e in self.events if e.t >= now - w]
-            span = min(w, now - self.started) or 1e-9
+        for w in self.windows:
+            agg = w.merged(now)
+            span = min(w.window_s, now - self.started) or 1e-9
             per_stage: dict[str, dict[str, Any]] = {}
             for name in stage_names:
-                steps = [s for e in evs for s in e.steps if s[0] == name]
-                reached = len(steps)
-                escalated = sum(1 for s in steps if s[1] in ("escalated", "early_escalated"))
+                st = agg.stages.get(name) or _StageAgg()
                 per_stage[name] = {
-                    "reached": reached,
-                    "answered": sum(1 for e in evs if e.stage == name),
-                    "answered_share": (sum(1 for e in evs if e.stage == name and e.ok) / len(evs)) if evs else 0.0,
-                    "escalated_share": escalated / reached if reached else 0.0,
-                    "early_escalated": sum(1 for s in steps if s[1] == "early_escalated"),
-                    "failed": sum(1 for s in steps if s[1] == "failed"),
-                    "score": _dist([s[2] for s in steps if s[2] is not None]),
-                    "latency_s": _dist([s[3] for s in steps]),
+                    "reached": st.reached,
+                    "answered": st.answered,
+                    "answered_share": st.answered_ok / agg.requests if agg.requests else 0.0,
+                    "escalated_share": st.escalated / st.reached if st.reached else 0.0,
+                    "early_escalated": st.early_escalated,
+                    "failed": st.failed,
+                    "score": st.score.summary(),
+                    "latency_s": st.latency.summary(),
                 }
-            windows[str(w)] = {
-                "window_s": w,
-                "requests": len(evs),
-                "arrival_rate_per_s": len(evs) / span,
-                "errors": sum(1 for e in evs if not e.ok),
-                "fallbacks": sum(1 for e in evs if e.fallback),
-                "input_tokens": _dist([e.input_tokens for e in evs if e.input_tokens is not None]),
-                "output_tokens": _dist([e.output_tokens for e in evs if e.output_tokens is not None]),
-                "latency_s": _dist([e.seconds for e in evs if e.ok]),
+            windows[str(w.window_s)] = {
+                "window_s": w.window_s,
+                "requests": agg.requests,
+                "arrival_rate_per_s": agg.requests / span,
+                "errors": agg.errors,
+                "fallbacks": agg.fallbacks,
+                "input_tokens": agg.input_tokens.summary(),
+                "output_tokens": agg.output_tokens.summary(),
+                "latency_s": agg.latency.summary(),
                 "stages": per_stage,
+                "bucket_s": w.width_s,
             }
         return {"uptime_s": now - self.started, "windows": windows}
 
