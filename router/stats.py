@@ -28,23 +28,21 @@ from router.serving import Trace
 STATS_BUCKETS_PER_WINDOW = 60        # time buckets per window: /stats merges at most this many per window
 STATS_QUANTILE_REL_ERROR = 0.01      # relative error of a reported quantile (log-bucket width)
 _GAMMA = (1 + STATS_QUANTILE_REL_ERROR) / (1 - STATS_QUANTILE_REL_ERROR)
-_LOG_GAMMA = math.log(_GAMMA)
+_INV_LOG_GAMMA = 1.0 / math.log(_GAMMA)
 _TINY = 1e-9                         # |x| below this counts as 0 (scores and seconds never need more)
 _QUANTILES = (0.1, 0.5, 0.9, 0.95, 0.99)
 
 
 class LogHistogram:
-    """A mergeable histogram with fixed log-spaced buckets (DDSketch-style): bucket i holds |x| in
-    (gamma^(i-1), gamma^i], one set of buckets per sign, plus a zero count. Count, sum, min and max are exact;
-    a quantile is the midpoint of its bucket (relative error STATS_QUANTILE_REL_ERROR), clamped to [min, max].
-    Non-finite values are not recorded. Memory: one counter per occupied bucket (~1,700 over 1e-9..1e9)."""
+    """A mergeable histogram with fixed log-spaced buckets (DDSketch-style): a value x goes to cell
+    2*ceil(log_gamma |x|) (+1 when negative), |x| < 1e-9 to the zero cell. Count, sum, min and max are exact; a
+    quantile is the midpoint of its cell (relative error STATS_QUANTILE_REL_ERROR), clamped to [min, max].
+    Non-finite values are not recorded. Memory: one counter per occupied cell (~3,500 over +-1e-9..1e9)."""
 
-    __slots__ = ("pos", "neg", "zero", "count", "total", "lo", "hi")
+    __slots__ = ("cells", "count", "total", "lo", "hi")
 
     def __init__(self) -> None:
-        self.pos: dict[int, int] = {}
-        self.neg: dict[int, int] = {}
-        self.zero = 0
+        self.cells: dict[int | None, int] = {}
         self.count = 0
         self.total = 0.0
         self.lo = math.inf
@@ -55,20 +53,21 @@ class LogHistogram:
             return
         self.count += 1
         self.total += x
-        self.lo = min(self.lo, x)
-        self.hi = max(self.hi, x)
-        if abs(x) < _TINY:
-            self.zero += 1
-            return
-        side = self.pos if x > 0 else self.neg
-        i = math.ceil(math.log(abs(x)) / _LOG_GAMMA)
-        side[i] = side.get(i, 0) + 1
+        if x < self.lo:
+            self.lo = x
+        if x > self.hi:
+            self.hi = x
+        if -_TINY < x < _TINY:
+            key = None
+        else:
+            key = 2 * math.ceil(math.log(abs(x)) * _INV_LOG_GAMMA) + (x < 0)
+        cells = self.cells
+        cells[key] = cells.get(key, 0) + 1
 
     def merge(self, other: LogHistogram) -> None:
-        for mine, theirs in ((self.pos, other.pos), (self.neg, other.neg)):
-            for i, c in theirs.items():
-                mine[i] = mine.get(i, 0) + c
-        self.zero += other.zero
+        cells = self.cells
+        for key, c in other.cells.items():
+            cells[key] = cells.get(key, 0) + c
         self.count += other.count
         self.total += other.total
         self.lo = min(self.lo, other.lo)
@@ -76,12 +75,13 @@ class LogHistogram:
 
     def _ascending(self) -> list[tuple[float, int]]:
         """(representative value, count) in ascending value order."""
-        mid = 2.0 / (_GAMMA + 1.0)  # gamma^i * mid is the bucket's midpoint in relative terms
-        out = [(-(_GAMMA ** i) * mid, c) for i, c in sorted(self.neg.items(), reverse=True)]
-        if self.zero:
-            out.append((0.0, self.zero))
-        out += [(_GAMMA ** i * mid, c) for i, c in sorted(self.pos.items())]
-        return out
+        mid = 2.0 / (_GAMMA + 1.0)  # gamma^i * mid is the cell's midpoint in relative terms
+        cells = [((-1.0 if key & 1 else 1.0) * _GAMMA ** (key >> 1) * mid, c)
+                 for key, c in self.cells.items() if key is not None]
+        if None in self.cells:
+            cells.append((0.0, self.cells[None]))
+        cells.sort()
+        return cells
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float]:
         """Linear interpolation between the order statistics at ranks floor(h) and floor(h)+1, h = q*(n-1)."""
@@ -206,6 +206,10 @@ class _Window:
             b = self.ring[slot] = _Bucket(index=k)
         return b if b.index == k else None
 
+    def covers(self, t: float, now: float) -> bool:
+        newest = int(now // self.width_s)
+        return newest - STATS_BUCKETS_PER_WINDOW < int(t // self.width_s) <= newest
+
     def merged(self, now: float) -> _Bucket:
         newest = int(now // self.width_s)
         total = _Bucket()
@@ -216,26 +220,45 @@ class _Window:
 
 
 class Stats:
-    """Sliding-window aggregates: O(1) per finished request, O(buckets) per snapshot."""
+    """Sliding-window aggregates: O(1) per finished request, O(buckets) per snapshot.
+
+    A request is counted once, into a pending bucket one tick wide (the narrowest window's bucket width); when the
+    tick ends, that bucket is merged into every window's ring, so the per-request cost does not grow with the
+    number of windows."""
 
     def __init__(self, windows_s: list[int]) -> None:
         self.windows_s = sorted(windows_s)
         self.windows = [_Window(w) for w in self.windows_s]
+        self.tick_s = self.windows[0].width_s
+        self.pending: _Bucket | None = None
+        self.pending_t = 0.0
         self.started = time.monotonic()
 
     def record(self, trace: Trace, ok: bool, seconds: float, now: float | None = None) -> None:
         """Count one finished request (`now`: its monotonic finish time; default: now)."""
         now = time.monotonic() if now is None else now
+        tick = int(now // self.tick_s)
+        if self.pending is None or self.pending.index != tick:
+            self._flush()
+            self.pending, self.pending_t = _Bucket(index=tick), now
+        self.pending.add(trace, ok, seconds)
+
+    def _flush(self) -> None:
+        if self.pending is None:
+            return
         for w in self.windows:
-            b = w.bucket(now)
+            b = w.bucket(self.pending_t)
             if b is not None:
-                b.add(trace, ok, seconds)
+                b.merge(self.pending)
+        self.pending = None
 
     def snapshot(self, stage_names: list[str]) -> dict[str, Any]:
         now = time.monotonic()
         windows = {}
         for w in self.windows:
             agg = w.merged(now)
+            if self.pending is not None and w.covers(self.pending_t, now):
+                agg.merge(self.pending)
             span = min(w.window_s, now - self.started) or 1e-9
             per_stage: dict[str, dict[str, Any]] = {}
             for name in stage_names:
