@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -22,16 +23,19 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.config import ConfigError, RouterConfig, parse_config
+from router.config import ConfigError, RouterConfig, swap_config
 from router.errors import RouterError
+from router.protocol import CompletionRequest, parse_json, validate_request
 from router.security import Secrets
-from router.serving import Cascade, Runtime, Trace, parse_wants
+from router.serving import Cascade, Runtime, Trace
 from router.stats import Metrics, Stats
 from router.upstream import make_session
 
 _JSON = "application/json"
+ADMIN_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # admin bodies have their own limit: a swap can never lock the admin out
+_log = logging.getLogger("router")
 
 
 def _error_response(err: RouterError, headers: dict[str, str] | None = None) -> Response:
@@ -147,7 +151,7 @@ def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
     app.include_router(api)
     app.add_exception_handler(RouterError, _router_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(Exception, _internal)
+    app.add_middleware(_InternalErrors)
     return app
 
 
@@ -160,8 +164,34 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     return _error_response(RouterError(exc.status_code, str(exc.detail), kind))
 
 
-async def _internal(request: Request, exc: Exception) -> Response:
-    return _error_response(RouterError(500, f"internal error: {type(exc).__name__}", "server_error"))
+class _InternalErrors:
+    """A bug answers 500 in the error shape and the connection stays usable. (Starlette's outermost handler would
+    answer too, but then re-raise, and uvicorn drops the client's keep-alive socket.) A response already started
+    cannot be turned into an error: that case re-raises, and the connection closes as it must."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            _log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            err = RouterError(500, f"internal error: {type(exc).__name__}", "server_error")
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", _JSON.encode())]})
+            await send({"type": "http.response.body", "body": err.json_bytes()})
 
 
 def _auth_api(request: Request) -> None:
@@ -195,27 +225,22 @@ async def completions(request: Request) -> Response:
 async def _serve(request: Request, kind: str) -> Response:
     _auth_api(request)
     rt: Runtime = request.app.state.runtime  # one snapshot for the whole request (hot swap safe)
-    raw = await _read_body(request, rt.config.max_request_bytes)
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise RouterError(400, "request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise RouterError(400, "request body must be a JSON object", code="invalid_json")
-    model = body.get("model") or rt.config.name
+    body = parse_json(await _read_body(request, rt.config.max_request_bytes))
+    req = validate_request(kind, body)  # typed view; `body` (unknown fields kept) goes to the engines
+    model = req.model or rt.config.name
     if model != rt.config.name and model not in rt.stages:
         raise RouterError(404, f"model {model!r} does not exist; use {rt.config.name!r} (the cascade) or a "
                                f"stage name: {', '.join(rt.stages)}", "invalid_request_error",
                           "model_not_found", "model")
     pinned = model if model in rt.stages else None
-    if kind == "completions" and body.get("echo") and pinned is None:
+    if isinstance(req, CompletionRequest) and req.echo and pinned is None:
         raise RouterError(400, "echo is not supported by the cascade (prompt logprobs would be scored); pin a "
                                "stage by its model name", param="echo", code="unsupported_parameter")
-    wants = parse_wants(kind, body)
+    wants = req.wants()
     cascade = Cascade(rt, request.app.state.client)
     trace = Trace(model=model)
     done = _Finish(request, trace)
-    if body.get("stream"):
+    if req.stream:
         return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done)
     try:
         out = await _until_disconnect(request.receive, cascade.complete(kind, body, wants, trace, pinned))
@@ -298,17 +323,13 @@ async def put_config(request: Request) -> Response:
     flight finish on the snapshot they started with."""
     _auth_admin(request)
     old: Runtime = request.app.state.runtime
-    raw = await _read_body(request, old.config.max_request_bytes)
+    doc = parse_json(await _read_body(request, ADMIN_MAX_REQUEST_BYTES), "admin config")
     try:
-        doc = json.loads(raw)
-        if isinstance(doc, dict) and "plan" in doc:
-            new_config = RouterConfig.from_plan(doc["plan"], doc.get("endpoints") or {})
-        else:
-            new_config = parse_config(doc, "admin config")
-    except (ValueError, TypeError, AttributeError) as exc:  # ConfigError, JSON errors, wrong shapes
-        raise RouterError(400, str(exc) if isinstance(exc, ConfigError) else f"invalid JSON: {exc}",
-                          code="invalid_config") from None
-    request.app.state.runtime = Runtime(new_config, old.version + 1, previous=old)
+        new_config = swap_config(old.config, doc)
+        runtime = Runtime(new_config, old.version + 1, previous=old)
+    except ConfigError as exc:
+        raise RouterError(400, str(exc), code="invalid_config") from None
+    request.app.state.runtime = runtime
     request.app.state.metrics.config_version.set(old.version + 1)
     return JSONResponse({"version": old.version + 1, "cascade": new_config.name,
                          "stages": [s.name for s in new_config.stages]})

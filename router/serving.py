@@ -32,8 +32,9 @@ import aiohttp
 
 from router.config import RouterConfig, StageConfig
 from router.errors import RouterError
+from router.protocol import Wants
 from router.scorers import Scorer, make_scorer, parse_logprobs
-from router.upstream import Endpoint, StagePool, UpstreamError, open_stream, post_json
+from router.upstream import Endpoint, StagePool, UpstreamAuth, UpstreamError, open_stream, post_json, upstream_auth
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -50,6 +51,7 @@ class Runtime:
                                            previous.pools.get(s.name) if previous else None)
                       for s in config.stages}
         self.scorers = {s.name: make_scorer(s.scorer, s.scorer_args) for s in config.stages}
+        self.auth = {s.name: upstream_auth(s.upstream_key()) for s in config.stages}  # ConfigError if unset
 
 
 @dataclass
@@ -97,35 +99,6 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-@dataclass
-class Wants:
-    """What the client asked for that the router adds or removes: logprobs and usage in streams."""
-
-    logprobs: bool
-    top: int
-    usage: bool
-    n: int
-
-
-def parse_wants(kind: str, body: dict) -> Wants:
-    """Read the client's logprob/usage/n options; RouterError(400) on wrong types."""
-    try:
-        n = int(body.get("n") or 1)
-        if kind == "chat":
-            want, top = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
-        else:
-            lp = body.get("logprobs")
-            want, top = lp is not None and lp is not False, int(lp or 0)
-        opts = body.get("stream_options")
-        usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
-    except (TypeError, ValueError):
-        raise RouterError(400, "n, logprobs and top_logprobs must be integers (logprobs a boolean for chat)",
-                          code="invalid_value") from None
-    if n < 1:
-        raise RouterError(400, "n must be at least 1", param="n", code="invalid_value")
-    return Wants(want, top, usage, n)
-
-
 def stage_payload(kind: str, body: dict, stage: StageConfig, scorer: Scorer, wants: Wants, stream: bool) -> dict:
     """The client's body (unknown fields kept) with the stage's model name and the logprobs the scorer needs."""
     p = dict(body)
@@ -151,9 +124,9 @@ def _trim_top(lp: dict, k: int) -> None:
             if isinstance(item, dict) and isinstance(item.get("top_logprobs"), list):
                 item["top_logprobs"] = item["top_logprobs"][:k]
     tops = lp.get("top_logprobs")
-    if isinstance(tops, list):
-        lp["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:k]) if isinstance(t, dict) else t
-                              for t in tops]
+    if isinstance(tops, list):  # already parsed as numbers by the scorer (else the answer was refused)
+        lp["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -float(kv[1]))[:k]) if isinstance(t, dict)
+                              else t for t in tops]
 
 
 def strip_response(obj: dict, wants: Wants, model: str) -> dict:
@@ -177,6 +150,13 @@ def score_choices(scorer: Scorer, data: dict) -> float:
         s.update(parse_logprobs(choice.get("logprobs") if isinstance(choice, dict) else None))
         scores.append(s.value)
     return min(scores) if scores else -math.inf
+
+
+def _scored(scorer: Scorer, data: dict) -> float:
+    try:
+        return score_choices(scorer, data)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise UpstreamError("protocol", f"engine answered with malformed logprobs ({type(exc).__name__})") from None
 
 
 def _usage(trace: Trace, data: dict, first_stage: bool) -> None:
@@ -248,15 +228,19 @@ class Cascade:
         trace.failures.append((stage.name, e.kind))
 
     # ---- non-streamed -----------------------------------------------------------------------------------------
-    async def _call(self, stage: StageConfig, kind: str, payload: dict, trace: Trace) -> dict:
+    async def _call(self, stage: StageConfig, kind: str, payload: dict, trace: Trace) -> tuple[dict, float]:
+        """One stage's complete answer and its score, endpoint after endpoint; an answer that cannot be scored
+        (malformed logprobs) is that endpoint failing, as a 5xx would be."""
         pool = self.rt.pools[stage.name]
+        auth: UpstreamAuth = self.rt.auth[stage.name]
         tried: set[Endpoint] = set()
         last: UpstreamError | None = None
         while (ep := pool.pick(tried)) is not None:
             tried.add(ep)
             try:
                 data = await post_json(self.client, ep, PATHS[kind], payload, stage.timeout_s,
-                                       self.rt.config.connect_timeout_s)
+                                       self.rt.config.connect_timeout_s, auth)
+                score = _scored(self.rt.scorers[stage.name], data)
             except UpstreamError as e:
                 self._fail(trace, stage, pool, ep, e)
                 if not e.retryable:
@@ -264,7 +248,7 @@ class Cascade:
                 last = e
                 continue
             pool.succeeded(ep)
-            return data
+            return data, score
         assert last is not None
         raise last
 
@@ -277,13 +261,13 @@ class Cascade:
             scorer = self.rt.scorers[stage.name]
             t0 = time.perf_counter()
             try:
-                data = await self._call(stage, kind, stage_payload(kind, body, stage, scorer, wants, False), trace)
+                data, score = await self._call(stage, kind, stage_payload(kind, body, stage, scorer, wants, False),
+                                               trace)
             except UpstreamError as e:
                 trace.steps.append(StageStep(stage.name, "failed", None, time.perf_counter() - t0, str(e)))
                 if not e.retryable and best is None:
                     raise _client_error(e) from None
                 continue
-            score = score_choices(scorer, data)
             _usage(trace, data, first_stage=trace.input_tokens is None)
             accepted = final or score >= (stage.threshold if stage.threshold is not None else -math.inf)
             trace.steps.append(StageStep(stage.name, ("answered" if final else "accepted") if accepted
@@ -343,7 +327,7 @@ class Cascade:
             att = _Attempt()
             try:
                 async with open_stream(self.client, ep, PATHS[kind], payload, stage.timeout_s,
-                                       self.rt.config.connect_timeout_s) as events:
+                                       self.rt.config.connect_timeout_s, self.rt.auth[stage.name]) as events:
                     async for item in self._relay(events, run, att, proto, wants, trace):
                         yield item
             except UpstreamError as e:
@@ -388,7 +372,10 @@ class Cascade:
         an early commit) send the headers and stream live. Returns early on an early escalation."""
         stage = run.stage
         async for ev in events:
-            self._observe(ev, att.scorers, proto, trace)
+            try:
+                self._observe(ev, att.scorers, proto, trace)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:  # the engine's fault, not ours
+                raise UpstreamError("protocol", f"engine sent malformed logprobs ({type(exc).__name__})") from None
             if att.live:
                 if (chunk := _sse(ev, wants, trace.model)) is not None:
                     yield chunk
