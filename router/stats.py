@@ -7,8 +7,8 @@ it escalated, its score distribution and its latency quantiles.
 
 Why aggregates and not an event log: /stats runs on the event loop, and walking every event (500k at the old cap)
 stalled every other request, /health included, for seconds. Now each window is a ring of `STATS_BUCKETS_PER_WINDOW`
-time buckets, each holding counters and mergeable histograms that `record` updates in O(1); /stats merges at most
-that many buckets, whatever the traffic. The price, stated:
+time buckets, each holding counters and mergeable histograms, plus their running sum; `record` costs O(1) and
+/stats reads one sum per window (O(occupied histogram cells), bounded whatever the traffic). The price, stated:
 - a window of w seconds covers the last w seconds to within one bucket (w / STATS_BUCKETS_PER_WINDOW);
 - quantiles come from fixed log-spaced buckets (`LogHistogram`), so each is within `STATS_QUANTILE_REL_ERROR` of
   a value that linear interpolation between order statistics (numpy's default) would give; count and mean are exact.
@@ -16,6 +16,9 @@ that many buckets, whatever the traffic. The price, stated:
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,44 +67,38 @@ class LogHistogram:
         cells = self.cells
         cells[key] = cells.get(key, 0) + 1
 
-    def merge(self, other: LogHistogram) -> None:
+    def merge(self, other: LogHistogram, sign: int = 1) -> None:
+        """Add `other` in (sign -1: take it out again; min and max are then left for the caller to recompute)."""
         cells = self.cells
         for key, c in other.cells.items():
-            cells[key] = cells.get(key, 0) + c
-        self.count += other.count
-        self.total += other.total
-        self.lo = min(self.lo, other.lo)
-        self.hi = max(self.hi, other.hi)
-
-    def _ascending(self) -> list[tuple[float, int]]:
-        """(representative value, count) in ascending value order."""
-        mid = 2.0 / (_GAMMA + 1.0)  # gamma^i * mid is the cell's midpoint in relative terms
-        cells = [((-1.0 if key & 1 else 1.0) * _GAMMA ** (key >> 1) * mid, c)
-                 for key, c in self.cells.items() if key is not None]
-        if None in self.cells:
-            cells.append((0.0, self.cells[None]))
-        cells.sort()
-        return cells
+            n = cells.get(key, 0) + sign * c
+            if n:
+                cells[key] = n
+            else:
+                del cells[key]
+        self.count += sign * other.count
+        self.total += sign * other.total
+        if sign > 0:
+            self.lo = min(self.lo, other.lo)
+            self.hi = max(self.hi, other.hi)
 
     def quantiles(self, qs: tuple[float, ...]) -> list[float]:
-        """Linear interpolation between the order statistics at ranks floor(h) and floor(h)+1, h = q*(n-1)."""
-        cells = self._ascending()
+        """Linear interpolation between the order statistics at ranks floor(h) and floor(h)+1, h = q*(n-1).
+        Cells are sorted by value and their counts accumulated once; each rank is then a bisection."""
+        n = self.count
+        keys = sorted(self.cells, key=_cell_value)
+        cumulative = list(itertools.accumulate(self.cells[k] for k in keys))
+
+        def at(rank: int) -> float:
+            return _cell_value(keys[bisect.bisect_right(cumulative, rank)])
+
         out = []
         for q in qs:
-            h = q * (self.count - 1)
+            h = q * (n - 1)
             lo_rank = math.floor(h)
-            a, b = self._at(cells, lo_rank), self._at(cells, min(lo_rank + 1, self.count - 1))
+            a, b = at(lo_rank), at(min(lo_rank + 1, n - 1))
             out.append(min(self.hi, max(self.lo, a + (h - lo_rank) * (b - a))))
         return out
-
-    @staticmethod
-    def _at(cells: list[tuple[float, int]], rank: int) -> float:
-        seen = 0
-        for value, c in cells:
-            seen += c
-            if rank < seen:
-                return value
-        return cells[-1][0]
 
     def summary(self) -> dict[str, Any]:
         """The /stats shape: {"count": 0} or {"count", "mean", "p10", "p50", "p90", "p95", "p99"}."""
@@ -111,6 +108,14 @@ class LogHistogram:
         for q, v in zip(_QUANTILES, self.quantiles(_QUANTILES), strict=True):
             out[f"p{round(q * 100)}"] = v
         return out
+
+
+@functools.lru_cache(maxsize=16_384)
+def _cell_value(key: int | None) -> float:
+    """A cell's representative value: the midpoint (in relative terms) of (gamma^(i-1), gamma^i], signed."""
+    if key is None:
+        return 0.0
+    return (-1.0 if key & 1 else 1.0) * _GAMMA ** (key >> 1) * 2.0 / (_GAMMA + 1.0)
 
 
 @dataclass(slots=True)
@@ -124,15 +129,15 @@ class _StageAgg:
     score: LogHistogram = field(default_factory=LogHistogram)
     latency: LogHistogram = field(default_factory=LogHistogram)
 
-    def merge(self, o: _StageAgg) -> None:
-        self.reached += o.reached
-        self.answered += o.answered
-        self.answered_ok += o.answered_ok
-        self.escalated += o.escalated
-        self.early_escalated += o.early_escalated
-        self.failed += o.failed
-        self.score.merge(o.score)
-        self.latency.merge(o.latency)
+    def merge(self, o: _StageAgg, sign: int = 1) -> None:
+        self.reached += sign * o.reached
+        self.answered += sign * o.answered
+        self.answered_ok += sign * o.answered_ok
+        self.escalated += sign * o.escalated
+        self.early_escalated += sign * o.early_escalated
+        self.failed += sign * o.failed
+        self.score.merge(o.score, sign)
+        self.latency.merge(o.latency, sign)
 
 
 @dataclass(slots=True)
@@ -178,49 +183,67 @@ class _Bucket:
             agg = self.stages[name] = _StageAgg()
         return agg
 
-    def merge(self, o: _Bucket) -> None:
-        self.requests += o.requests
-        self.errors += o.errors
-        self.fallbacks += o.fallbacks
-        self.input_tokens.merge(o.input_tokens)
-        self.output_tokens.merge(o.output_tokens)
-        self.latency.merge(o.latency)
+    def merge(self, o: _Bucket, sign: int = 1) -> None:
+        self.requests += sign * o.requests
+        self.errors += sign * o.errors
+        self.fallbacks += sign * o.fallbacks
+        self.input_tokens.merge(o.input_tokens, sign)
+        self.output_tokens.merge(o.output_tokens, sign)
+        self.latency.merge(o.latency, sign)
         for name, agg in o.stages.items():
-            self._stage(name).merge(agg)
+            self._stage(name).merge(agg, sign)
+
+    def histograms(self) -> dict[tuple[str, str], LogHistogram]:
+        out = {("", "input_tokens"): self.input_tokens, ("", "output_tokens"): self.output_tokens,
+               ("", "latency"): self.latency}
+        for name, agg in self.stages.items():
+            out[(name, "score")] = agg.score
+            out[(name, "latency")] = agg.latency
+        return out
 
 
 class _Window:
-    """A ring of time buckets covering one window; bucket k holds finish times in [k*width, (k+1)*width)."""
+    """A ring of time buckets covering one window (bucket k holds finish times in [k*width, (k+1)*width)) and
+    their running sum: a tick's bucket is added to the sum when it is flushed and taken out again when it leaves
+    the window, so a snapshot reads one sum instead of merging the ring."""
 
     def __init__(self, window_s: int) -> None:
         self.window_s = window_s
         self.width_s = window_s / STATS_BUCKETS_PER_WINDOW
         self.ring: list[_Bucket | None] = [None] * STATS_BUCKETS_PER_WINDOW
+        self.total = _Bucket()
 
-    def bucket(self, t: float) -> _Bucket | None:
-        """The bucket for time t (a new one when its slot holds an older bucket); None if t is already too old."""
+    def add(self, t: float, part: _Bucket) -> None:
+        """Count `part` (requests that finished at about t) into the bucket for t, unless t is already too old."""
         k = int(t // self.width_s)
+        self.expire(k)
         slot = k % STATS_BUCKETS_PER_WINDOW
         b = self.ring[slot]
-        if b is None or b.index < k:
+        if b is None:
             b = self.ring[slot] = _Bucket(index=k)
-        return b if b.index == k else None
+        if b.index != k:
+            return  # older than the window (times out of order)
+        b.merge(part)
+        self.total.merge(part)
 
-    def covers(self, t: float, now: float) -> bool:
-        newest = int(now // self.width_s)
-        return newest - STATS_BUCKETS_PER_WINDOW < int(t // self.width_s) <= newest
-
-    def merged(self, now: float) -> _Bucket:
-        newest = int(now // self.width_s)
-        total = _Bucket()
-        for b in self.ring:
-            if b is not None and newest - STATS_BUCKETS_PER_WINDOW < b.index <= newest:
-                total.merge(b)
-        return total
+    def expire(self, newest: int) -> None:
+        """Take buckets that left the window out of the sum; recompute min/max from the remaining ones."""
+        gone = False
+        for slot, b in enumerate(self.ring):
+            if b is not None and b.index <= newest - STATS_BUCKETS_PER_WINDOW:
+                self.total.merge(b, -1)
+                self.ring[slot] = None
+                gone = True
+        if gone:
+            live = [b.histograms() for b in self.ring if b is not None]
+            for key, h in self.total.histograms().items():
+                parts = [hs[key] for hs in live if key in hs]
+                h.lo = min((p.lo for p in parts), default=math.inf)
+                h.hi = max((p.hi for p in parts), default=-math.inf)
 
 
 class Stats:
-    """Sliding-window aggregates: O(1) per finished request, O(buckets) per snapshot.
+    """Sliding-window aggregates: O(1) per finished request, O(histogram cells) per snapshot.
 
     A request is counted once, into a pending bucket one tick wide (the narrowest window's bucket width); when the
     tick ends, that bucket is merged into every window's ring, so the per-request cost does not grow with the
@@ -247,18 +270,16 @@ class Stats:
         if self.pending is None:
             return
         for w in self.windows:
-            b = w.bucket(self.pending_t)
-            if b is not None:
-                b.merge(self.pending)
+            w.add(self.pending_t, self.pending)
         self.pending = None
 
     def snapshot(self, stage_names: list[str]) -> dict[str, Any]:
         now = time.monotonic()
         windows = {}
+        self._flush()  # later requests of the same tick merge into the same ring buckets
         for w in self.windows:
-            agg = w.merged(now)
-            if self.pending is not None and w.covers(self.pending_t, now):
-                agg.merge(self.pending)
+            w.expire(int(now // w.width_s))
+            agg = w.total
             span = min(w.window_s, now - self.started) or 1e-9
             per_stage: dict[str, dict[str, Any]] = {}
             for name in stage_names:
