@@ -107,7 +107,8 @@ async def measure(port: int, repeats: int) -> dict[str, float]:
             c.close()
     ms = 1e3
     return {"events_in_3600s_window": requests,
-            "health_alone_p50_ms": statistics.median(health_alone) * ms, "health_alone_p99_ms": pct(health_alone, .99) * ms,
+            "health_alone_p50_ms": statistics.median(health_alone) * ms,
+            "health_alone_p99_ms": pct(health_alone, .99) * ms,
             "stats_p50_ms": statistics.median(stats_alone) * ms, "stats_p99_ms": pct(stats_alone, .99) * ms,
             "health_during_stats_p50_ms": statistics.median(health_during) * ms,
             "health_during_stats_p99_ms": pct(health_during, .99) * ms,

@@ -7,6 +7,10 @@ shape `{"error": {"message", "type", "param", "code"}}`.
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics, GET /stats,
 GET/POST /admin/config (hot swap). Model name: the cascade's name (or absent) runs the cascade; a stage's name pins
 the request to that stage (its endpoints, retries and fallbacks, no escalation).
+
+The handlers are module-level functions on one APIRouter (`api`), reading everything from `request.app.state`, so
+`create_app` only wires state, routes and error handling. Bodies are parsed and validated at the boundary
+(`router/protocol.py`) before any work, so bad input is a 4xx; a bug is a 500 that keeps the connection.
 """
 
 from __future__ import annotations

@@ -71,8 +71,8 @@ class StageConfig(BaseModel):
     scorer: str = Field("mean_logprob", description="scorer registry name (router/scorers.py)")
     scorer_args: dict[str, float] = Field(default_factory=dict, description="scorer arguments, e.g. {q: 0.1}")
     threshold: float | None = Field(None, description="accept when score >= threshold; null on the last stage")
-    timeout_s: float = Field(120.0, gt=0, le=MAX_TIMEOUT_S, description="per attempt: whole response "
-                                                                         "(non-streamed) or gap between streamed chunks")
+    timeout_s: float = Field(120.0, gt=0, le=MAX_TIMEOUT_S,
+                             description="per attempt: whole response (non-streamed) or gap between streamed chunks")
     upstream_api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="name of the environment "
                                              "variable whose value is sent to this stage's engines as a Bearer key")
 

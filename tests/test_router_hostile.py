@@ -231,7 +231,12 @@ def test_router_process_refuses_an_empty_keys_file(tmp_path):
     keys.write_text("# only a comment\n")
     port = free_port()
     proc = _router_proc(tmp_path, "--api-keys-file", str(keys), "--port", str(port))
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # it started serving instead of refusing
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 2
     assert "no API key" in out and str(keys) in out
 
