@@ -20,8 +20,8 @@ Per round and gateway: a warm-up, then
 2. throughput: closed loops of C keep-alive connections for a fixed time at each C in --concurrency; the gateway's
    figure is the highest req/s among the runs with 0 errors (non-200 or a dropped connection).
 Figures are medians over rounds; ratios are to the best peer (added latency: ours / best, lower is better;
-req/s: ours / best, higher is better), and req/s also to the best Python peer. The client is Python, so very fast gateways may be client-bound: the direct
-calls' req/s is printed as that ceiling. Last line: one JSON object.
+req/s: ours / best, higher is better), and req/s also to the best Python peer. The client is Python, so very fast
+gateways may be client-bound: the direct calls' req/s is printed as that ceiling. Last line: one JSON object.
 """
 
 from __future__ import annotations
