@@ -7,7 +7,9 @@ answers with logprobs) and, in front of it, each of
   each request is one engine call plus scoring plus the cascade's bookkeeping;
 - `litellm`: the LiteLLM proxy (`litellm --num_workers 1`, master key on, an `openai/` model with the fake as
   api_base);
-- `vllm-router`: the Rust load balancer from PyPI (`--worker-urls` the fake; TOKIO_WORKER_THREADS=1).
+- `vllm-router`: the Rust load balancer from PyPI (`--worker-urls` the fake; TOKIO_WORKER_THREADS=1);
+- `fastapi-passthrough` (a reference, not a peer): the floor of our stack, a FastAPI route that posts the body to
+  the engine with aiohttp and returns its bytes (uvicorn, uvloop, httptools, as our router), nothing else.
 Peers are installed into a throwaway venv under .cache/peers-venv (never project dependencies); a peer that
 cannot be installed or started is reported with the reason and left out of the ratios.
 
@@ -181,6 +183,33 @@ async def throughput(gw: Gateway, conns: int, seconds: float) -> tuple[float, in
     return done / (time.perf_counter() - t0), errors
 
 
+def passthrough(port: int, upstream: str) -> None:
+    """The reference entrant: the same web stack as our router with no cascade, validation, auth or stats."""
+    from contextlib import asynccontextmanager
+
+    import aiohttp
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):  # type: ignore[no-untyped-def]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1024)) as session:
+            app.state.session = session
+            yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    async def chat(request: Request) -> Response:
+        async with request.app.state.session.post(upstream + "/v1/chat/completions", data=await request.body(),
+                                                  headers={"content-type": "application/json"}) as r:
+            return Response(await r.read(), status_code=r.status, media_type="application/json")
+
+    chat.__annotations__ = {"request": Request, "return": Response}  # resolved here, not as strings (PEP 563)
+    app.post("/v1/chat/completions")(chat)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def _gateways(fake_port: int, workdir: Path, peers: dict[str, str]) -> list[Gateway]:
     key = "sk-bench-" + secrets.token_hex(8)
     auth = f"authorization: Bearer {key}\r\n"
@@ -196,6 +225,9 @@ def _gateways(fake_port: int, workdir: Path, peers: dict[str, str]) -> list[Gate
         out.append(Gateway(name, True, port, "bench", auth,
                            [sys.executable, "-m", "router", "--config", str(path), "--port", str(port)],
                            {"PYTHONPATH": str(ROOT), "CASCADIA_ROUTER_API_KEYS": key}))
+    port = free_port()
+    out.append(Gateway("fastapi-passthrough", False, port, "m", "",
+                       [sys.executable, __file__, "--passthrough", str(port), fake], {"PYTHONPATH": str(ROOT)}))
     bin_dir = PEERS_VENV / "bin"
     if not peers.get("litellm", "unavailable").startswith("unavailable"):
         port = free_port()
@@ -247,7 +279,11 @@ def main() -> None:
     ap.add_argument("--latency-requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     ap.add_argument("--seconds", type=float, default=2.0, help="length of each throughput run")
+    ap.add_argument("--passthrough", nargs=2, metavar=("PORT", "UPSTREAM"), help=argparse.SUPPRESS)  # internal
     a = ap.parse_args()
+    if a.passthrough:
+        passthrough(int(a.passthrough[0]), a.passthrough[1])
+        return
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     pin = _pin(CLIENT_CPU)
     if pin:
