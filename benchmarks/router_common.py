@@ -110,10 +110,18 @@ class Conn:
 
     async def post_full(self, path: str, body: bytes, headers: str = "") -> tuple[int, dict[str, str], bytes]:
         """POST; return (status, response headers lower-cased, body)."""
+        return await self.request("POST", path, body, headers)
+
+    async def get(self, path: str, headers: str = "") -> tuple[int, bytes]:
+        status, _, data = await self.request("GET", path, b"", headers)
+        return status, data
+
+    async def request(self, method: str, path: str, body: bytes, headers: str = ""
+                      ) -> tuple[int, dict[str, str], bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
-        self.writer.write(f"POST {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
+        self.writer.write(f"{method} {path} HTTP/1.1\r\nhost: {self.host}\r\ncontent-type: application/json\r\n"
                           f"content-length: {len(body)}\r\n{headers}\r\n".encode() + body)
         try:
             head = await self.reader.readuntil(b"\r\n\r\n")

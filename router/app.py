@@ -7,31 +7,39 @@ shape `{"error": {"message", "type", "param", "code"}}`.
 Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health, GET /metrics, GET /stats,
 GET/POST /admin/config (hot swap). Model name: the cascade's name (or absent) runs the cascade; a stage's name pins
 the request to that stage (its endpoints, retries and fallbacks, no escalation).
+
+The handlers are module-level functions on one APIRouter (`api`), reading everything from `request.app.state`, so
+`create_app` only wires state, routes and error handling. Bodies are parsed and validated at the boundary
+(`router/protocol.py`) before any work, so bad input is a 4xx; a bug is a 500 that keeps the connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from router.config import ConfigError, RouterConfig, parse_config
+from router.config import ConfigError, RouterConfig, swap_config
 from router.errors import RouterError
+from router.protocol import CompletionRequest, parse_json, validate_request
 from router.security import Secrets
-from router.serving import Cascade, Runtime, Trace, parse_wants
+from router.serving import Cascade, Runtime, Trace
 from router.stats import Metrics, Stats
 from router.upstream import make_session
 
 _JSON = "application/json"
+ADMIN_MAX_REQUEST_BYTES = 8 * 1024 * 1024  # admin bodies have their own limit: a swap can never lock the admin out
+_log = logging.getLogger("router")
 
 
 def _error_response(err: RouterError, headers: dict[str, str] | None = None) -> Response:
@@ -128,163 +136,204 @@ class CascadeStream(Response):
         return True
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The engine client lives as long as the server; its connection limit is fixed at start (see config.py)."""
+    async with make_session(app.state.runtime.config.max_connections) as session:
+        app.state.client = session
+        yield
+
+
 def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
     """Build the router app for `config` (keys from `secrets`; none: /v1 open, /admin disabled)."""
-    secrets = secrets or Secrets()
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with make_session(config.max_connections) as session:
-            app.state.client = session
-            yield
-
-    app = FastAPI(title="cascadia router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="cascadia router", lifespan=_lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = Runtime(config)
-    app.state.secrets = secrets
+    app.state.secrets = secrets or Secrets()
     app.state.stats = Stats(config.stats_windows_s)
     app.state.metrics = Metrics()
     app.state.metrics.config_version.set(1)
-
-    @app.exception_handler(RouterError)
-    async def _router_error(request: Request, exc: RouterError) -> Response:
-        return _error_response(exc)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-        return _error_response(RouterError(exc.status_code, str(exc.detail), kind))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        return _error_response(RouterError(500, f"internal error: {type(exc).__name__}", "server_error"))
-
-    def _auth_api(request: Request) -> None:
-        if not secrets.check_api(request.headers.get("authorization")):
-            raise RouterError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
-                              "authentication_error", "invalid_api_key")
-
-    async def _serve(request: Request, kind: str) -> Response:
-        _auth_api(request)
-        rt: Runtime = request.app.state.runtime  # one snapshot for the whole request (hot swap safe)
-        raw = await _read_body(request, rt.config.max_request_bytes)
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            raise RouterError(400, "request body is not valid JSON", code="invalid_json") from None
-        if not isinstance(body, dict):
-            raise RouterError(400, "request body must be a JSON object", code="invalid_json")
-        model = body.get("model") or rt.config.name
-        if model != rt.config.name and model not in rt.stages:
-            raise RouterError(404, f"model {model!r} does not exist; use {rt.config.name!r} (the cascade) or a "
-                                   f"stage name: {', '.join(rt.stages)}", "invalid_request_error",
-                              "model_not_found", "model")
-        pinned = model if model in rt.stages else None
-        if kind == "completions" and body.get("echo") and pinned is None:
-            raise RouterError(400, "echo is not supported by the cascade (prompt logprobs would be scored); pin a "
-                                   "stage by its model name", param="echo", code="unsupported_parameter")
-        wants = parse_wants(kind, body)
-        cascade = Cascade(rt, request.app.state.client)
-        trace = Trace(model=model)
-        metrics: Metrics = request.app.state.metrics
-        stats: Stats = request.app.state.stats
-        t0 = time.perf_counter()
-        metrics.in_flight.inc()
-
-        def done(ok: bool, result: str | None = None) -> None:
-            ok = ok and trace.error is None
-            seconds = time.perf_counter() - t0
-            metrics.in_flight.dec()
-            if result is None:
-                result = ("fallback" if trace.fallback else "ok") if ok else "error"
-            metrics.record(trace, result, seconds)
-            stats.record(trace, ok, seconds)
-
-        if body.get("stream"):
-            return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done)
-        try:
-            out = await _until_disconnect(request.receive, cascade.complete(kind, body, wants, trace, pinned))
-        except ClientGone:
-            done(False, "cancelled")
-            return Response(status_code=499)
-        except RouterError as err:
-            done(False)
-            return _error_response(err, trace.headers())
-        except BaseException:
-            done(False)
-            raise
-        done(True)
-        return Response(json.dumps(out), media_type=_JSON, headers=trace.headers())
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        return await _serve(request, "chat")
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Response:
-        return await _serve(request, "completions")
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
-        _auth_api(request)
-        rt: Runtime = request.app.state.runtime
-        ids = [rt.config.name] + [s.name for s in rt.config.stages]
-        data = [{"id": i, "object": "model", "created": 0, "owned_by": "cascadia"} for i in ids]
-        return JSONResponse({"object": "list", "data": data})
-
-    @app.get("/health")
-    async def health(request: Request) -> Response:
-        rt: Runtime = request.app.state.runtime
-        now = time.monotonic()
-        stages = {name: [{"url": e.url, "healthy": e.down_until <= now, "outstanding": e.outstanding}
-                         for e in pool.endpoints] for name, pool in rt.pools.items()}
-        return JSONResponse({"status": "ok", "cascade": rt.config.name, "config_version": rt.version,
-                             "stages": stages})
-
-    @app.get("/metrics")
-    async def metrics_route(request: Request) -> Response:
-        _auth_api(request)
-        return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/stats")
-    async def stats_route(request: Request) -> Response:
-        _auth_api(request)
-        rt: Runtime = request.app.state.runtime
-        snap = request.app.state.stats.snapshot([s.name for s in rt.config.stages])
-        snap.update({"cascade": rt.config.name, "config_version": rt.version})
-        return JSONResponse(snap)
-
-    def _auth_admin(request: Request) -> None:
-        if not secrets.admin_enabled:
-            raise RouterError(403, "the admin API is disabled (no admin key configured)", "permission_error",
-                              "admin_disabled")
-        if not secrets.check_admin(request.headers.get("authorization")):
-            raise RouterError(401, "missing or invalid admin key", "authentication_error", "invalid_admin_key")
-
-    @app.get("/admin/config")
-    async def get_config(request: Request) -> Response:
-        _auth_admin(request)
-        rt: Runtime = request.app.state.runtime
-        return JSONResponse({"version": rt.version, "config": rt.config.model_dump(mode="json")})
-
-    @app.post("/admin/config")
-    async def put_config(request: Request) -> Response:
-        """Hot swap: a full router config, or {"plan": plan.json, "endpoints": {stage: [url]}}. Atomic: requests
-        in flight finish on the snapshot they started with."""
-        _auth_admin(request)
-        old: Runtime = request.app.state.runtime
-        raw = await _read_body(request, old.config.max_request_bytes)
-        try:
-            doc = json.loads(raw)
-            if isinstance(doc, dict) and "plan" in doc:
-                new_config = RouterConfig.from_plan(doc["plan"], doc.get("endpoints") or {})
-            else:
-                new_config = parse_config(doc, "admin config")
-        except (ValueError, TypeError, AttributeError) as exc:  # ConfigError, JSON errors, wrong shapes
-            raise RouterError(400, str(exc) if isinstance(exc, ConfigError) else f"invalid JSON: {exc}",
-                              code="invalid_config") from None
-        request.app.state.runtime = Runtime(new_config, old.version + 1, previous=old)
-        request.app.state.metrics.config_version.set(old.version + 1)
-        return JSONResponse({"version": old.version + 1, "cascade": new_config.name,
-                             "stages": [s.name for s in new_config.stages]})
-
+    app.include_router(api)
+    app.add_exception_handler(RouterError, _router_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_middleware(_InternalErrors)
     return app
+
+
+async def _router_error(request: Request, exc: RouterError) -> Response:
+    return _error_response(exc)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+    return _error_response(RouterError(exc.status_code, str(exc.detail), kind))
+
+
+class _InternalErrors:
+    """A bug answers 500 in the error shape and the connection stays usable. (Starlette's outermost handler would
+    answer too, but then re-raise, and uvicorn drops the client's keep-alive socket.) A response already started
+    cannot be turned into an error: that case re-raises, and the connection closes as it must."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            _log.exception("internal error on %s %s", scope.get("method"), scope.get("path"))
+            err = RouterError(500, f"internal error: {type(exc).__name__}", "server_error")
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-type", _JSON.encode())]})
+            await send({"type": "http.response.body", "body": err.json_bytes()})
+
+
+def _auth_api(request: Request) -> None:
+    if not request.app.state.secrets.check_api(request.headers.get("authorization")):
+        raise RouterError(401, "missing or invalid API key (send Authorization: Bearer <key>)",
+                          "authentication_error", "invalid_api_key")
+
+
+def _auth_admin(request: Request) -> None:
+    secrets: Secrets = request.app.state.secrets
+    if not secrets.admin_enabled:
+        raise RouterError(403, "the admin API is disabled (no admin key configured)", "permission_error",
+                          "admin_disabled")
+    if not secrets.check_admin(request.headers.get("authorization")):
+        raise RouterError(401, "missing or invalid admin key", "authentication_error", "invalid_admin_key")
+
+
+api = APIRouter()
+
+
+@api.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _serve(request, "chat")
+
+
+@api.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _serve(request, "completions")
+
+
+async def _serve(request: Request, kind: str) -> Response:
+    _auth_api(request)
+    rt: Runtime = request.app.state.runtime  # one snapshot for the whole request (hot swap safe)
+    body = parse_json(await _read_body(request, rt.config.max_request_bytes))
+    req = validate_request(kind, body)  # typed view; `body` (unknown fields kept) goes to the engines
+    model = req.model or rt.config.name
+    if model != rt.config.name and model not in rt.stages:
+        raise RouterError(404, f"model {model!r} does not exist; use {rt.config.name!r} (the cascade) or a "
+                               f"stage name: {', '.join(rt.stages)}", "invalid_request_error",
+                          "model_not_found", "model")
+    pinned = model if model in rt.stages else None
+    if isinstance(req, CompletionRequest) and req.echo and pinned is None:
+        raise RouterError(400, "echo is not supported by the cascade (prompt logprobs would be scored); pin a "
+                               "stage by its model name", param="echo", code="unsupported_parameter")
+    wants = req.wants()
+    cascade = Cascade(rt, request.app.state.client)
+    trace = Trace(model=model)
+    done = _Finish(request, trace)
+    if req.stream:
+        return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done)
+    try:
+        out = await _until_disconnect(request.receive, cascade.complete(kind, body, wants, trace, pinned))
+    except ClientGone:
+        done(False, "cancelled")
+        return Response(status_code=499)
+    except RouterError as err:
+        done(False)
+        return _error_response(err, trace.headers())
+    except BaseException:
+        done(False)
+        raise
+    done(True)
+    return Response(json.dumps(out), media_type=_JSON, headers=trace.headers())
+
+
+class _Finish:
+    """Called once when a request ends: in-flight gauge, Prometheus metrics and /stats."""
+
+    def __init__(self, request: Request, trace: Trace) -> None:
+        self.metrics: Metrics = request.app.state.metrics
+        self.stats: Stats = request.app.state.stats
+        self.trace = trace
+        self.t0 = time.perf_counter()
+        self.metrics.in_flight.inc()
+
+    def __call__(self, ok: bool, result: str | None = None) -> None:
+        ok = ok and self.trace.error is None
+        seconds = time.perf_counter() - self.t0
+        self.metrics.in_flight.dec()
+        if result is None:
+            result = ("fallback" if self.trace.fallback else "ok") if ok else "error"
+        self.metrics.record(self.trace, result, seconds)
+        self.stats.record(self.trace, ok, seconds)
+
+
+@api.get("/v1/models")
+async def models(request: Request) -> Response:
+    _auth_api(request)
+    rt: Runtime = request.app.state.runtime
+    ids = [rt.config.name] + [s.name for s in rt.config.stages]
+    data = [{"id": i, "object": "model", "created": 0, "owned_by": "cascadia"} for i in ids]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@api.get("/health")
+async def health(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    now = time.monotonic()
+    stages = {name: [{"url": e.url, "healthy": e.down_until <= now, "outstanding": e.outstanding}
+                     for e in pool.endpoints] for name, pool in rt.pools.items()}
+    return JSONResponse({"status": "ok", "cascade": rt.config.name, "config_version": rt.version, "stages": stages})
+
+
+@api.get("/metrics")
+async def metrics(request: Request) -> Response:
+    _auth_api(request)
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@api.get("/stats")
+async def stats(request: Request) -> Response:
+    _auth_api(request)
+    rt: Runtime = request.app.state.runtime
+    snap = request.app.state.stats.snapshot([s.name for s in rt.config.stages])
+    snap.update({"cascade": rt.config.name, "config_version": rt.version})
+    return JSONResponse(snap)
+
+
+@api.get("/admin/config")
+async def get_config(request: Request) -> Response:
+    _auth_admin(request)
+    rt: Runtime = request.app.state.runtime
+    return JSONResponse({"version": rt.version, "config": rt.config.model_dump(mode="json")})
+
+
+@api.post("/admin/config")
+async def put_config(request: Request) -> Response:
+    """Hot swap: a full router config, or {"plan": plan.json, "endpoints": {stage: [url]}}. Atomic: requests in
+    flight finish on the snapshot they started with."""
+    _auth_admin(request)
+    old: Runtime = request.app.state.runtime
+    doc = parse_json(await _read_body(request, ADMIN_MAX_REQUEST_BYTES), "admin config")
+    try:
+        new_config = swap_config(old.config, doc)
+        runtime = Runtime(new_config, old.version + 1, previous=old)
+    except ConfigError as exc:
+        raise RouterError(400, str(exc), code="invalid_config") from None
+    request.app.state.runtime = runtime
+    request.app.state.metrics.config_version.set(old.version + 1)
+    return JSONResponse({"version": old.version + 1, "cascade": new_config.name,
+                         "stages": [s.name for s in new_config.stages]})

@@ -8,6 +8,16 @@ Two ways in:
   `plan["scorer"]` -> every stage's `scorer`; `endpoints[stage name]` -> `endpoints`. The planner's other keys
   (share, replicas, gpu_type, tp, pp) do not affect routing and are ignored.
 
+Engine keys: a stage's `upstream_api_key_env` names an environment variable of the router process; its value is
+sent to that stage's engines as `Authorization: Bearer <value>` (vLLM `--api-key`, llama.cpp server `--api-key`).
+The key itself is never in a config file, /admin/config, /stats, a log line or an error message; the variable is read
+when a config is installed (start and every hot swap), and an unset or empty variable is a ConfigError naming it.
+
+Hot swap (`swap_config`): every field applies to requests that start after the swap, except `RESTART_ONLY_FIELDS`
+(the engine connection pool's size and the /stats windows are fixed when the server starts): left out, they keep
+their live value; given with another value, the swap is refused with a message saying a restart is needed. A plan
+swap keeps every live router-level setting (a plan carries stages and thresholds, not router limits).
+
 An endpoint is the server's base URL, e.g. `http://127.0.0.1:8000` (a trailing `/v1` is accepted and dropped); the
 router posts to `<endpoint>/v1/chat/completions` and `<endpoint>/v1/completions`.
 """
@@ -15,6 +25,8 @@ router posts to `<endpoint>/v1/chat/completions` and `<endpoint>/v1/completions`
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +38,12 @@ from router.errors import ConfigError
 from router.scorers import SCORERS, make_scorer
 
 ROUTER_CONFIG_SCHEMA_VERSION = 1
+MIN_REQUEST_BYTES = 65_536          # below this a swap could shut out ordinary requests (and once did the admin API)
+MAX_REQUEST_BYTES = 1 << 30         # 1 GiB: bodies are held in memory
+MAX_TIMEOUT_S = 86_400.0
+MAX_WINDOW_S = 7 * 86_400
+RESTART_ONLY_FIELDS = ("max_connections", "stats_windows_s")
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
 
 
 class EarlyDecision(BaseModel):
@@ -53,8 +71,21 @@ class StageConfig(BaseModel):
     scorer: str = Field("mean_logprob", description="scorer registry name (router/scorers.py)")
     scorer_args: dict[str, float] = Field(default_factory=dict, description="scorer arguments, e.g. {q: 0.1}")
     threshold: float | None = Field(None, description="accept when score >= threshold; null on the last stage")
-    timeout_s: float = Field(120.0, gt=0, description="per attempt: whole response (non-streamed) or gap "
-                                                       "between streamed chunks")
+    timeout_s: float = Field(120.0, gt=0, le=MAX_TIMEOUT_S,
+                             description="per attempt: whole response (non-streamed) or gap between streamed chunks")
+    upstream_api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="name of the environment "
+                                             "variable whose value is sent to this stage's engines as a Bearer key")
+
+    def upstream_key(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The engine key from the environment; ConfigError (naming the variable, never a value) when unset."""
+        if self.upstream_api_key_env is None:
+            return None
+        value = (os.environ if env is None else env).get(self.upstream_api_key_env, "").strip()
+        if not value:
+            raise ConfigError(f"stage {self.name!r}: upstream_api_key_env names {self.upstream_api_key_env}, which "
+                              f"is not set (or empty) in the router's environment; export it before starting or "
+                              f"swapping, or remove upstream_api_key_env")
+        return value
 
     @field_validator("endpoints")
     @classmethod
@@ -83,14 +114,17 @@ class RouterConfig(BaseModel):
     schema_version: int = ROUTER_CONFIG_SCHEMA_VERSION
     name: str = Field(min_length=1, description="the cascade's model name, as clients send it")
     stages: list[StageConfig] = Field(min_length=1)
-    connect_timeout_s: float = Field(2.0, gt=0, description="TCP connect timeout to an engine")
-    health_cooldown_s: float = Field(5.0, ge=0, description="an endpoint that failed is skipped this long")
-    max_request_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
-    max_connections: int = Field(1024, gt=0, description="open connections to all engines together")
+    connect_timeout_s: float = Field(2.0, gt=0, le=MAX_TIMEOUT_S, description="TCP connect timeout to an engine")
+    health_cooldown_s: float = Field(5.0, ge=0, le=MAX_TIMEOUT_S,
+                                     description="an endpoint that failed is skipped this long")
+    max_request_bytes: int = Field(1_048_576, ge=MIN_REQUEST_BYTES, le=MAX_REQUEST_BYTES,
+                                   description="larger request bodies get 413 (admin bodies have their own limit)")
+    max_connections: int = Field(1024, gt=0, le=1_000_000, description="open connections to all engines together; "
+                                 "fixed at start (a swap cannot change it)")
     early_decision: EarlyDecision | None = Field(default_factory=EarlyDecision,
                                                  description="streamed early accept/escalate; null: off")
-    stats_windows_s: list[int] = Field(default_factory=lambda: [60, 300, 3600],
-                                       description="sliding windows reported by /stats")
+    stats_windows_s: list[int] = Field(default_factory=lambda: [60, 300, 3600], min_length=1, max_length=8,
+                                       description="sliding windows reported by /stats; fixed at start")
 
     @model_validator(mode="after")
     def _check_cascade(self) -> RouterConfig:
@@ -109,13 +143,16 @@ class RouterConfig(BaseModel):
                 make_scorer(s.scorer, s.scorer_args)
             except ValueError as exc:
                 raise ValueError(f"stages[{i}] ({s.name}): {exc}") from None
-        if not self.stats_windows_s or min(self.stats_windows_s) <= 0:
-            raise ValueError("stats_windows_s must be a non-empty list of positive seconds")
+        if min(self.stats_windows_s) <= 0 or max(self.stats_windows_s) > MAX_WINDOW_S:
+            raise ValueError(f"stats_windows_s must be positive seconds, at most {MAX_WINDOW_S}")
         return self
 
     @classmethod
-    def from_plan(cls, plan: dict[str, Any], endpoints: dict[str, list[str]], **overrides: Any) -> RouterConfig:
-        """Map plan.json plus the launcher's endpoints onto a router config (see the module docstring)."""
+    def from_plan(cls, plan: dict[str, Any], endpoints: dict[str, list[str]], *,
+                  upstream_api_key_env: Mapping[str, str] | None = None, **overrides: Any) -> RouterConfig:
+        """Map plan.json plus the launcher's endpoints onto a router config (see the module docstring);
+        `upstream_api_key_env` maps stage names to the environment variables holding their engine keys."""
+        keys = dict(upstream_api_key_env or {})
         try:
             stages_in = plan["stages"]
             scorer = plan.get("scorer") or "mean_logprob"
@@ -128,11 +165,40 @@ class RouterConfig(BaseModel):
                 stages.append({"name": name, "model": st.get("model", ""),
                                "served_model_name": st.get("served_model_name") or st.get("model") or name,
                                "endpoints": list(endpoints[name]), "scorer": scorer,
-                               "threshold": st.get("threshold") if i < len(stages_in) - 1 else None})
+                               "threshold": st.get("threshold") if i < len(stages_in) - 1 else None,
+                               **({"upstream_api_key_env": keys.pop(name)} if name in keys else {})})
+            if keys:
+                raise ConfigError(f"upstream_api_key_env: no stage named {', '.join(sorted(keys))} in the plan")
             doc = {"name": plan["name"], "stages": stages, **overrides}
         except KeyError as exc:
             raise ConfigError(f"plan.json: missing key {exc}; is this a plan written by `cascadia plan`?") from None
         return parse_config(doc, "plan.json")
+
+
+def swap_config(live: RouterConfig, doc: Any) -> RouterConfig:
+    """The config a hot swap installs: a full router config, or {"plan", "endpoints", "upstream_api_key_env"}.
+    Restart-only fields keep their live value unless given with another, which is refused (module docstring)."""
+    if isinstance(doc, dict) and "plan" in doc:
+        unknown = set(doc) - {"plan", "endpoints", "upstream_api_key_env"}
+        if unknown:
+            raise ConfigError(f"admin config: unknown key(s) beside 'plan': {', '.join(sorted(unknown))}; a plan "
+                              f"swap takes plan, endpoints and upstream_api_key_env")
+        if not isinstance(doc["plan"], dict) or not isinstance(doc.get("endpoints") or {}, dict) \
+                or not isinstance(doc.get("upstream_api_key_env") or {}, dict):
+            raise ConfigError("admin config: plan, endpoints and upstream_api_key_env must be JSON objects")
+        live_settings = live.model_dump(exclude={"schema_version", "name", "stages"})
+        try:
+            return RouterConfig.from_plan(doc["plan"], doc.get("endpoints") or {},
+                                          upstream_api_key_env=doc.get("upstream_api_key_env"), **live_settings)
+        except (TypeError, AttributeError) as exc:
+            raise ConfigError(f"admin config: plan: unexpected shape ({exc})") from None
+    new = parse_config(doc, "admin config")
+    refused = [f"{f} (live {getattr(live, f)}, asked {getattr(new, f)})" for f in RESTART_ONLY_FIELDS
+               if f in new.model_fields_set and getattr(new, f) != getattr(live, f)]
+    if refused:
+        raise ConfigError(f"admin config: {'; '.join(refused)}: changing this needs a restart of the router; "
+                          f"leave it out (or send the live value) to swap the rest, and restart to change it")
+    return new.model_copy(update={f: getattr(live, f) for f in RESTART_ONLY_FIELDS})
 
 
 def parse_config(doc: Any, source: str) -> RouterConfig:

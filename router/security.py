@@ -6,7 +6,10 @@ Keys come from the environment or from secret files, never from the config file,
 
 - CASCADIA_ROUTER_API_KEYS: comma-separated keys; CASCADIA_ROUTER_API_KEYS_FILE: a file, one key per line.
 - CASCADIA_ROUTER_ADMIN_KEY / CASCADIA_ROUTER_ADMIN_KEY_FILE: the admin key.
-No API key configured: /v1 is open (fine on 127.0.0.1, the default bind). No admin key: /admin is disabled.
+No key source at all: /v1 is open, which the server allows only on a loopback bind and announces with a WARNING
+line. A key source that is given but holds no key (an empty or comments-only keys file, `CASCADIA_ROUTER_API_KEYS=","`)
+is a ConfigError, never a silently open endpoint: it usually means a secret failed to arrive. No admin key: /admin is
+disabled.
 """
 
 from __future__ import annotations
@@ -86,12 +89,22 @@ def _read_keys(path: str, what: str) -> list[str]:
 
 def load_secrets(env: Mapping[str, str] | None = None, api_keys_file: str | None = None,
                  admin_key_file: str | None = None) -> Secrets:
-    """Collect keys from the environment and the given (or env-named) files."""
+    """Collect keys from the environment and the given (or env-named) files; a given source without a key is an
+    error (see the module docstring)."""
     env = os.environ if env is None else env
-    api = [k.strip() for k in env.get(API_KEYS_ENV, "").split(",") if k.strip()]
+    raw = env.get(API_KEYS_ENV, "")
+    api = [k.strip() for k in raw.split(",") if k.strip()]
+    if raw.strip() and not api:
+        raise ConfigError(f"{API_KEYS_ENV} is set but holds no API key (only commas and spaces); authentication "
+                          f"would be off. Set it to comma-separated keys, or unset it to run open on 127.0.0.1")
     api_file = api_keys_file or env.get(API_KEYS_FILE_ENV)
     if api_file:
-        api += _read_keys(api_file, "API keys")
+        from_file = _read_keys(api_file, "API keys")
+        if not from_file:
+            raise ConfigError(f"{api_file}: the API keys file holds no API key (only blank lines or # comments); "
+                              f"authentication would be off. Add one key per line, or drop the keys file to run "
+                              f"open on 127.0.0.1")
+        api += from_file
     admin = env.get(ADMIN_KEY_ENV, "").strip() or None
     admin_file = admin_key_file or env.get(ADMIN_KEY_FILE_ENV)
     if admin_file:

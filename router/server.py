@@ -17,14 +17,23 @@ DEFAULT_PORT = 8800
 
 def serve(config: RouterConfig, secrets: Secrets, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           log_level: str = "warning") -> None:
-    """Serve until interrupted. Refuses a non-loopback bind without API keys (an open cascade on the network)."""
+    """Serve until interrupted. Refuses a non-loopback bind without API keys (an open cascade on the network), and
+    says loudly on stderr when it serves open on loopback."""
     import uvicorn
 
-    if secrets.api_open and not _is_loopback(host):
-        raise ConfigError(f"refusing to bind {host} without API keys; set CASCADIA_ROUTER_API_KEYS (or a keys "
-                          f"file), or bind 127.0.0.1")
+    if secrets.api_open:
+        if not _is_loopback(host):
+            raise ConfigError(f"refusing to bind {host} without API keys; set CASCADIA_ROUTER_API_KEYS (or a keys "
+                              f"file), or bind 127.0.0.1")
+        print(f"WARNING: cascadia router serving {_display(host)}:{port} without API keys: /v1, /metrics and "
+              f"/stats are open to every local user of this machine; set CASCADIA_ROUTER_API_KEYS or "
+              f"--api-keys-file to require a key", file=sys.stderr, flush=True)
     uvicorn.run(create_app(config, secrets), host=host, port=port, log_level=log_level, access_log=False,
                 timeout_graceful_shutdown=30)
+
+
+def _display(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _is_loopback(host: str) -> bool:

@@ -32,8 +32,9 @@ import aiohttp
 
 from router.config import RouterConfig, StageConfig
 from router.errors import RouterError
+from router.protocol import Wants
 from router.scorers import Scorer, make_scorer, parse_logprobs
-from router.upstream import Endpoint, StagePool, UpstreamError, open_stream, post_json
+from router.upstream import Endpoint, StagePool, UpstreamAuth, UpstreamError, open_stream, post_json, upstream_auth
 
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
@@ -50,6 +51,7 @@ class Runtime:
                                            previous.pools.get(s.name) if previous else None)
                       for s in config.stages}
         self.scorers = {s.name: make_scorer(s.scorer, s.scorer_args) for s in config.stages}
+        self.auth = {s.name: upstream_auth(s.upstream_key()) for s in config.stages}  # ConfigError if unset
 
 
 @dataclass
@@ -97,35 +99,6 @@ def _finite(x: float | None) -> bool:
     return x is not None and math.isfinite(x)
 
 
-@dataclass
-class Wants:
-    """What the client asked for that the router adds or removes: logprobs and usage in streams."""
-
-    logprobs: bool
-    top: int
-    usage: bool
-    n: int
-
-
-def parse_wants(kind: str, body: dict) -> Wants:
-    """Read the client's logprob/usage/n options; RouterError(400) on wrong types."""
-    try:
-        n = int(body.get("n") or 1)
-        if kind == "chat":
-            want, top = bool(body.get("logprobs")), int(body.get("top_logprobs") or 0)
-        else:
-            lp = body.get("logprobs")
-            want, top = lp is not None and lp is not False, int(lp or 0)
-        opts = body.get("stream_options")
-        usage = bool(opts.get("include_usage")) if isinstance(opts, dict) else False
-    except (TypeError, ValueError):
-        raise RouterError(400, "n, logprobs and top_logprobs must be integers (logprobs a boolean for chat)",
-                          code="invalid_value") from None
-    if n < 1:
-        raise RouterError(400, "n must be at least 1", param="n", code="invalid_value")
-    return Wants(want, top, usage, n)
-
-
 def stage_payload(kind: str, body: dict, stage: StageConfig, scorer: Scorer, wants: Wants, stream: bool) -> dict:
     """The client's body (unknown fields kept) with the stage's model name and the logprobs the scorer needs."""
     p = dict(body)
@@ -151,9 +124,9 @@ def _trim_top(lp: dict, k: int) -> None:
             if isinstance(item, dict) and isinstance(item.get("top_logprobs"), list):
                 item["top_logprobs"] = item["top_logprobs"][:k]
     tops = lp.get("top_logprobs")
-    if isinstance(tops, list):
-        lp["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:k]) if isinstance(t, dict) else t
-                              for t in tops]
+    if isinstance(tops, list):  # already parsed as numbers by the scorer (else the answer was refused)
+        lp["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -float(kv[1]))[:k]) if isinstance(t, dict)
+                              else t for t in tops]
 
 
 def strip_response(obj: dict, wants: Wants, model: str) -> dict:
@@ -179,6 +152,13 @@ def score_choices(scorer: Scorer, data: dict) -> float:
     return min(scores) if scores else -math.inf
 
 
+def _scored(scorer: Scorer, data: dict) -> float:
+    try:
+        return score_choices(scorer, data)
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise UpstreamError("protocol", f"engine answered with malformed logprobs ({type(exc).__name__})") from None
+
+
 def _usage(trace: Trace, data: dict, first_stage: bool) -> None:
     usage = data.get("usage")
     if isinstance(usage, dict):
@@ -201,6 +181,36 @@ def _client_error(e: UpstreamError) -> RouterError:
                        "upstream_rejected")
 
 
+@dataclass
+class _Attempt:
+    """One streamed attempt at one endpoint: running scores (one per choice), the buffered events, and whether the
+    client is already receiving this attempt live."""
+
+    scorers: dict[int, Scorer] = field(default_factory=dict)
+    buffer: list[dict] = field(default_factory=list)
+    live: bool = False
+
+    @property
+    def score(self) -> float:
+        return min((s.value for s in self.scorers.values()), default=-math.inf)
+
+
+@dataclass
+class _StageRun:
+    """One stage's part in a streamed request: `_stream_stage` fills it in, the driver loop reads it."""
+
+    stage: StageConfig
+    final: bool
+    step: StageStep = None  # type: ignore[assignment]  # set in __post_init__
+    t0: float = field(default_factory=time.perf_counter)
+    finished: bool = False                          # the client has its whole answer (or an error event): stop
+    answer: tuple[list[dict], float] | None = None  # a complete answer that was not accepted (fallback material)
+    rejected: UpstreamError | None = None           # the engine refused the request itself (4xx)
+
+    def __post_init__(self) -> None:
+        self.step = StageStep(self.stage.name, "failed")
+
+
 class Cascade:
     """Runs requests through the stages of one Runtime with one shared HTTP client."""
 
@@ -218,15 +228,19 @@ class Cascade:
         trace.failures.append((stage.name, e.kind))
 
     # ---- non-streamed -----------------------------------------------------------------------------------------
-    async def _call(self, stage: StageConfig, kind: str, payload: dict, trace: Trace) -> dict:
+    async def _call(self, stage: StageConfig, kind: str, payload: dict, trace: Trace) -> tuple[dict, float]:
+        """One stage's complete answer and its score, endpoint after endpoint; an answer that cannot be scored
+        (malformed logprobs) is that endpoint failing, as a 5xx would be."""
         pool = self.rt.pools[stage.name]
+        auth: UpstreamAuth = self.rt.auth[stage.name]
         tried: set[Endpoint] = set()
         last: UpstreamError | None = None
         while (ep := pool.pick(tried)) is not None:
             tried.add(ep)
             try:
                 data = await post_json(self.client, ep, PATHS[kind], payload, stage.timeout_s,
-                                       self.rt.config.connect_timeout_s)
+                                       self.rt.config.connect_timeout_s, auth)
+                score = _scored(self.rt.scorers[stage.name], data)
             except UpstreamError as e:
                 self._fail(trace, stage, pool, ep, e)
                 if not e.retryable:
@@ -234,7 +248,7 @@ class Cascade:
                 last = e
                 continue
             pool.succeeded(ep)
-            return data
+            return data, score
         assert last is not None
         raise last
 
@@ -247,13 +261,13 @@ class Cascade:
             scorer = self.rt.scorers[stage.name]
             t0 = time.perf_counter()
             try:
-                data = await self._call(stage, kind, stage_payload(kind, body, stage, scorer, wants, False), trace)
+                data, score = await self._call(stage, kind, stage_payload(kind, body, stage, scorer, wants, False),
+                                               trace)
             except UpstreamError as e:
                 trace.steps.append(StageStep(stage.name, "failed", None, time.perf_counter() - t0, str(e)))
                 if not e.retryable and best is None:
                     raise _client_error(e) from None
                 continue
-            score = score_choices(scorer, data)
             _usage(trace, data, first_stage=trace.input_tokens is None)
             accepted = final or score >= (stage.threshold if stage.threshold is not None else -math.inf)
             trace.steps.append(StageStep(stage.name, ("answered" if final else "accepted") if accepted
@@ -274,98 +288,125 @@ class Cascade:
                      pinned: str | None) -> AsyncIterator[bytes | Trace]:
         """Yield the Trace once the answering stage is known (headers go out then), then SSE bytes.
 
-        Raises RouterError before the first yield when nothing can answer.
+        The driver loop: one `_stream_stage` per stage until one finishes the client's answer; then the best
+        answer already obtained (fallback). Raises RouterError before the first yield when nothing can answer.
         """
         stages = self.stages_for(pinned)
-        early = self.rt.config.early_decision
         best: tuple[StageConfig, list[dict], float] | None = None
         for i, stage in enumerate(stages):
-            final = i == len(stages) - 1
-            pool = self.rt.pools[stage.name]
-            proto = self.rt.scorers[stage.name]
-            payload = stage_payload(kind, body, stage, proto, wants, True)
-            tried: set[Endpoint] = set()
-            t0 = time.perf_counter()
-            step = StageStep(stage.name, "failed")
-            while (ep := pool.pick(tried)) is not None:
-                tried.add(ep)
-                scorers: dict[int, Scorer] = {}
-                buffer: list[dict] = []
-                live = False
-                try:
-                    async with open_stream(self.client, ep, PATHS[kind], payload, stage.timeout_s,
-                                           self.rt.config.connect_timeout_s) as events:
-                        async for ev in events:
-                            self._observe(ev, scorers, proto, trace)
-                            if live:
-                                if (chunk := _sse(ev, wants, trace.model)) is not None:
-                                    yield chunk
-                                continue
-                            buffer.append(ev)
-                            if final:
-                                live = True
-                            elif early is not None and wants.n == 1 and 0 in scorers \
-                                    and scorers[0].count >= early.min_tokens:
-                                running = scorers[0].value
-                                assert stage.threshold is not None
-                                if early.reject_margin is not None and running < stage.threshold - early.reject_margin:
-                                    step = StageStep(stage.name, "early_escalated", running)
-                                    break
-                                if early.accept_margin is not None and running >= stage.threshold + early.accept_margin:
-                                    live = True
-                            if live:
-                                step = StageStep(stage.name, "answered" if final else "committed")
-                                trace.stage = stage.name
-                                trace.steps.append(step)
-                                step.seconds = time.perf_counter() - t0
-                                yield trace
-                                yield b"".join(c for ev in buffer if (c := _sse(ev, wants, trace.model)))
-                                buffer = []
-                except UpstreamError as e:
-                    self._fail(trace, stage, pool, ep, e)
-                    if live:  # bytes already reached the client: end the stream with an error event
-                        step.error = trace.error = str(e)
-                        step.outcome = "failed"
-                        step.seconds = time.perf_counter() - t0
-                        yield _error_event(e)
-                        return
-                    if not e.retryable:
-                        if best is None:
-                            raise _client_error(e) from None
-                        step = StageStep(stage.name, "failed", error=str(e))
-                        break
-                    step = StageStep(stage.name, "failed", error=str(e))
-                    continue
-                pool.succeeded(ep)
-                score = min((s.value for s in scorers.values()), default=-math.inf)
-                if live:  # finished streaming live (final stage, pinned stage or committed)
-                    step.score = trace.score = score
-                    step.seconds = time.perf_counter() - t0
-                    yield _summary(trace)
-                    return
-                if step.outcome == "early_escalated":
-                    break
-                threshold = stage.threshold if stage.threshold is not None else -math.inf
-                step = StageStep(stage.name, "accepted" if score >= threshold else "escalated", score)
-                if step.outcome == "accepted":
-                    step.seconds = time.perf_counter() - t0
-                    trace.steps.append(step)
-                    trace.stage, trace.score = stage.name, score
-                    yield trace
-                    yield _replay(buffer, wants, trace)
-                    return
-                best = (stage, buffer, score)
-                break
-            step.seconds = time.perf_counter() - t0
-            if step.outcome == "failed" and step.error is None:
-                step.error = "no endpoint could answer"
-            trace.steps.append(step)
+            run = _StageRun(stage, final=i == len(stages) - 1)
+            async for item in self._stream_stage(run, kind, body, wants, trace):
+                yield item
+            if run.finished:
+                return
+            if run.rejected is not None and best is None:
+                raise _client_error(run.rejected)
+            run.step.seconds = time.perf_counter() - run.t0
+            if run.step.outcome == "failed" and run.step.error is None:
+                run.step.error = "no endpoint could answer"
+            trace.steps.append(run.step)
+            if run.answer is not None:
+                best = (stage, *run.answer)
         if best is None:
             raise _no_answer(trace)
         stage, buffer, score = best
         trace.stage, trace.score, trace.fallback = stage.name, score, True
         yield trace
         yield _replay(buffer, wants, trace)
+
+    async def _stream_stage(self, run: _StageRun, kind: str, body: dict, wants: Wants,
+                            trace: Trace) -> AsyncIterator[bytes | Trace]:
+        """One stage, endpoint after endpoint until an attempt completes; the outcome is left on `run`."""
+        stage = run.stage
+        pool = self.rt.pools[stage.name]
+        proto = self.rt.scorers[stage.name]
+        payload = stage_payload(kind, body, stage, proto, wants, True)
+        tried: set[Endpoint] = set()
+        while (ep := pool.pick(tried)) is not None:
+            tried.add(ep)
+            att = _Attempt()
+            try:
+                async with open_stream(self.client, ep, PATHS[kind], payload, stage.timeout_s,
+                                       self.rt.config.connect_timeout_s, self.rt.auth[stage.name]) as events:
+                    async for item in self._relay(events, run, att, proto, wants, trace):
+                        yield item
+            except UpstreamError as e:
+                self._fail(trace, stage, pool, ep, e)
+                if att.live:  # bytes already reached the client: end the stream with an error event
+                    run.step.error = trace.error = str(e)
+                    run.step.outcome = "failed"
+                    run.step.seconds = time.perf_counter() - run.t0
+                    run.finished = True
+                    yield _error_event(e)
+                    return
+                run.step = StageStep(stage.name, "failed", error=str(e))
+                if not e.retryable:
+                    run.rejected = e
+                    return
+                continue
+            pool.succeeded(ep)
+            score = att.score
+            if att.live:  # finished streaming live (final stage, pinned stage or committed)
+                run.step.score = trace.score = score
+                run.step.seconds = time.perf_counter() - run.t0
+                run.finished = True
+                yield _summary(trace)
+                return
+            if run.step.outcome == "early_escalated":
+                return
+            if score >= (stage.threshold if stage.threshold is not None else -math.inf):
+                run.step = StageStep(stage.name, "accepted", score, time.perf_counter() - run.t0)
+                trace.steps.append(run.step)
+                trace.stage, trace.score = stage.name, score
+                run.finished = True
+                yield trace
+                yield _replay(att.buffer, wants, trace)
+                return
+            run.step = StageStep(stage.name, "escalated", score)
+            run.answer = (att.buffer, score)
+            return
+
+    async def _relay(self, events: AsyncIterator[dict], run: _StageRun, att: _Attempt, proto: Scorer,
+                     wants: Wants, trace: Trace) -> AsyncIterator[bytes | Trace]:
+        """Read one attempt's events: score them, buffer them, and once the stage is the answer (final stage, or
+        an early commit) send the headers and stream live. Returns early on an early escalation."""
+        stage = run.stage
+        async for ev in events:
+            try:
+                self._observe(ev, att.scorers, proto, trace)
+            except (ValueError, TypeError, AttributeError, KeyError) as exc:  # the engine's fault, not ours
+                raise UpstreamError("protocol", f"engine sent malformed logprobs ({type(exc).__name__})") from None
+            if att.live:
+                if (chunk := _sse(ev, wants, trace.model)) is not None:
+                    yield chunk
+                continue
+            att.buffer.append(ev)
+            decision = "commit" if run.final else self._early(stage, att, wants)
+            if decision == "reject":
+                run.step = StageStep(stage.name, "early_escalated", att.scorers[0].value)
+                return
+            if decision == "commit":
+                att.live = True
+                run.step = StageStep(stage.name, "answered" if run.final else "committed")
+                trace.stage = stage.name
+                trace.steps.append(run.step)
+                run.step.seconds = time.perf_counter() - run.t0
+                yield trace
+                yield b"".join(c for ev in att.buffer if (c := _sse(ev, wants, trace.model)))
+                att.buffer = []
+
+    def _early(self, stage: StageConfig, att: _Attempt, wants: Wants) -> str | None:
+        """The early decision on a non-final stage's running score: "reject", "commit" or None (read on)."""
+        early = self.rt.config.early_decision
+        if early is None or wants.n != 1 or 0 not in att.scorers or att.scorers[0].count < early.min_tokens:
+            return None
+        running = att.scorers[0].value
+        assert stage.threshold is not None
+        if early.reject_margin is not None and running < stage.threshold - early.reject_margin:
+            return "reject"
+        if early.accept_margin is not None and running >= stage.threshold + early.accept_margin:
+            return "commit"
+        return None
 
     @staticmethod
     def _observe(ev: dict, scorers: dict[int, Scorer], proto: Scorer, trace: Trace) -> None:

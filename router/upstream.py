@@ -23,12 +23,14 @@ class UpstreamError(Exception):
 
     def __init__(self, kind: str, message: str, status: int | None = None, body: Any = None) -> None:
         super().__init__(message)
-        self.kind = kind  # "connect" | "timeout" | "status" | "protocol" | "stream"
+        self.kind = kind  # "connect" | "timeout" | "status" | "auth" | "protocol" | "stream"
         self.status = status
         self.body = body
 
     @property
     def retryable(self) -> bool:
+        """False only for the engine refusing the request itself (a 4xx other than 408/429); 401/403 are the
+        router's own key being refused (a deployment fault), so they fail over like a 5xx."""
         return self.kind != "status" or self.status is None or self.status >= 500 or self.status in (408, 429)
 
 
@@ -83,16 +85,35 @@ class StagePool:
 def _status_error(status: int, content: bytes) -> UpstreamError:
     try:
         body = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     msg = content[:300].decode(errors="replace")
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        msg = str(body["error"].get("message", msg))
+        msg = str(body["error"].get("message", msg))[:300]
+    if status in (401, 403):
+        return UpstreamError("auth", f"HTTP {status}: the engine refused the router's credentials (check the "
+                                     f"stage's upstream_api_key_env): {msg}", status=status, body=body)
     return UpstreamError("status", f"HTTP {status}: {msg}", status=status, body=body)
 
 
-_JSON_HEADERS = {"content-type": "application/json"}
-_SSE_HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+@dataclass(frozen=True, slots=True)
+class UpstreamAuth:
+    """The request headers for one stage's engines, with its Bearer key if it has one. The repr hides the key."""
+
+    json_headers: dict[str, str]
+    sse_headers: dict[str, str]
+
+    def __repr__(self) -> str:
+        return f"UpstreamAuth(key={'set' if 'authorization' in self.json_headers else 'none'})"
+
+
+def upstream_auth(key: str | None) -> UpstreamAuth:
+    extra = {"authorization": f"Bearer {key}"} if key else {}
+    return UpstreamAuth({"content-type": "application/json", **extra},
+                        {"content-type": "application/json", "accept": "text/event-stream", **extra})
+
+
+NO_AUTH = upstream_auth(None)
 
 
 def make_session(max_connections: int) -> aiohttp.ClientSession:
@@ -111,12 +132,12 @@ def _translate(exc: BaseException) -> UpstreamError:
 
 
 async def post_json(session: aiohttp.ClientSession, ep: Endpoint, path: str, payload: dict, timeout_s: float,
-                    connect_s: float) -> dict:
+                    connect_s: float, auth: UpstreamAuth = NO_AUTH) -> dict:
     """POST and return the JSON body; every failure becomes UpstreamError."""
     ep.outstanding += 1
     ep.requests += 1
     try:
-        async with session.post(ep.url + path, data=json.dumps(payload).encode(), headers=_JSON_HEADERS,
+        async with session.post(ep.url + path, data=json.dumps(payload).encode(), headers=auth.json_headers,
                                 timeout=aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_s)) as resp:
             content = await resp.read()
             status = resp.status
@@ -128,7 +149,7 @@ async def post_json(session: aiohttp.ClientSession, ep: Endpoint, path: str, pay
         raise _status_error(status, content)
     try:
         data = json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamError("protocol", "engine answered with invalid JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamError("protocol", "engine answer has no choices")
@@ -137,7 +158,7 @@ async def post_json(session: aiohttp.ClientSession, ep: Endpoint, path: str, pay
 
 @asynccontextmanager
 async def open_stream(session: aiohttp.ClientSession, ep: Endpoint, path: str, payload: dict, timeout_s: float,
-                      connect_s: float) -> AsyncIterator[AsyncIterator[dict]]:
+                      connect_s: float, auth: UpstreamAuth = NO_AUTH) -> AsyncIterator[AsyncIterator[dict]]:
     """POST a streamed request; yield an iterator of parsed SSE `data:` objects (ends at [DONE]).
 
     `timeout_s` bounds the wait for the headers and every gap between chunks. Leaving the context early closes the
@@ -147,7 +168,7 @@ async def open_stream(session: aiohttp.ClientSession, ep: Endpoint, path: str, p
     ep.requests += 1
     try:
         try:
-            resp = await session.post(ep.url + path, data=json.dumps(payload).encode(), headers=_SSE_HEADERS,
+            resp = await session.post(ep.url + path, data=json.dumps(payload).encode(), headers=auth.sse_headers,
                                       timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_s,
                                                                     sock_read=timeout_s))
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -180,9 +201,11 @@ async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[dict]:
                     return
                 try:
                     obj = json.loads(text)
-                except ValueError:
+                except (ValueError, RecursionError):
                     raise UpstreamError("protocol", "engine sent an invalid SSE data line") from None
-                if isinstance(obj, dict) and "error" in obj:
+                if not isinstance(obj, dict) or not isinstance(obj.get("choices", []), list):
+                    raise UpstreamError("protocol", "engine sent an SSE event that is not a chunk object")
+                if "error" in obj:
                     err = obj["error"]
                     msg = err.get("message") if isinstance(err, dict) else str(err)
                     raise UpstreamError("stream", f"engine reported an error mid-stream: {msg}")

@@ -61,8 +61,8 @@ def test_admin_disabled_without_key(fakes):
 
 
 def test_size_limits_and_error_shape(fakes):
-    with serve_app(create_app(parse_config(_doc(fakes, max_request_bytes=2000), "t"))) as url:
-        big = {"model": "cascade", "messages": [{"role": "user", "content": "x" * 5000}]}
+    with serve_app(create_app(parse_config(_doc(fakes, max_request_bytes=65_536), "t"))) as url:
+        big = {"model": "cascade", "messages": [{"role": "user", "content": "x" * 70_000}]}
         r = httpx.post(url + "/v1/chat/completions", json=big)
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -43,8 +44,10 @@ def serve_app(app: Any, port: int | None = None) -> Iterator[str]:
 @dataclass
 class FakeEngine:
     """An OpenAI-compatible fake engine whose behaviour tests set: `mode` is one of
-    ok | error500 | error400 | hang | die_mid_stream | slow_stream; `logprob` is every token's logprob.
-    It counts requests and notes streams that the router closed early (cancellation)."""
+    ok | error500 | error400 | hang | die_mid_stream | slow_stream | bad_logprobs (`"logprob": "abc"`) | bad_sse
+    (a `data: [1,2]` event first); `logprob` is every token's logprob; `api_key` set: requests without
+    `Authorization: Bearer <api_key>` get 401 (as vLLM --api-key does). It counts requests, keeps the bodies and
+    Authorization headers it saw, and notes streams that the router closed early (cancellation)."""
 
     name: str
     logprob: float = -0.1
@@ -52,7 +55,10 @@ class FakeEngine:
     mode: str = "ok"
     legacy: bool = False          # legacy completions logprob layout (vLLM) instead of content[]
     token_delay_s: float = 0.0
+    api_key: str | None = None
     requests: int = 0
+    unauthorized: int = 0
+    authorization: list[str | None] = field(default_factory=list)
     cancelled: int = 0
     finished: int = 0
     bodies: list[dict] = field(default_factory=list)
@@ -65,7 +71,8 @@ class FakeEngine:
             return {"tokens": toks, "token_logprobs": [self.logprob] * len(toks),
                     "top_logprobs": [{t: self.logprob, "x": self.logprob - 1.0} for t in toks],
                     "text_offset": list(range(len(toks)))}
-        return {"content": [{"token": t, "logprob": self.logprob, "bytes": None,
+        lp: Any = "abc" if self.mode == "bad_logprobs" else self.logprob
+        return {"content": [{"token": t, "logprob": lp, "bytes": None,
                              "top_logprobs": [{"token": t, "logprob": self.logprob, "bytes": None},
                                               {"token": "x", "logprob": self.logprob - 1.0, "bytes": None}]}
                             for t in toks]}
@@ -82,6 +89,11 @@ class FakeEngine:
     async def handle(self, request: Request) -> Response:
         chat = request.url.path.endswith("chat/completions")
         body = json.loads(await request.body())
+        self.authorization.append(request.headers.get("authorization"))
+        if self.api_key is not None and request.headers.get("authorization") != f"Bearer {self.api_key}":
+            self.unauthorized += 1
+            return JSONResponse({"error": {"message": "invalid API key", "type": "authentication_error"}},
+                                status_code=401)
         self.requests += 1
         self.bodies.append(body)
         if self.mode == "error500":
@@ -101,6 +113,8 @@ class FakeEngine:
 
         async def events() -> Any:
             try:
+                if self.mode == "bad_sse":
+                    yield "data: [1,2]\n\n"
                 for i, t in enumerate(toks):
                     if self.mode == "die_mid_stream" and i == len(toks) // 2:
                         raise RuntimeError("engine died")  # uvicorn drops the connection mid-body
@@ -155,3 +169,40 @@ def engine_pair(start_small: Any, start_big: Any) -> Iterator[tuple[Any, Any]]:
     finally:
         small.stop()
         big.stop()
+
+
+class RawConnection:
+    """One HTTP/1.1 keep-alive socket, no client library in between: a test sees exactly whether the server kept
+    the connection after a response (httpx and openai would silently reconnect)."""
+
+    def __init__(self, base_url: str) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=30)
+        self.file = self.sock.makefile("rb")
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+                ) -> tuple[int, dict[str, str], bytes]:
+        """Send one request; return (status, lower-cased headers, body). OSError if the server dropped us."""
+        head = f"{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\n" \
+               f"content-length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall(head.encode() + b"\r\n" + body)
+        status_line = self.file.readline()
+        if not status_line:
+            raise ConnectionResetError("the server closed the connection")
+        status = int(status_line.split()[1])
+        hdrs: dict[str, str] = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            k, _, v = line.decode("latin-1").partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        if "chunked" in hdrs.get("transfer-encoding", ""):
+            data = b""
+            while (size := int(self.file.readline().strip(), 16)) > 0:
+                data += self.file.read(size)
+                self.file.readline()
+            self.file.readline()
+            return status, hdrs, data
+        return status, hdrs, self.file.read(int(hdrs.get("content-length", "0")))
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
