@@ -91,3 +91,21 @@ SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/
 SKY_ROUTER_CPUS = "4+"                       # the router service's replica
 SKY_HEALTH_POLL_INTERVAL_SECONDS = 1.0       # clusters: probing a launched engine's /health (direct HTTP, cheap)
 SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown when a stage's job ends before serving
+
+# --- calibrate (cascadia calibrate) ----------------------------------------------------------
+CALIBRATE_CONCURRENCY = 2                  # requests in flight per stage (local engines get this many slots)
+CALIBRATE_TEMPERATURE = 0.0                # greedy: the profile is reproducible
+CALIBRATE_MAX_TOKENS = 64                  # per answer; short-answer prompt sets need few
+CALIBRATE_TOP_LOGPROBS = 2                 # alternatives per token (the margin scorer reads 2)
+CALIBRATE_REQUEST_TIMEOUT_SECONDS = 300.0  # one stage answer
+CALIBRATE_REQUEST_RETRIES = 2              # on connection errors and 5xx, before the stage is reported failed
+CALIBRATE_RETRY_BACKOFF_SECONDS = 1.0      # times the attempt number
+CALIBRATE_INTERVAL_Z = 1.959964            # 95 % two-sided normal quantile (Wilson intervals, sample size)
+CALIBRATE_TARGET_HALF_WIDTH = 0.03         # warn when the 95 % interval of a stage's quality is wider than this
+CALIBRATE_RELIABILITY_BINS = 10            # reliability diagram: equal-count score bins
+CALIBRATE_HOLDOUT_FRACTION = 0.3           # isotonic map: share of prompts held out to test it
+CALIBRATE_SEED = 20250604                  # the held-out split
+CALIBRATE_JUDGE_MAX_TOKENS = 16            # the judge answers with a number
+CALIBRATE_JUDGE_SCALE = 10.0               # the rubric's scale: 0..this, normalised to [0, 1]
+CALIBRATE_EMPTY_ANSWER_SCORE = -1e9        # an empty answer's -inf score as written in the profile (finite, lowest)
+CALIBRATE_QUALITY_FLOOR_FRACTION = 0.05    # the prompt count a warning names uses p kept in [this, 1 - this]
