@@ -88,6 +88,12 @@ def test_end_to_end_profile_scored_by_the_router_code(engines, prompts, tmp_path
     assert [s.quality for s in rep.stages] == pytest.approx(prof.quality.mean(axis=0).tolist())
     header = run.profile_path.read_text().splitlines()[:10]
     assert "# tool: cascadia calibrate" in header
+    again = calibrate(_spec(tmp_path), prompts, output=tmp_path / "p2.csv", sampling=SAMPLING, scorer="margin",
+                      cache_root=tmp_path / "cache")           # all cached: no engine is started
+    assert again.asked == 0 and [s.origin for s in again.stages] == ["cache", "cache"]
+    prof2 = load_profile(again.profile_path, MODELS)
+    assert prof2.provenance.get("scorer") == "margin"
+    assert prof2.scores[0, 0] == pytest.approx(run.answers[0].scores["margin"], abs=5e-7)
 
 
 def test_local_spec_engines_are_started_and_stopped_by_calibrate(prompts, tmp_path: Path) -> None:

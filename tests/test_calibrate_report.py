@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from cascadia_sky.calibrate.report import (auroc, build_report, isotonic_apply, isotonic_fit, prompts_needed,
-                                           quality_interval, reliability, report_png, report_table)
+                                           quality_interval, reliability, report_png, report_table,
+                                           suggested_max_tokens)
 
 
 def test_wilson_interval_by_hand() -> None:
@@ -112,3 +113,8 @@ def test_table_and_png(tmp_path) -> None:
     assert report_table(rep).row_count == 2
     path = report_png(rep, tmp_path / "r.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suggested_max_tokens() -> None:
+    assert suggested_max_tokens(64) == 128 and suggested_max_tokens(85) == 128 and suggested_max_tokens(86) == 256
+    assert suggested_max_tokens(3) == 16 and suggested_max_tokens(0) == 16

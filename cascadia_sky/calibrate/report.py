@@ -67,6 +67,11 @@ def prompts_needed(p: float, half_width: float = CALIBRATE_TARGET_HALF_WIDTH, z:
     return max(1, math.ceil(z * z * p * (1 - p) / (half_width * half_width)))
 
 
+def suggested_max_tokens(p95_tokens: float) -> int:
+    """The next power of two >= 1.5 x p95_tokens, at least 16: room above the usual answer, a bound on a runaway."""
+    return max(16, 1 << max(0, math.ceil(math.log2(max(1.0, 1.5 * p95_tokens)))))
+
+
 def reliability(scores: np.ndarray, q: np.ndarray, bins: int = CALIBRATE_RELIABILITY_BINS
                 ) -> list[tuple[float, float, int]]:
     """Equal-count score bins: (mean score, mean quality, count) per bin, low scores first."""
@@ -119,6 +124,11 @@ class StageReport:
     reliability: list[tuple[float, float, int]]     # for the report's scorer
     brier_constant: float = math.nan                # held-out Brier score of the constant map
     brier_isotonic: float = math.nan                # ... of the isotonic map fitted on the rest
+
+    @property
+    def suggested_max_tokens(self) -> int:
+        """A max_tokens for this stage: the next power of two >= 1.5 x the p95 answer length (at least 16)."""
+        return suggested_max_tokens(self.output_tokens_p95)
 
 
 @dataclass
@@ -208,13 +218,14 @@ def report_table(rep: CalibrationReport):  # -> rich Table
     t = Table(title=f"calibration: {rep.n_prompts} prompts (AUROC: right vs wrong; * = recommended scorer)")
     for col in ("stage", "model", "quality", "95 % interval", *[f"AUROC {k}{' *' if k == rep.recommended else ''}"
                                                                for k in keys],
-                "out tokens p50/p95", "latency s", "isotonic Brier (const)"):
+                "out tokens p50/p95", "max_tokens", "latency s", "isotonic Brier (const)"):
         t.add_column(col, justify="left" if col in ("stage", "model") else "right")
     for s in rep.stages:
         iso = "-" if math.isnan(s.brier_isotonic) else f"{s.brier_isotonic:.3f} ({s.brier_constant:.3f})"
         t.add_row(s.name, s.model, f"{s.quality:.3f}", f"[{s.low:.3f}, {s.high:.3f}]",
                   *["-" if math.isnan(s.auroc[k]) else f"{s.auroc[k]:.3f}" for k in keys],
-                  f"{s.output_tokens_median:g}/{s.output_tokens_p95:g}", f"{s.latency_mean_s:.3f}", iso)
+                  f"{s.output_tokens_median:g}/{s.output_tokens_p95:g}", str(s.suggested_max_tokens),
+                  f"{s.latency_mean_s:.3f}", iso)
     return t
 
 

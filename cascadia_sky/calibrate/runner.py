@@ -202,9 +202,12 @@ def calibrate(spec: CascadeSpec, prompts: list[Prompt], *, endpoints: dict[str, 
     cdir = cache_dir_for(spec.name, cache_root)
     cache = JsonlCache(cdir / "answers.jsonl")
     grade_cache = JsonlCache(cdir / "grades.jsonl")
-    with stage_targets(spec, endpoints or {}, concurrency=concurrency, progress=status) as stages:
-        keys = {(p.id, st.name): answer_key(st.model, p.key(), sampling.header(), top)
-                for p in prompts for st in stages}
+    names = spec.stage_names()
+    keys = {(p.id, n): answer_key(st.model, p.key(), sampling.header(), top)
+            for p in prompts for st, n in zip(spec.stages, names)}
+    wants_judge = grader == "judge" or any(p.grader == "judge" for p in prompts)
+    needed = wants_judge or any(k not in cache for k in keys.values())
+    with stage_targets(spec, endpoints or {}, concurrency=concurrency, progress=status, needed=needed) as stages:
         todo = [(p, st, keys[(p.id, st.name)]) for p in prompts for st in stages if keys[(p.id, st.name)] not in cache]
         total = len(keys)
         if progress:
@@ -212,7 +215,7 @@ def calibrate(spec: CascadeSpec, prompts: list[Prompt], *, endpoints: dict[str, 
         asked = _run_pairs(todo, cache, sampling, top, concurrency, len(stages), progress, total - len(todo), total)
         raw = {k: cache.get(v) or {} for k, v in keys.items()}
         judge = None
-        if grader == "judge" or any(p.grader == "judge" for p in prompts):
+        if wants_judge:
             url = judge_endpoint or stages[-1].url
             judge = Judge.from_file(url, judge_model or (stages[-1].served_model_name if not judge_endpoint
                                                          else "judge"), rubric)

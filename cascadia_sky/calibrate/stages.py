@@ -50,13 +50,19 @@ def parse_endpoint_args(items: list[str]) -> dict[str, str]:
 
 @contextmanager
 def stage_targets(spec: CascadeSpec, endpoints: dict[str, str], *, concurrency: int = 1,
-                  progress: Callable[[str], None] | None = None) -> Iterator[list[StageTarget]]:
-    """Yield one StageTarget per stage (in order); local engines started here are stopped on exit."""
+                  progress: Callable[[str], None] | None = None,
+                  needed: bool = True) -> Iterator[list[StageTarget]]:
+    """Yield one StageTarget per stage (in order); local engines started here are stopped on exit. With
+    `needed=False` (every answer is cached already) stages without an --endpoint get no endpoint (url "")."""
     names = spec.stage_names()
     unknown = sorted(set(endpoints) - set(names))
     if unknown:
         raise UserInputError(f"--endpoint names unknown stage(s) {', '.join(unknown)}; the stages are "
                              f"{', '.join(names)}")
+    if not needed:
+        yield [StageTarget(name=n, model=st.model, served_model_name=n, url=endpoints.get(n, ""),
+                           origin="--endpoint" if n in endpoints else "cache") for st, n in zip(spec.stages, names)]
+        return
     urls: dict[str, tuple[str, str]] = {n: (u, "--endpoint") for n, u in endpoints.items()}
     for src_name, source in ENDPOINT_SOURCES:
         if len(urls) == len(names):
