@@ -4,8 +4,8 @@
 - `contains`: the normalised reference appears in the normalised answer as whole words.
 - `numeric`: the answer's number equals the reference within a tolerance (the prompt's `tolerance`, else
   `NUMERIC_DEFAULT_TOLERANCE` relative). The answer's number is the one after the last "answer is" / "answer:" when
-  there is one, else the one after the first "=" of the first line (a model that restates "17 * 23 = 391" is read
-  as 391), else the first number.
+  there is one, else the last number of the answer (the usual lenient reading: "17 * 23 = 391" is 391, and a
+  worked answer ends with its result).
 - `choice`: a multiple-choice letter: "answer is (B)", a leading "B", "B.", "(B)", or the text of exactly one choice;
   the reference is a letter or the text of a choice.
 - `judge`: an LLM judge through any OpenAI-compatible endpoint; the rubric (a text file with {question},
@@ -82,19 +82,14 @@ def parse_number(text: str) -> float | None:
 
 
 def answer_number(answer: str) -> float | None:
-    """The answer's number: after the last 'answer is' / 'answer:', else after the first line's first '=', else
-    the first one."""
+    """The answer's number: after the last 'answer is' / 'answer:', else the last number in the answer."""
     marks = list(_ANSWER_MARK.finditer(answer))
     if marks:
         value = parse_number(answer[marks[-1].end():])
         if value is not None:
             return value
-    first = answer.strip().split("\n", 1)[0]
-    if "=" in first:
-        value = parse_number(first.split("=", 1)[1])
-        if value is not None:
-            return value
-    return parse_number(answer)
+    numbers = list(_NUMBER.finditer(answer))
+    return parse_number(numbers[-1].group(0)) if numbers else None
 
 
 def grade_numeric(prompt: Prompt, answer: str) -> float:
