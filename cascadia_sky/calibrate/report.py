@@ -175,7 +175,8 @@ def build_report(names: list[str], models: list[str], scores: dict[str, np.ndarr
     recommended = max(valid, key=lambda k: valid[k]) if valid else scorer
     rep = CalibrationReport(stages=stages, scorer=scorer, recommended=recommended, n_prompts=p)
     for st in stages:
-        need = prompts_needed(min(max(st.quality, CALIBRATE_QUALITY_FLOOR_FRACTION), 1 - CALIBRATE_QUALITY_FLOOR_FRACTION), half_width)
+        floor = CALIBRATE_QUALITY_FLOOR_FRACTION
+        need = prompts_needed(min(max(st.quality, floor), 1 - floor), half_width)
         if (st.high - st.low) / 2 > half_width:
             rep.warnings.append(f"stage '{st.name}': {p} prompts give quality {st.quality:.3f} "
                                 f"[{st.low:.3f}, {st.high:.3f}]; +-{half_width * 100:g} points at 95 % needs about "

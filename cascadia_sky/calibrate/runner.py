@@ -56,7 +56,6 @@ class Answer:
     latency_s: float
     quality: float
     grader: str
-    cached: bool
 
 
 @dataclass
@@ -182,6 +181,28 @@ def _grade_all(prompts: list[Prompt], stages: list[StageTarget], raw: dict[tuple
     return out
 
 
+def _measure(spec: CascadeSpec, prompts: list[Prompt], keys: dict[tuple[str, str], str], cache: JsonlCache,
+             grade_cache: JsonlCache, endpoints: dict[str, str], sampling: Sampling, top: int, concurrency: int,
+             needed: bool, wants_judge: bool, grader: str, judge_endpoint: str | None, judge_model: str | None,
+             rubric: str | None, progress: Progress | None, status: Callable[[str], None] | None):  # noqa: ANN202
+    """Stages up (or not), missing answers asked, all graded: (stages, raw answers, grades, answers asked)."""
+    with stage_targets(spec, endpoints, concurrency=concurrency, progress=status, needed=needed) as stages:
+        todo = [(p, st, keys[(p.id, st.name)]) for p in prompts for st in stages
+                if keys[(p.id, st.name)] not in cache]
+        total = len(keys)
+        if progress:
+            progress(total - len(todo), total, "cached" if len(todo) < total else "starting")
+        asked = _run_pairs(todo, cache, sampling, top, concurrency, len(stages), progress, total - len(todo), total)
+        raw = {k: cache.get(v) or {} for k, v in keys.items()}
+        judge = None
+        if wants_judge:
+            url = judge_endpoint or stages[-1].url
+            judge = Judge.from_file(url, judge_model or (stages[-1].served_model_name if not judge_endpoint
+                                                         else "judge"), rubric)
+        grades = _grade_all(prompts, stages, raw, grader, judge, grade_cache, progress)
+    return stages, raw, grades, asked
+
+
 def calibrate(spec: CascadeSpec, prompts: list[Prompt], *, endpoints: dict[str, str] | None = None,
               output: str | Path | None = None, sampling: Sampling, grader: str = "auto", scorer: str | None = None,
               judge_endpoint: str | None = None, judge_model: str | None = None, rubric: str | None = None,
@@ -207,19 +228,13 @@ def calibrate(spec: CascadeSpec, prompts: list[Prompt], *, endpoints: dict[str, 
             for p in prompts for st, n in zip(spec.stages, names)}
     wants_judge = grader == "judge" or any(p.grader == "judge" for p in prompts)
     needed = wants_judge or any(k not in cache for k in keys.values())
-    with stage_targets(spec, endpoints or {}, concurrency=concurrency, progress=status, needed=needed) as stages:
-        todo = [(p, st, keys[(p.id, st.name)]) for p in prompts for st in stages if keys[(p.id, st.name)] not in cache]
-        total = len(keys)
-        if progress:
-            progress(total - len(todo), total, "cached" if len(todo) < total else "starting")
-        asked = _run_pairs(todo, cache, sampling, top, concurrency, len(stages), progress, total - len(todo), total)
-        raw = {k: cache.get(v) or {} for k, v in keys.items()}
-        judge = None
-        if wants_judge:
-            url = judge_endpoint or stages[-1].url
-            judge = Judge.from_file(url, judge_model or (stages[-1].served_model_name if not judge_endpoint
-                                                         else "judge"), rubric)
-        grades = _grade_all(prompts, stages, raw, grader, judge, grade_cache, progress)
+    try:
+        stages, raw, grades, asked = _measure(spec, prompts, keys, cache, grade_cache, endpoints or {}, sampling,
+                                              top, concurrency, needed, wants_judge, grader, judge_endpoint,
+                                              judge_model, rubric, progress, status)
+    except KeyboardInterrupt:  # while engines start or the judge grades (the answer loop has its own message)
+        raise CalibrationInterrupted(f"interrupted: what finished is cached in {cache.path.parent}; run the same "
+                                     "command again to continue") from None
     answers = []
     for p in prompts:
         for st in stages:
@@ -228,7 +243,7 @@ def calibrate(spec: CascadeSpec, prompts: list[Prompt], *, endpoints: dict[str, 
             answers.append(Answer(prompt_id=p.id, stage=st.name, model=st.model, text=r["text"],
                                   scores=scorer_values(r.get("logprobs")), input_tokens=int(r["input_tokens"]),
                                   output_tokens=int(r["output_tokens"]), latency_s=float(r["latency_s"]),
-                                  quality=q, grader=sub, cached=True))
+                                  quality=q, grader=sub))
     run = CalibrationRun(stages=stages, prompts=prompts, answers=answers, scorer=scorer, grader=grader,
                          sampling=sampling, profile_path=None, cache_path=cache.path, wall_s=time.monotonic() - t0,
                          asked=asked)
