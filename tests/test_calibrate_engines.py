@@ -184,3 +184,17 @@ resources: {{local: {{threads: 1}}}}
     assert "recommended scorer:" in done.stdout
     assert (tmp_path / "profile.csv").is_file() and (tmp_path / "profile.report.png").is_file()
     assert len(load_profile(tmp_path / "profile.csv", MODELS).prompt_ids) == 6
+
+
+def test_local_engine_answers_are_bounded_without_max_tokens(engines) -> None:
+    """A request without max_tokens to the base model (which never stops on its own) ends at the engine default."""
+    from cascadia_sky.constants import LOCAL_ENGINE_MAX_TOKENS
+
+    body = {"model": "large", "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}]}
+    req = urllib.request.Request(engines[1].url + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        out = json.loads(resp.read())
+    assert out["usage"]["completion_tokens"] <= LOCAL_ENGINE_MAX_TOKENS
+    if out["choices"][0]["finish_reason"] == "length":
+        assert out["usage"]["completion_tokens"] == LOCAL_ENGINE_MAX_TOKENS
