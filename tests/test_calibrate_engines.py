@@ -198,3 +198,11 @@ def test_local_engine_answers_are_bounded_without_max_tokens(engines) -> None:
     assert out["usage"]["completion_tokens"] <= LOCAL_ENGINE_MAX_TOKENS
     if out["choices"][0]["finish_reason"] == "length":
         assert out["usage"]["completion_tokens"] == LOCAL_ENGINE_MAX_TOKENS
+
+
+def test_served_model_name_comes_from_the_endpoint(engines) -> None:
+    from cascadia_sky.calibrate.stages import served_name
+
+    assert served_name(engines[0].url, MODELS[0], "small") == "small"          # the one model it serves
+    assert served_name(engines[0].url + "/v1", MODELS[0], "x") == "small"
+    assert served_name(f"http://127.0.0.1:{free_port()}", MODELS[0], "small") == "small"   # unreachable: the name

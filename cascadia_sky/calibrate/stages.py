@@ -8,11 +8,14 @@ and stops itself; else an error that names the stages without an endpoint.
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from cascadia_sky.constants import LAUNCH_HEALTH_TIMEOUT_SECONDS
 from cascadia_sky.errors import UserInputError
 from cascadia_sky.spec import CascadeSpec
 
@@ -35,6 +38,23 @@ class StageTarget:
     served_model_name: str     # the `model` field sent to the endpoint
     url: str
     origin: str                # "--endpoint", a registered source's name, or "local engine"
+
+
+def served_name(url: str, model: str, stage: str) -> str:
+    """The `model` to send to an endpoint: the one model its /v1/models lists, or the listed id equal to the stage's
+    model or name; else the stage name (llama.cpp ignores it; vLLM would answer 404 and the run says so)."""
+    base = url.rstrip("/")
+    base = base[: -len("/chat/completions")] if base.endswith("/chat/completions") else base
+    base = base if base.endswith("/v1") else base + "/v1"
+    try:
+        with urllib.request.urlopen(base + "/models", timeout=LAUNCH_HEALTH_TIMEOUT_SECONDS) as resp:
+            ids = [m["id"] for m in json.loads(resp.read()).get("data", []) if isinstance(m, dict) and "id" in m]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return stage
+    for want in (model, stage):
+        if want in ids:
+            return want
+    return ids[0] if len(ids) == 1 else stage
 
 
 def parse_endpoint_args(items: list[str]) -> dict[str, str]:
@@ -91,7 +111,9 @@ def stage_targets(spec: CascadeSpec, endpoints: dict[str, str], *, concurrency: 
             raise UserInputError(f"no endpoint for stage(s) {', '.join(missing)}: give --endpoint "
                                  f"{missing[0]}=http://HOST:PORT for each (or calibrate a resources.local spec, whose "
                                  "bundled models calibrate starts itself)")
-        yield [StageTarget(name=n, model=st.model, served_model_name=n, url=urls[n][0], origin=urls[n][1])
+        local = {n for n in names if urls[n][1] == "local engine"}
+        yield [StageTarget(name=n, model=st.model, url=urls[n][0], origin=urls[n][1],
+                           served_model_name=n if n in local else served_name(urls[n][0], st.model, n))
                for st, n in zip(spec.stages, names)]
     finally:
         for e in engines:
