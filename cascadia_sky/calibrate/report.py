@@ -18,14 +18,21 @@ Definitions (the tests recompute them by hand):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cascadia_sky.constants import (CALIBRATE_HOLDOUT_FRACTION, CALIBRATE_INTERVAL_Z,
                                     CALIBRATE_QUALITY_FLOOR_FRACTION, CALIBRATE_RELIABILITY_BINS, CALIBRATE_SEED,
                                     CALIBRATE_TARGET_HALF_WIDTH)
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cascadia_sky.calibrate.runner import Answer, CalibrationRun
 
 
 def quality_interval(q: np.ndarray, z: float = CALIBRATE_INTERVAL_Z) -> tuple[float, float, float]:
@@ -193,25 +200,23 @@ def build_report(names: list[str], models: list[str], scores: dict[str, np.ndarr
     return rep
 
 
-def report_from_run(run: object) -> CalibrationReport:
-    """The report of a CalibrationRun (runner.py)."""
-    names = [s.name for s in run.stages]  # type: ignore[attr-defined]
-    models = [s.model for s in run.stages]  # type: ignore[attr-defined]
-    p, n_st = len(run.prompts), len(names)  # type: ignore[attr-defined]
-    answers = run.answers  # type: ignore[attr-defined]
-    keys = list(answers[0].scores) if answers else []
+def report_from_run(run: CalibrationRun) -> CalibrationReport:
+    """The report of a calibration run (arrays rebuilt from its answers, prompt-major, stage-minor)."""
+    from cascadia_sky.calibrate.runner import finite_score
 
-    def grid(get) -> np.ndarray:  # type: ignore[no-untyped-def]
-        return np.array([get(a) for a in answers], dtype=float).reshape(p, n_st)
+    names = [s.name for s in run.stages]
+    p, n_st = len(run.prompts), len(names)
+    keys = list(run.answers[0].scores) if run.answers else []
 
-    from cascadia_sky.calibrate.runner import _finite
+    def grid(get: Callable[[Answer], float]) -> np.ndarray:
+        return np.array([get(a) for a in run.answers], dtype=float).reshape(p, n_st)
 
-    scores = {k: grid(lambda a, k=k: _finite(a.scores[k])) for k in keys}
-    return build_report(names, models, scores, grid(lambda a: a.quality), grid(lambda a: a.output_tokens),
-                        grid(lambda a: a.latency_s), run.scorer)  # type: ignore[attr-defined]
+    scores = {k: grid(lambda a, k=k: finite_score(a.scores[k])) for k in keys}
+    return build_report(names, [s.model for s in run.stages], scores, grid(lambda a: a.quality),
+                        grid(lambda a: a.output_tokens), grid(lambda a: a.latency_s), run.scorer)
 
 
-def report_table(rep: CalibrationReport):  # -> rich Table
+def report_table(rep: CalibrationReport) -> Table:
     """The terminal table: one row per stage."""
     from rich.table import Table
 

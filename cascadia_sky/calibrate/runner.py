@@ -270,13 +270,13 @@ def profile_rows(run: CalibrationRun) -> list[ProfileRow]:
     """One profile row per answer; `score` is the chosen scorer, every scorer also in its own column."""
     rows = []
     for a in run.answers:
-        score = _finite(a.scores[run.scorer])
-        extra = {f"score_{k}": f"{_finite(v):.6f}" for k, v in a.scores.items()}
+        score = finite_score(a.scores[run.scorer])
+        extra = {f"score_{k}": f"{finite_score(v):.6f}" for k, v in a.scores.items()}
         extra.update(latency_s=f"{a.latency_s:.4f}", grader=a.grader)
         rows.append(ProfileRow(a.prompt_id, a.model, score, a.quality, a.input_tokens, a.output_tokens, extra))
     return rows
 
 
-def _finite(x: float) -> float:
+def finite_score(x: float) -> float:
     """An empty answer scores -inf (never accepted); the CSV stores that as a very low finite number."""
     return x if math.isfinite(x) else CALIBRATE_EMPTY_ANSWER_SCORE
