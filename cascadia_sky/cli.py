@@ -329,6 +329,66 @@ def plan(
 
 
 @app.command()
+def calibrate(
+    spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade whose stages to measure."),
+    prompts: str = typer.Option(..., "--prompts", "-p", help="Prompt file: JSONL (id, prompt or messages, "
+                                "reference, choices) or CSV (id, prompt, reference, ...)."),
+    output: str = typer.Option(None, "-o", "--output", help="Profile CSV to write (default: the spec's "
+                               "quality.profile)."),
+    endpoint: list[str] = typer.Option(None, "--endpoint", "-e", help="STAGE=URL of an OpenAI-compatible server "
+                                       "(repeatable); default: local engines for a resources.local spec."),
+    grader: str = typer.Option("auto", "--grader", "-g", help="auto, exact, contains, numeric, choice, judge, or "
+                               "module:function."),
+    scorer: str = typer.Option(None, "--scorer", help="Scorer for the profile's score column (default: the "
+                               "spec's quality.scorer); every scorer is also written in its own column."),
+    judge_endpoint: str = typer.Option(None, "--judge-endpoint", help="Judge URL (default: the last stage)."),
+    judge_model: str = typer.Option(None, "--judge-model", help="The judge's model name."),
+    rubric: str = typer.Option(None, "--rubric", help="Judge rubric file with {question}, {reference}, {answer}."),
+    temperature: float = typer.Option(None, "--temperature", min=0.0, help="Sampling temperature (default 0)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", min=1, help="Tokens per answer (default 64)."),
+    concurrency: int = typer.Option(None, "--concurrency", "-c", min=1, help="Requests in flight per stage."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N prompts."),
+    png: str = typer.Option("", "--png", help="Report PNG (default: next to the profile)."),
+) -> None:
+    """Measure a quality profile: every prompt through every stage, scored like the router, graded; report."""
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    from cascadia_sky import constants as c
+    from cascadia_sky.calibrate import Sampling, calibrate as run_calibrate, load_prompts, parse_endpoint_args
+    from cascadia_sky.calibrate.report import report_from_run, report_png, report_table
+    from cascadia_sky.calibrate.stages import load_spec_for_calibration
+
+    spec = load_spec_for_calibration(spec_file)
+    items = load_prompts(prompts, limit)
+    sampling = Sampling(c.CALIBRATE_TEMPERATURE if temperature is None else temperature,
+                        max_tokens or c.CALIBRATE_MAX_TOKENS)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False) as bar:
+        task = bar.add_task("calibrating", total=None)
+        run = run_calibrate(spec, items, endpoints=parse_endpoint_args(endpoint or []), output=output,
+                            sampling=sampling, grader=grader, scorer=scorer, judge_endpoint=judge_endpoint,
+                            judge_model=judge_model, rubric=rubric,
+                            concurrency=concurrency or c.CALIBRATE_CONCURRENCY, prompt_source=prompts,
+                            progress=lambda done, total, what: bar.update(task, completed=done, total=total,
+                                                                          description=what[:40]),
+                            status=lambda msg: bar.console.print(f"[dim]{msg}[/]", highlight=False))
+    rep = report_from_run(run)
+    console.print(report_table(rep))
+    for w in rep.warnings:
+        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+    console.print(f"recommended scorer: [bold]{rep.recommended}[/] (profile score column: {run.scorer})")
+    console.print(f"{len(items)} prompts x {len(run.stages)} stages in {run.wall_s:.1f} s "
+                  f"({run.asked} answers asked, the rest from the cache {run.cache_path})", highlight=False)
+    if run.profile_path is not None:
+        picture = report_png(rep, png or Path(run.profile_path).with_suffix(".report.png"))
+        console.print(f"wrote {run.profile_path} and {picture}")
+        console.print(f"Next: [bold]cascadia plan {spec_file}[/]")
+
+
+@app.command()
 def simulate(
     spec_file: str = typer.Argument(..., metavar="CASCADE.YAML", help="The cascade spec (workload, profile)."),
     plan_file: str = typer.Option(None, "--plan", help="plan.json to replay (default: plan the spec now)."),

@@ -73,6 +73,8 @@ LOCAL_ENGINE_TTFT_S = 0.04                 # measured 0.03-0.045 s for short pro
 LOCAL_ENGINE_PREFILL_TOKENS_PER_S = 2000.0  # assumed prompt processing rate beyond that
 LOCAL_ENGINE_EFFECTIVE_GB_PER_S = 17.0     # decode of other models: weight bytes per token / this (fits the two above)
 LOCAL_GGUF_BYTES_PER_PARAM = 0.6           # Q4-class GGUF weights
+LOCAL_ENGINE_MAX_TOKENS = 128              # answer tokens when a request sets no max_tokens (llama.cpp n_predict):
+                                           # the report's suggestion for examples/profiles/local.csv (1.5 x p95 64)
 
 # --- launcher (cascadia up / status / down) --------------------------------------------------
 LAUNCH_ROUTER_PORT = 8800                    # the router's port (local backend: on 127.0.0.1)
@@ -95,8 +97,8 @@ SKY_HEALTH_POLL_INTERVAL_SECONDS = 1.0       # clusters: probing a launched engi
 SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown when a stage's job ends before serving
 
 # --- quality profiles ------------------------------------------------------------------------------
-PROFILE_MARGIN_POINTS = 0.03                 # `validate` warns when the profile cannot pin quality to +- this
-PROFILE_CONFIDENCE = 0.95                    # ... at this confidence (normal approximation of the binomial)
+PROFILE_MARGIN_POINTS = 0.03                 # validate and calibrate warn when a profile cannot pin quality to +- this
+PROFILE_CONFIDENCE_Z = 1.959964              # ... at 95 % (two-sided normal quantile; also the Wilson intervals)
 
 # --- AWS (catalog refresh and quotas; cascadia_sky/cloud/) -----------------------------------
 USER_CATALOG_DIRNAME = "catalogs"            # under $CASCADIA_HOME: refreshed offers (offers/<cloud>.csv + .meta.json)
@@ -109,3 +111,19 @@ AWS_DEFAULT_REGIONS = ("us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-c
                        "ap-southeast-2")     # refreshed when neither --regions nor describe_regions says otherwise
 AWS_GPU_TYPE_PATTERNS = ("g*", "p*")         # instance types with NVIDIA GPUs (the G/VT and P quota families)
 AWS_SPOT_PRODUCT = "Linux/UNIX"              # spot price history product description
+
+# --- calibrate (cascadia calibrate) ----------------------------------------------------------
+CALIBRATE_CONCURRENCY = 2                  # requests in flight per stage (local engines get this many slots)
+CALIBRATE_TEMPERATURE = 0.0                # greedy: the profile is reproducible
+CALIBRATE_MAX_TOKENS = 64                  # per answer; short-answer prompt sets need few
+CALIBRATE_TOP_LOGPROBS = 2                 # alternatives per token (the margin scorer reads 2)
+CALIBRATE_REQUEST_TIMEOUT_SECONDS = 300.0  # one stage answer
+CALIBRATE_REQUEST_RETRIES = 2              # on connection errors and 5xx, before the stage is reported failed
+CALIBRATE_RETRY_BACKOFF_SECONDS = 1.0      # times the attempt number
+CALIBRATE_RELIABILITY_BINS = 10            # reliability diagram: equal-count score bins
+CALIBRATE_HOLDOUT_FRACTION = 0.3           # isotonic map: share of prompts held out to test it
+CALIBRATE_SEED = 20250604                  # the held-out split
+CALIBRATE_JUDGE_MAX_TOKENS = 16            # the judge answers with a number
+CALIBRATE_JUDGE_SCALE = 10.0               # the rubric's scale: 0..this, normalised to [0, 1]
+CALIBRATE_EMPTY_ANSWER_SCORE = -1e9        # an empty answer's -inf score as written in the profile (finite, lowest)
+CALIBRATE_QUALITY_FLOOR_FRACTION = 0.05    # the prompt count a warning names uses p kept in [this, 1 - this]

@@ -4,7 +4,15 @@ the requests that reach it, and the quality of the answers actually returned.
 
 CSV format (one row per prompt and stage model; extra columns are ignored, leading `#` lines are comments)::
 
+    # kind: measured
+    # models: HuggingFaceTB/SmolLM2-135M-Instruct, google/gemma-3-270m
+    # scorer: mean_logprob
     prompt_id,model,score,quality,input_tokens,output_tokens
+
+Provenance: leading comment lines of the form `# key: value` (lower-case key of letters, digits, `_` and `-`) are
+the profile's provenance (`read_provenance`, `QualityProfile.provenance`): `kind` (measured | synthetic), `models`,
+`scorer`, `grader`, `sampling`, `date`, `prompts`, `prompt_set`, `tool`. Other comment lines are free text. A file
+without such lines still loads (empty provenance); one whose free text says SYNTHETIC counts as synthetic.
 
 `score` is the confidence of that model's answer as the router computes it live (higher = more confident, any real
 number; default statistic: mean token logprob). `quality` is the judged quality on any scale consistent with the
@@ -23,15 +31,18 @@ import difflib
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cascadia_sky.constants import PROFILE_CONFIDENCE, PROFILE_MARGIN_POINTS
+from cascadia_sky.constants import CALIBRATE_QUALITY_FLOOR_FRACTION, PROFILE_CONFIDENCE_Z, PROFILE_MARGIN_POINTS
 from cascadia_sky.errors import ProfileError
 
 PROFILE_COLUMNS = ("prompt_id", "model", "score", "quality", "input_tokens", "output_tokens")
+PROVENANCE_KEYS = ("kind", "models", "scorer", "grader", "sampling", "date", "prompts", "prompt_set", "tool")
+_PROVENANCE_LINE = re.compile(r"^#\s*([a-z][a-z0-9_-]*)\s*:\s?(.*)$")
 _BATCH_CELLS = 262_144  # evaluate_many / bootstrap: (vector x prompt) cells per chunk, sized to stay in cache
 
 
@@ -54,6 +65,99 @@ class BatchOutcome:
     reach: np.ndarray  # (K, S)
     answered: np.ndarray  # (K, S)
     quality: np.ndarray  # (K,)
+
+
+@dataclass(frozen=True)
+class ProfileProvenance:
+    """Where a profile's numbers come from: its `# key: value` header lines (and its free-text comments)."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+    comments: tuple[str, ...] = ()
+
+    def get(self, key: str, default: str = "") -> str:
+        return self.fields.get(key, default)
+
+    @property
+    def kind(self) -> str:
+        """'measured', 'synthetic', or '' when the file does not say."""
+        kind = self.fields.get("kind", "").strip().lower()
+        if not kind and any("synthetic" in c.lower() for c in self.comments):
+            return "synthetic"
+        return kind
+
+    @property
+    def synthetic(self) -> bool:
+        return self.kind == "synthetic"
+
+    def header_lines(self) -> list[str]:
+        """The `# key: value` lines, known keys first in their documented order."""
+        order = [k for k in PROVENANCE_KEYS if k in self.fields] + sorted(set(self.fields) - set(PROVENANCE_KEYS))
+        return [f"# {k}: {self.fields[k]}" for k in order] + [f"# {c}" if c else "#" for c in self.comments]
+
+    def summary(self) -> str:
+        """One line for plan output: kind, prompts, scorer, grader, models, date."""
+        parts = [self.kind or "unknown provenance"]
+        for key, label in (("prompts", "prompts"), ("scorer", "scorer"), ("grader", "grader"),
+                           ("sampling", ""), ("date", "")):
+            if self.fields.get(key):
+                parts.append(f"{self.fields[key]} {label}".strip() if key == "prompts"
+                             else f"{label} {self.fields[key]}".strip())
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ProfileRow:
+    """One (prompt, model) row for `write_profile`."""
+
+    prompt_id: str
+    model: str
+    score: float
+    quality: float
+    input_tokens: int
+    output_tokens: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def read_provenance(path: str | Path) -> ProfileProvenance:
+    """The provenance header of a profile CSV (the leading comment lines; empty for a file without any)."""
+    fields: dict[str, str] = {}
+    comments: list[str] = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for raw in f:
+                line = raw.strip()
+                if not line:
+                    continue
+                if not line.startswith("#"):
+                    break
+                m = _PROVENANCE_LINE.match(line)
+                if m:
+                    fields[m.group(1)] = m.group(2).strip()
+                else:
+                    comments.append(line.lstrip("#").strip())
+    except (OSError, UnicodeDecodeError):
+        return ProfileProvenance()
+    return ProfileProvenance(fields, tuple(comments))
+
+
+def write_profile(path: str | Path, rows: Sequence[ProfileRow], provenance: ProfileProvenance,
+                  extra_columns: Sequence[str] = ()) -> Path:
+    """Write a profile CSV: the provenance header, the columns, then the rows (atomically: tmp + rename)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        for line in provenance.header_lines():
+            f.write(line + "\n")
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow([*PROFILE_COLUMNS, *extra_columns])
+        for r in rows:
+            w.writerow([r.prompt_id, r.model, f"{r.score:.6f}", f"{r.quality:g}", r.input_tokens, r.output_tokens,
+                        *(r.extra.get(c, "") for c in extra_columns)])
+    os.replace(tmp, path)
+    return path
 
 
 class QualityProfile:
@@ -84,6 +188,7 @@ class QualityProfile:
         if len(self.prompt_ids) != p or len(self.stage_models) != s:
             raise ValueError("prompt_ids / stage_models do not match the array shape")
         self.source = source
+        self.provenance = ProfileProvenance()  # load_profile fills it from the file's header
         self._boot_key: tuple | None = None
         self._boot_weights: np.ndarray | None = None
 
@@ -175,8 +280,10 @@ class QualityProfile:
         evaluates the training part thousands of times)."""
         _s, q, tin, tout = self._subset(idx)
         ii = np.asarray(idx)
-        return QualityProfile(_s.T, q.T, tin.T, tout.T, prompt_ids=[self.prompt_ids[i] for i in ii],
-                              stage_models=self.stage_models, source=self.source)
+        sub = QualityProfile(_s.T, q.T, tin.T, tout.T, prompt_ids=[self.prompt_ids[i] for i in ii],
+                             stage_models=self.stage_models, source=self.source)
+        sub.provenance = self.provenance
+        return sub
 
     def z1(self, idx: np.ndarray | None = None) -> float:
         """Quality when every request goes to the last (largest) stage."""
@@ -370,8 +477,10 @@ def load_profile(path: str | Path, stage_models: Sequence[str],
                                        f"prompt {_shown(pids[p])} has no row for stage {st + 1} model "
                                        f"'{stage_models[st]}'; every prompt needs one row per stage model "
                                        "(add the row or drop the prompt)")
-    return QualityProfile(arrays[0], arrays[1], arrays[2], arrays[3], prompt_ids=list(prompt_index),
+    prof = QualityProfile(arrays[0], arrays[1], arrays[2], arrays[3], prompt_ids=list(prompt_index),
                           stage_models=list(stage_models), source=file)
+    prof.provenance = read_provenance(path)
+    return prof
 
 
 def _name_lookup(stage_models: Sequence[str], aliases: Mapping[str, str]) -> dict[str, list[int]]:
@@ -417,15 +526,10 @@ def _shown(cell: str) -> str:
     return f"'{cell.strip()}'" if _plain(cell) else f"a value of {len(cell)} characters (not shown)"
 
 
-def prompts_needed(quality: float, margin: float = PROFILE_MARGIN_POINTS,
-                   confidence: float = PROFILE_CONFIDENCE) -> int:
-    """Prompts needed to estimate a mean quality near `quality` (0..1) within +-`margin` at `confidence` (normal
-    approximation of the binomial: n = z^2 q (1 - q) / margin^2; e.g. about 683 for +-3 points at 80 %)."""
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(0.5 + confidence / 2)
-    q = min(max(quality, 0.0), 1.0)
-    return math.ceil(z * z * max(q * (1 - q), 0.01) / (margin * margin))
+def prompts_needed(p: float, half_width: float = PROFILE_MARGIN_POINTS, z: float = PROFILE_CONFIDENCE_Z) -> int:
+    """Prompts for a 95 % interval of +-half_width around a quality p in [0, 1] (normal approximation of the
+    binomial, n = z^2 p (1 - p) / half_width^2: about 683 for +-3 points at 80 %). Used by validate and calibrate."""
+    return max(1, math.ceil(z * z * p * (1 - p) / (half_width * half_width)))
 
 
 def profile_warnings(profile: QualityProfile, stage_names: Sequence[str]) -> list[str]:
@@ -436,10 +540,11 @@ def profile_warnings(profile: QualityProfile, stage_names: Sequence[str]) -> lis
     means = [float(np.mean(q[:, i])) for i in range(profile.n_stages)]
     binary = bool(np.all((q >= 0) & (q <= 1)))
     if binary:
-        need = prompts_needed(means[-1])
+        floor = CALIBRATE_QUALITY_FLOOR_FRACTION
+        need = prompts_needed(min(max(means[-1], floor), 1 - floor))
         if profile.n_prompts < need:
             out.append(f"{profile.n_prompts} prompts: the last stage's quality {means[-1]:.3f} is known only to "
-                       f"about +-{_half_width(means[-1], profile.n_prompts):.3f} at {PROFILE_CONFIDENCE:.0%}; "
+                       f"about +-{_half_width(means[-1], profile.n_prompts):.3f} at 95 %; "
                        f"+-{PROFILE_MARGIN_POINTS:.2f} needs about {need} prompts (calibrate on more)")
     for j in range(1, profile.n_stages):
         for i in range(j):
@@ -452,10 +557,7 @@ def profile_warnings(profile: QualityProfile, stage_names: Sequence[str]) -> lis
 
 
 def _half_width(q: float, n: int) -> float:
-    from statistics import NormalDist
-
-    z = NormalDist().inv_cdf(0.5 + PROFILE_CONFIDENCE / 2)
-    return z * math.sqrt(max(q * (1 - q), 0.0) / max(n, 1))
+    return PROFILE_CONFIDENCE_Z * math.sqrt(max(q * (1 - q), 0.0) / max(n, 1))
 
 
 def _real(cell: str, file: str, line: int, column: str) -> float:

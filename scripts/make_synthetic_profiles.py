@@ -136,7 +136,7 @@ MULTICLOUD = Profile(
 )
 
 LOCAL = Profile(
-    file="local.csv", seed=7004, n_prompts=500, context_tokens=8192, max_output_tokens=1024,
+    file="local-synthetic.csv", seed=7004, n_prompts=500, context_tokens=8192, max_output_tokens=1024,
     wrong_length_factor=1.3,
     benchmarks=(Benchmark("ifeval", 1.0, 70, 180),),
     models=(
@@ -170,6 +170,12 @@ def generate(profile: Profile) -> str:
     out = io.StringIO()
     out.write("# SYNTHETIC quality profile: not measurements. Made by scripts/make_synthetic_profiles.py from published\n")
     out.write("# per-model accuracies; see examples/profiles/README.md for sources and assumptions.\n")
+    out.write("# kind: synthetic\n")  # provenance header (cascadia_sky.quality.read_provenance)
+    out.write(f"# models: {', '.join(m.name for m in profile.models)}\n")
+    out.write("# scorer: mean_logprob\n")
+    out.write("# grader: none (correctness drawn from published accuracies)\n")
+    out.write(f"# prompts: {profile.n_prompts}\n")
+    out.write("# tool: scripts/make_synthetic_profiles.py\n")
     out.write("prompt_id,model,score,quality,input_tokens,output_tokens\n")
     shared, own = math.sqrt(RHO), math.sqrt(1.0 - RHO)
     for bench, count in zip(profile.benchmarks, _counts(profile)):

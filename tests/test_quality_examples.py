@@ -37,7 +37,7 @@ def loaded() -> dict[str, QualityProfile]:
 
 
 def test_expected_files_exist_small_and_labelled_synthetic() -> None:
-    assert set(PROFILES) == {"deepseek.csv", "llama3.csv", "multicloud.csv", "local.csv"}
+    assert set(PROFILES) == {"deepseek.csv", "llama3.csv", "multicloud.csv", "local-synthetic.csv"}
     for name in PROFILES:
         data = (PROFILE_DIR / name).read_bytes()
         assert len(data) < 1_000_000
@@ -56,7 +56,7 @@ def test_generator_reproduces_committed_csvs_byte_for_byte(tmp_path: Path) -> No
 
 def test_check_mode_detects_a_stale_file(tmp_path: Path) -> None:
     GEN.main(["--out", str(tmp_path)])
-    path = tmp_path / "local.csv"
+    path = tmp_path / "local-synthetic.csv"
     path.write_bytes(path.read_bytes().replace(b",1,", b",0,", 1))
     assert GEN.main(["--check", "--out", str(tmp_path)]) == 1
 
@@ -66,8 +66,8 @@ def test_shapes_and_model_ids(loaded: dict[str, QualityProfile]) -> None:
                                                    "deepseek-ai/DeepSeek-R1-Distill-Llama-70B",
                                                    "deepseek-ai/DeepSeek-R1")
     assert loaded["llama3.csv"].stage_models[2] == "meta-llama/Llama-3.1-405B"
-    assert loaded["local.csv"].stage_models == ("HuggingFaceTB/SmolLM2-135M", "google/gemma-3-270m")
-    assert loaded["deepseek.csv"].n_prompts == 2000 and loaded["local.csv"].n_prompts == 500
+    assert loaded["local-synthetic.csv"].stage_models == ("HuggingFaceTB/SmolLM2-135M", "google/gemma-3-270m")
+    assert loaded["deepseek.csv"].n_prompts == 2000 and loaded["local-synthetic.csv"].n_prompts == 500
     for f, prof in loaded.items():
         assert (prof.scores < 0).all(), f  # mean token logprob
         assert set(np.unique(prof.quality)) <= {0.0, 1.0}

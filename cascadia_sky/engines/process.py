@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascadia_sky.bundled import bundled_model, gguf_path
+from cascadia_sky.constants import LOCAL_ENGINE_MAX_TOKENS
 from cascadia_sky.errors import CascadiaError
 
 ENGINE_READY_TIMEOUT_SECONDS = 120.0   # xllamacpp is ready in ~1 s; vLLM on CPU in 25-80 s
@@ -110,11 +111,17 @@ def spawn(name: str, served_model_name: str, argv: list[str], port: int, log_dir
 
 def start_xllamacpp(model_path: Path, alias: str, *, port: int | None = None, threads: int = 1, ctx: int = 2048,
                     parallel: int = 1, chat_template: str = "", log_dir: Path | None = None,
-                    python: str = sys.executable, wait: bool = True) -> EngineProcess:
-    """Serve a GGUF file with llama.cpp (xllamacpp) on 127.0.0.1; wait until it answers unless wait=False."""
+                    python: str = sys.executable, wait: bool = True,
+                    max_tokens: int = LOCAL_ENGINE_MAX_TOKENS) -> EngineProcess:
+    """Serve a GGUF file with llama.cpp (xllamacpp) on 127.0.0.1; wait until it answers unless wait=False.
+
+    `max_tokens` is the engine's answer length when a request sets none (llama.cpp `n_predict`; a request's own
+    max_tokens still wins): without it a base model writes until the context is full, minutes on a CPU. -1 lifts
+    it."""
     port = port or free_port()
     argv = [python, "-m", "cascadia_sky.engines.xllamacpp_server", "--model", str(model_path), "--alias", alias,
-            "--port", str(port), "--threads", str(threads), "--ctx", str(ctx), "--parallel", str(parallel)]
+            "--port", str(port), "--threads", str(threads), "--ctx", str(ctx), "--parallel", str(parallel),
+            "--n-predict", str(max_tokens)]
     if chat_template:
         argv += ["--chat-template", chat_template]
     engine = spawn(alias, alias, argv, port, log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "cascadia-engines")

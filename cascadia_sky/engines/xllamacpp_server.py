@@ -24,6 +24,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ctx", type=int, default=2048, help="context length (tokens), shared by the slots")
     ap.add_argument("--parallel", type=int, default=1, help="request slots (continuous batching)")
+    ap.add_argument("--n-predict", type=int, default=-1,
+                    help="tokens per answer when a request gives no max_tokens (-1: until the context is full, "
+                         "llama.cpp's default); a request's own max_tokens still wins")
     ap.add_argument("--chat-template", default="",
                     help="force one of llama.cpp's built-in templates (e.g. 'gemma' for a base model)")
     return ap.parse_args(argv)
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     p.n_parallel = args.parallel
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
+    p.n_predict = args.n_predict
     p.warmup = True
     if args.chat_template:
         p.use_jinja = False
