@@ -73,6 +73,7 @@ LOCAL_ENGINE_TTFT_S = 0.04                 # measured 0.03-0.045 s for short pro
 LOCAL_ENGINE_PREFILL_TOKENS_PER_S = 2000.0  # assumed prompt processing rate beyond that
 LOCAL_ENGINE_EFFECTIVE_GB_PER_S = 17.0     # decode of other models: weight bytes per token / this (fits the two above)
 LOCAL_GGUF_BYTES_PER_PARAM = 0.6           # Q4-class GGUF weights
+ENGINE_API_KEY_ENV = "CASCADIA_ENGINE_API_KEY"   # an engine process reads its key (only the router holds it) here
 LOCAL_ENGINE_MAX_TOKENS = 128              # answer tokens when a request sets no max_tokens (llama.cpp n_predict):
                                            # the report's suggestion for examples/profiles/local.csv (1.5 x p95 64)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cascadia_sky.errors import SpecError
-from cascadia_sky.launch.launcher import ensure_api_key
+from cascadia_sky.launch.keys import ensure_api_key
 from cascadia_sky.spec import load_spec
 from tests.launch.helpers import cli
 from tests.test_spec import mutate, valid_spec, write_spec

@@ -5,6 +5,7 @@ an engine that never becomes ready."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -14,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from cascadia_sky.launch.procs import same_process
+from cascadia_sky.launch.procs import http_get, same_process
 from cascadia_sky.launch.state import StateStore
 from tests.launch.helpers import REPO, cli, processes_of
 
@@ -65,6 +66,20 @@ def test_up_answer_status_down(home: Path) -> None:
     wrong = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()
+    # Engines answer /v1 only to the router (each stage has its own key); /health stays open for readiness probes.
+    keys = json.loads((home / "deployments" / "local" / "engine_keys.json").read_text())
+    engines = [c for c in StateStore(home).get("local").components if c.kind == "engine"]   # type: ignore[union-attr]
+    assert sorted(keys) == ["large", "small"] and len(set(keys.values())) == 2 and len(engines) == 2
+    for c in engines:
+        assert http_get(c.url + "/v1/models")[0] == 401 and http_get(c.url + "/health")[0] == 200
+        assert http_get(c.url + "/v1/models", {"Authorization": f"Bearer {keys[c.stage]}"})[0] == 200
+        other = next(k for s, k in keys.items() if s != c.stage)
+        assert http_get(c.url + "/v1/models", {"Authorization": f"Bearer {other}"})[0] == 401
+        assert not any(k in Path(f"/proc/{c.pid}/cmdline").read_bytes().decode(errors="ignore")
+                       for k in keys.values())                                          # never on a command line
+    text = "".join(p.read_text(errors="ignore") for p in (home / "deployments" / "local").rglob("*")
+                   if p.is_file() and p.name != "engine_keys.json")
+    assert not any(k in text for k in keys.values())                                    # nor in configs or logs
 
     st = cli(home, "status", "local")
     assert st.returncode == 0, st.stderr

@@ -48,9 +48,16 @@ def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
     assert ups[3] == "deepseek-router"                                                 # then the router
     assert res.status is DeploymentStatus.READY and res.endpoint.endswith("/v1")
     calls = {name: info for op, name, info in fake.calls if op == "serve_up"}
-    assert calls["deepseek-small"]["secret_names"] == ["HF_TOKEN"]
-    assert calls["deepseek-router"]["secret_names"] == ["CASCADIA_ROUTER_API_KEYS"]
+    assert calls["deepseek-small"]["secret_names"] == ["HF_TOKEN", "VLLM_API_KEY"]   # its engine key: vLLM --api-key
+    assert calls["deepseek-router"]["secret_names"] == ["CASCADIA_ENGINE_KEY_LARGE", "CASCADIA_ENGINE_KEY_MEDIUM",
+                                                        "CASCADIA_ENGINE_KEY_SMALL", "CASCADIA_ROUTER_API_KEYS"]
+    keys = json.loads((store.deployment_dir("deepseek") / "engine_keys.json").read_text())
+    assert len(set(keys.values())) == 3                                                # one key per stage
+    assert oct((store.deployment_dir("deepseek") / "engine_keys.json").stat().st_mode & 0o777) == "0o600"
     router_cfg = json.loads((store.deployment_dir("deepseek") / "router.json").read_text())
+    assert [s["upstream_api_key_env"] for s in router_cfg["stages"]] == [
+        "CASCADIA_ENGINE_KEY_SMALL", "CASCADIA_ENGINE_KEY_MEDIUM", "CASCADIA_ENGINE_KEY_LARGE"]
+    assert not any(k in (store.deployment_dir("deepseek") / "router.json").read_text() for k in keys.values())
     assert [s["endpoints"] for s in router_cfg["stages"]] == [[fake.services[f"deepseek-{n}"]["endpoint"]]
                                                               for n in ("small", "medium", "large")]
     home_text = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*") if p.is_file())

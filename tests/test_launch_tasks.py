@@ -133,7 +133,7 @@ def test_secrets_are_never_rendered_and_reach_only_the_task_object(sky, monkeypa
     plan = example_plan("deepseek")
     cfg = stage_task(plan, plan.stages[0])
     assert "hf_do_not_leak_123" not in to_yaml(cfg)
-    assert cfg["secrets"] == {"HF_TOKEN": None}
+    assert cfg["secrets"] == {"HF_TOKEN": None, "VLLM_API_KEY": None}   # values only at launch, never rendered
     task = SkyApi()._task(cfg, {"HF_TOKEN": os.environ["HF_TOKEN"]})   # what serve_up hands to SkyPilot
     assert task.secrets["HF_TOKEN"].get_secret_value() == "hf_do_not_leak_123"
     assert "hf_do_not_leak_123" not in repr(task.to_yaml_config(use_user_specified_yaml=True))  # SkyPilot's logs

@@ -6,7 +6,6 @@ running llama.cpp server (xllamacpp) on a free 127.0.0.1 port; `EngineProcess.st
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cascadia_sky.bundled import bundled_model, gguf_path
-from cascadia_sky.constants import LOCAL_ENGINE_MAX_TOKENS
+from cascadia_sky.constants import ENGINE_API_KEY_ENV, LOCAL_ENGINE_MAX_TOKENS
 from cascadia_sky.errors import CascadiaError
 
 ENGINE_READY_TIMEOUT_SECONDS = 120.0   # xllamacpp is ready in ~1 s; vLLM on CPU in 25-80 s
@@ -65,16 +64,16 @@ class EngineProcess:
             return ""
 
     def wait_ready(self, timeout_s: float = ENGINE_READY_TIMEOUT_SECONDS) -> float:
-        """Poll GET /v1/models until it answers 200; return seconds since start. Raise if the process dies."""
+        """Poll GET /health (no key needed: engines may require one for /v1) until it answers 200; return seconds
+        since start. Raise if the process dies."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if not self.alive():
                 raise EngineError(f"engine {self.name} exited with code {self.proc.returncode} before it was ready; "
                                   f"log {self.log_path}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/v1/models", timeout=2) as resp:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
                     if resp.status == 200:
-                        json.loads(resp.read())
                         return time.monotonic() - self.started_at
             except (urllib.error.URLError, OSError, ValueError):
                 pass
@@ -112,19 +111,21 @@ def spawn(name: str, served_model_name: str, argv: list[str], port: int, log_dir
 def start_xllamacpp(model_path: Path, alias: str, *, port: int | None = None, threads: int = 1, ctx: int = 2048,
                     parallel: int = 1, chat_template: str = "", log_dir: Path | None = None,
                     python: str = sys.executable, wait: bool = True,
-                    max_tokens: int = LOCAL_ENGINE_MAX_TOKENS) -> EngineProcess:
+                    max_tokens: int = LOCAL_ENGINE_MAX_TOKENS, api_key: str | None = None) -> EngineProcess:
     """Serve a GGUF file with llama.cpp (xllamacpp) on 127.0.0.1; wait until it answers unless wait=False.
 
     `max_tokens` is the engine's answer length when a request sets none (llama.cpp `n_predict`; a request's own
     max_tokens still wins): without it a base model writes until the context is full, minutes on a CPU. -1 lifts
-    it."""
+    it. With `api_key` the engine answers /v1 only to requests bearing it (passed in the environment, never on the
+    command line, which other users can read)."""
     port = port or free_port()
     argv = [python, "-m", "cascadia_sky.engines.xllamacpp_server", "--model", str(model_path), "--alias", alias,
             "--port", str(port), "--threads", str(threads), "--ctx", str(ctx), "--parallel", str(parallel),
             "--n-predict", str(max_tokens)]
     if chat_template:
         argv += ["--chat-template", chat_template]
-    engine = spawn(alias, alias, argv, port, log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "cascadia-engines")
+    engine = spawn(alias, alias, argv, port, log_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "cascadia-engines",
+                   env={ENGINE_API_KEY_ENV: api_key} if api_key else None)
     if wait:
         engine.wait_ready()
     return engine

@@ -9,9 +9,14 @@ Binds 127.0.0.1 unless told otherwise.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
+
+
+ENGINE_API_KEY_ENV = "CASCADIA_ENGINE_API_KEY"   # = cascadia_sky.constants.ENGINE_API_KEY_ENV (this module runs on
+#                                                 nodes with only the standard library and the engine wheel)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
     p.n_predict = args.n_predict
+    key = os.environ.get(ENGINE_API_KEY_ENV, "").strip()
+    if key:  # /v1 answers only requests bearing it (the router's); /health stays open for readiness probes
+        p.api_keys = [key]
     p.warmup = True
     if args.chat_template:
         p.use_jinja = False

@@ -10,7 +10,6 @@ what makes `up` idempotent. `up`, `status` and `down` wire the decision to a bac
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from cascadia_sky.errors import CascadiaError, LaunchError, UserInputError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext, get_backend
 from cascadia_sky.launch.fingerprint import engine_changes, router_fingerprint, stage_fingerprint
+from cascadia_sky.launch.keys import ensure_api_key, ensure_engine_keys
 from cascadia_sky.launch.procs import process_start, same_process
 from cascadia_sky.launch.state import DeploymentRecord, StateStore
 from cascadia_sky.launch.status import ComponentStatus, DeploymentStatus, derive_deployment
@@ -111,41 +111,6 @@ class UpResult:
     plan_file: str = ""            # the plan this deployment runs (`up --plan` of it is a no-op)
 
 
-def ensure_api_key(directory: Path, progress: Callable[[str], None] = lambda msg: None) -> Path:
-    """The router's API key file, created once per deployment with mode 0600 and checked on every `up`: a key file
-    that others may read is tightened to 0600 (and said so); a symlink or a file of another user is refused. The
-    key itself is never printed."""
-    import stat
-
-    path = directory / "api_key"
-    if not path.exists() and not path.is_symlink():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"csk-{secrets.token_urlsafe(24)}\n")
-    info = os.lstat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise LaunchError(f"{path} is not a regular file (a symlink?); remove it and run `cascadia up` again to "
-                          f"make a new key")
-    if info.st_uid != os.getuid():
-        raise LaunchError(f"{path} belongs to another user (uid {info.st_uid}); remove it and run `cascadia up` "
-                          f"again to make a new key")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o600)
-        progress(f"{path} was mode {mode:04o} (readable by others); set it to 0600")
-    return path
-
-
-def key_file_mode(path: str | Path) -> str:
-    """The key file's permission bits as they are now (what `up` reports; never a mode it did not read)."""
-    import stat
-
-    try:
-        return f"{stat.S_IMODE(os.stat(path).st_mode):04o}"
-    except OSError:
-        return "unknown"
-
-
 def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
        progress: Callable[[str], None] = lambda msg: None,
        confirm: Callable[[list[Action], str], bool] | None = None) -> UpResult:
@@ -179,6 +144,7 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
         raise LaunchError("cancelled; nothing was launched")
     fresh = record is None or record.phase == "launching"
     key = ensure_api_key(store.deployment_dir(name), progress)
+    ensure_engine_keys(store.deployment_dir(name), [s.name for s in plan.stages], progress)
     me = os.getpid()
     base = record or DeploymentRecord(name=name, backend=backend)
     plan_json = plan.to_json()
@@ -276,5 +242,4 @@ def _teardown(store: StateStore, name: str) -> str:
     return ", ".join(stopped) if stopped else "nothing was running"
 
 
-__all__ = ["DeploymentView", "Target", "UpResult", "decide", "down", "ensure_api_key", "key_file_mode", "load_target",
-           "observe", "status", "up"]
+__all__ = ["DeploymentView", "Target", "UpResult", "decide", "down", "load_target", "observe", "status", "up"]

@@ -11,7 +11,8 @@ from rich.text import Text
 
 from cascadia_sky.errors import CascadiaError
 from cascadia_sky.launch.backends import Action
-from cascadia_sky.launch.launcher import DeploymentView, UpResult, key_file_mode
+from cascadia_sky.launch.keys import key_file_mode
+from cascadia_sky.launch.launcher import DeploymentView, UpResult
 from cascadia_sky.planner.plan import StagePlan
 
 

@@ -27,6 +27,7 @@ from cascadia_sky.constants import (
     LAUNCH_RESTART_BACKOFF_SECONDS,
 )
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
+from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
 from cascadia_sky.launch.procs import http_get, process_start
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.launch.tasks import router_config
@@ -143,7 +144,8 @@ class Supervisor:
     def _start_engine(self, rec: DeploymentRecord, comp: ComponentRecord, port: int, log_dir: Path) -> EngineProcess:
         plan = self.plan(rec)
         stage = plan.stage(comp.stage)
-        return start_bundled(stage.model, alias=stage.served_model_name, port=port,
+        key = read_engine_keys(self.store.deployment_dir(self.name)).get(stage.name)
+        return start_bundled(stage.model, alias=stage.served_model_name, port=port, api_key=key,
                              threads=plan.launch.engine_threads, ctx=stage.max_context, log_dir=log_dir, wait=False)
 
     def _start_router(self, rec: DeploymentRecord, port: int, engines: list[ComponentRecord],
@@ -153,11 +155,13 @@ class Supervisor:
         for e in engines:
             if e.desired == "running":
                 endpoints.setdefault(e.stage, []).append(e.url)
+        keys = read_engine_keys(self.store.deployment_dir(self.name))
+        names = {s.name: engine_key_env(s.name) for s in plan.stages if s.name in keys}
         path = self.store.deployment_dir(self.name) / "router.json"
-        path.write_text(json.dumps(router_config(plan, endpoints), indent=2) + "\n")
+        path.write_text(json.dumps(router_config(plan, endpoints, names), indent=2) + "\n")
         argv = [sys.executable, "-m", "router", "--config", str(path), "--host", plan.launch.router_host,
                 "--port", str(port), "--api-keys-file", rec.api_key_file]
-        return spawn("router", rec.name, argv, port, log_dir)
+        return spawn("router", rec.name, argv, port, log_dir, env={names[s]: keys[s] for s in names})
 
     def _stop(self, name: str) -> None:
         child = self.children.pop(name, None)
@@ -186,7 +190,8 @@ class Supervisor:
 
 
 def _answers(kind: str, url: str) -> bool:
-    code, _ = http_get(url + ("/health" if kind == "router" else "/v1/models"))
+    """Ready: /health answers 200 (open on engines that require a key for /v1, and on the router)."""
+    code, _ = http_get(url + "/health")
     return code == 200
 
 

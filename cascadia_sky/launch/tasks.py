@@ -28,7 +28,9 @@ from cascadia_sky.constants import (
     SKY_VLLM_PORT,
     VLLM_GPU_MEMORY_UTILIZATION,
 )
+from cascadia_sky.constants import ENGINE_API_KEY_ENV
 from cascadia_sky.errors import UserInputError
+from cascadia_sky.launch.keys import VLLM_API_KEY_ENV, engine_key_env
 from cascadia_sky.planner.plan import Plan, StagePlan
 from cascadia_sky.spec import LOCAL_DEVICE
 
@@ -200,20 +202,30 @@ def package_dir(name: str) -> Path:
     return Path(importlib.import_module(name).__file__ or "").parent
 
 
-def router_config(plan: Plan, endpoints: dict[str, list[str]]) -> dict[str, Any]:
-    """The router config (plan + the stages' endpoints), validated by the router's own model. The router reads the
-    plan as JSON (it imports nothing of cascadia_sky), so the typed plan crosses that boundary as its JSON form."""
+def router_config(plan: Plan, endpoints: dict[str, list[str]],
+                  key_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The router config (plan + the stages' endpoints + per stage the environment variable holding its engine
+    key), validated by the router's own model. The router reads the plan as JSON (it imports nothing of
+    cascadia_sky), so the typed plan crosses that boundary as its JSON form. Keys themselves are never in it."""
     from router import RouterConfig
 
-    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints).model_dump()
+    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints,
+                                  upstream_api_key_env=key_env or {}).model_dump()
 
 
-def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path) -> Path:
+def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path,
+                        key_env: dict[str, str] | None = None) -> Path:
     """`router_config` written where the router (service or local process) reads it."""
-    config = router_config(plan, endpoints)
+    config = router_config(plan, endpoints, key_env)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
+
+
+def engine_key_secret(stage: StagePlan) -> str:
+    """The secret (environment variable) a stage's engine reads its key from: vLLM's own VLLM_API_KEY, or the one
+    cascadia's llama.cpp server entry point reads (CPU stages)."""
+    return ENGINE_API_KEY_ENV if stage.gpu_type == LOCAL_DEVICE else VLLM_API_KEY_ENV
 
 
 def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
@@ -231,6 +243,7 @@ def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
         cfg["resources"]["any_of"] = [{"infra": t} for t in where]
     cfg["envs"] = {**cfg["envs"], "ROUTER_REQUIREMENTS": " ".join(router_requirements()),
                    "ROUTER_HOST": plan.launch.router_host, "ROUTER_PORT": str(port)}
+    cfg["secrets"] = {**cfg.get("secrets", {}), **{engine_key_env(s.name): None for s in plan.stages}}
     cfg["file_mounts"] = {"~/cascadia/router": str(package_dir("router")), "~/cascadia/router.json": str(config_path)}
     return cfg
 
@@ -255,5 +268,5 @@ def to_yaml(cfg: dict[str, Any]) -> str:
     return yaml.dump(cfg, Dumper=_TaskDumper, sort_keys=False, width=120)
 
 
-__all__ = ["cpu_stage_task", "package_dir", "router_config", "router_requirements", "router_task", "secret_values", "stage_layout",
+__all__ = ["cpu_stage_task", "engine_key_secret", "package_dir", "router_config", "router_requirements", "router_task", "secret_values", "stage_layout",
            "stage_port", "stage_task", "template", "to_yaml", "vllm_args", "write_router_config"]

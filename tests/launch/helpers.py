@@ -128,7 +128,8 @@ class RecordingSkyApi:
             return f"http://127.0.0.1:{port}"
         envs = cfg["envs"]
         if "BUNDLED_MODEL" in envs:  # a CPU stage: the engine its task starts, on the port the launcher chose
-            engine = start_bundled(envs["BUNDLED_MODEL"], alias=envs["SERVED_MODEL_NAME"], port=port)
+            engine = start_bundled(envs["BUNDLED_MODEL"], alias=envs["SERVED_MODEL_NAME"], port=port,
+                                   api_key=secrets.get("CASCADIA_ENGINE_API_KEY"))
         else:                        # a vLLM stage: a bundled model stands in
             model = {"HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct"}.get(envs["MODEL_ID"],
                                                                                            "gemma-3-270m")

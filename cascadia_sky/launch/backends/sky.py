@@ -32,12 +32,14 @@ from cascadia_sky.launch.backends.supervised import (
     wait_until_ready,
 )
 from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
+from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
 from cascadia_sky.launch.procs import http_get, same_process
 from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, check_tasks
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.planner.plan import Plan
 from cascadia_sky.launch.status import ComponentObservation, DeploymentObservation
 from cascadia_sky.launch.tasks import (
+    engine_key_secret,
     router_task,
     secret_values,
     stage_layout,
@@ -132,19 +134,21 @@ class SkyServeBackend(_SkyBase):
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         secrets = secret_values()
+        keys = read_engine_keys(ctx.directory)
         stage_actions = [a for a in actions if a.op in _STAGE_OPS]
-        self._run_parallel(stage_actions, lambda a: self._stage(a, ctx, secrets))
+        self._run_parallel(stage_actions, lambda a: self._stage(a, ctx, secrets, keys))
         rec = ctx.record()
         if stage_actions or any(a.op in ("launch_router", "update_router") for a in actions):
             endpoints = {c.stage: [c.url] for c in rec.components if c.kind == "service" and c.url}
-            path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json")
+            key_env = {s.name: engine_key_env(s.name) for s in ctx.plan.stages if s.name in keys}
+            path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json", key_env)
             cfg = router_task(ctx.plan, path)
             key = Path(rec.api_key_file).read_text().strip()
-            url = self._service(ctx, "router", "", cfg, {"CASCADIA_ROUTER_API_KEYS": key},
-                                update=rec.component("router") is not None)
+            router_secrets = {"CASCADIA_ROUTER_API_KEYS": key, **{key_env[s]: keys[s] for s in key_env}}
+            url = self._service(ctx, "router", "", cfg, router_secrets, update=rec.component("router") is not None)
             ctx.store.update(ctx.name, endpoint=url.rstrip("/") + "/v1")
 
-    def _stage(self, action: Action, ctx: LaunchContext, secrets: dict[str, str]) -> None:
+    def _stage(self, action: Action, ctx: LaunchContext, secrets: dict[str, str], keys: dict[str, str]) -> None:
         service = f"{ctx.name}-{action.stage}"
         if action.op == "remove_stage":
             ctx.store.update_component(ctx.name, action.stage, phase="stopping")
@@ -152,6 +156,8 @@ class SkyServeBackend(_SkyBase):
             ctx.store.delete_component(ctx.name, action.stage)
             return
         stage = ctx.plan.stage(action.stage)
+        if stage.name in keys:
+            secrets = {**secrets, engine_key_secret(stage): keys[stage.name]}
         self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage), secrets,
                       update=action.op == "update_stage", fingerprint=stage_fingerprint(ctx.plan, stage))
 
@@ -224,6 +230,7 @@ class ClustersBackend(_SkyBase):
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         secrets = secret_values()
+        keys = read_engine_keys(ctx.directory)
         jobs = []
         rec = ctx.record()
         for a in actions:
@@ -231,7 +238,7 @@ class ClustersBackend(_SkyBase):
                 jobs += [(a, c.replica) for c in rec.components if c.stage == a.stage]
             elif a.op in ("launch_stage", "update_stage"):
                 jobs += [(a, r) for r in range(ctx.plan.stage(a.stage).replicas)]
-        self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets),
+        self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets, keys),
                            label=lambda job: f"{job[0].stage}/{job[1]}")
         port = ctx.plan.launch.router_port
         ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
@@ -240,7 +247,8 @@ class ClustersBackend(_SkyBase):
         ensure_supervisor(ctx)
         wait_until_ready(ctx, self.observe)
 
-    def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str]) -> None:
+    def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str],
+                 keys: dict[str, str]) -> None:
         from cascadia_sky.engines.process import free_port
 
         comp = f"{action.stage}/{replica}"
@@ -260,6 +268,8 @@ class ClustersBackend(_SkyBase):
             ctx.store.update_component(ctx.name, comp, phase="stopping")
             self.api.cluster_down(cluster)
         stage = ctx.plan.stage(action.stage)
+        if stage.name in keys:
+            secrets = {**secrets, engine_key_secret(stage): keys[stage.name]}
         port = old.port if old is not None and old.port else free_port()
         cfg = stage_task(ctx.plan, stage, service=False, replica=replica, port=port)
         ctx.store.put_component(ComponentRecord(

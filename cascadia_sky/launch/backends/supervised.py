@@ -93,7 +93,7 @@ def observe_local(record: DeploymentRecord, c: ComponentRecord) -> ComponentObse
     alive = same_process(c.pid, c.pid_start)
     healthy = None
     if alive and c.url:
-        code, _ = http_get(c.url + ("/health" if c.kind == "router" else "/v1/models"))
+        code, _ = http_get(c.url + "/health")   # open on engines that require the router's key for /v1
         healthy = code == 200
     return ComponentObservation(c.name, c.kind, c.stage, c.phase, alive, healthy)
 
