@@ -322,6 +322,10 @@ def plan(
         _warn([f"no plan meets the quality target {result.predicted.quality_target:.4f} with a sustainable "
                "deployment; this is the best trade-off found. Lower quality.target, add GPUs or lower the rate."])
     if explain:
+        from cascadia_sky.quality import read_provenance
+
+        provenance = read_provenance(spec.resolve(spec.quality.profile))
+        console.print(f"quality profile: {spec.resolve(spec.quality.profile)} ({provenance.summary()})", markup=False)
         console.print(explanation(result))
         picture = frontier_png(result, png or path.with_suffix(".frontier.png"))
         console.print(f"frontier plot: {picture}", markup=False)

@@ -578,7 +578,11 @@ def _check_profile(spec: CascadeSpec, path: Path) -> list[str]:
         profile = load_profile(path, [st.model for st in spec.stages], aliases)
     except ProfileError as exc:   # named as the spec's field, then the profile's own line and column
         raise _fail(spec, "quality.profile", str(exc)) from None
-    return [f"{path}: {w}" for w in profile_warnings(profile, spec.stage_names())]
+    warnings = [f"{path}: {w}" for w in profile_warnings(profile, spec.stage_names())]
+    if profile.provenance is not None and profile.provenance.synthetic:
+        warnings.insert(0, f"{path}: the profile is labelled synthetic (made up, not measured): the plan's quality "
+                           f"promise rests on invented numbers; measure your models with `cascadia calibrate`")
+    return warnings
 
 
 def _check_local(spec: CascadeSpec) -> None:

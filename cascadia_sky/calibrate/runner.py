@@ -86,7 +86,7 @@ def scorer_values(logprobs: Any) -> dict[str, float]:
 
 def _ask(target: StageTarget, prompt: Prompt, sampling: Sampling, top: int) -> dict[str, Any]:
     ans = chat(target.url, target.served_model_name, list(prompt.messages), temperature=sampling.temperature,
-               max_tokens=sampling.max_tokens, top_logprobs=top)
+               max_tokens=sampling.max_tokens, top_logprobs=top, api_key=target.api_key)
     return {"prompt_id": prompt.id, "model": target.model, "text": ans.text, "logprobs": ans.logprobs,
             "input_tokens": ans.input_tokens, "output_tokens": ans.output_tokens, "latency_s": ans.latency_s,
             "finish_reason": ans.finish_reason}
