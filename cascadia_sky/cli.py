@@ -69,7 +69,7 @@ def _version_callback(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = _flag("--version", callback=_version_callback, is_eager=True,
-                                 help="Print the version and exit."),
+                          help="Print the version and exit."),
 ) -> None:
     """Plan, launch and serve LLM model cascades."""
 
@@ -267,7 +267,7 @@ def router(
     config: str = typer.Option(None, "--config", help="A router config file (YAML/JSON) instead of a plan."),
     endpoint: list[str] = typer.Option(None, "--endpoint", "-e", help="STAGE=URL[,URL...] (repeatable)."),
     local_engines: bool = _flag("--local-engines",
-                                       help="Start bundled local engines (xllamacpp) for the plan's stages."),
+                                help="Start bundled local engines (xllamacpp) for the plan's stages."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (non-loopback needs API keys)."),
     port: int = typer.Option(8800, "--port"),
     api_keys_file: str = typer.Option(None, "--api-keys-file", help="Bearer keys for /v1, one per line."),
@@ -292,15 +292,13 @@ def plan(
     output: str = typer.Option(None, "-o", "--output",
                                help="Where to write plan.json (default: <state home>/plans/<name>/plan.json)."),
     explain: bool = _flag("--explain",
-                                 help="Also show the latency-quality frontier (table + PNG) and why each stage "
-                                      "got what it got."),
+                          help="Also show the latency-quality frontier (table + PNG) and why each stage "
+                          "got what it got."),
     png: str = typer.Option("", "--png", help="Frontier PNG path (default: next to plan.json) with --explain."),
     as_json: bool = _flag("--json",
-                                 help="Print the plan as JSON (still written to the plan file) instead of tables."),
+                          help="Print the plan as JSON (still written to the plan file) instead of tables."),
 ) -> None:
     """Plan a cascade: per stage GPU type/count, TP/PP, replicas, threshold; predicted quality, p95, $/h."""
-    from pathlib import Path
-
     from cascadia_sky.launch.state import state_home
     from cascadia_sky.planner.explain import explanation, frontier_png, plan_table, summary
     from cascadia_sky.planner.plan import write_plan
@@ -400,7 +398,7 @@ def simulate(
     rate_scale: float = typer.Option(1.0, "--rate-scale", min=0.0, help="Replay the workload this many times "
                                      "faster than the spec says (the plan stays as planned)."),
     baselines: bool = _flag("--baselines", help="Also plan and replay every baseline strategy "
-                                   "(single, cascadeserve, uniform-gpus, fixed-parallelism, cascadia, ...)."),
+                            "(single, cascadeserve, uniform-gpus, fixed-parallelism, cascadia, ...)."),
     output_lengths: str = typer.Option("auto", "--output-lengths", help="auto (the trace's when it has them, "
                                        "else the profile's), workload, or profile."),
     png: str = typer.Option("", "--png", help="Prefix of the PNG plots (default: next to --plan, or "
@@ -454,7 +452,7 @@ def up(
     spec_file: str = typer.Argument(None, metavar="CASCADE.YAML", help="The cascade to plan and launch."),
     plan_file: str = typer.Option(None, "--plan", help="Launch this plan.json instead of planning a cascade file."),
     dryrun: bool = _flag("--dryrun", help="Show what would be launched (rendered SkyPilot tasks, "
-                                                        "SkyPilot's resource choice and price); launch nothing."),
+                         "SkyPilot's resource choice and price); launch nothing."),
     yes: bool = _flag("--yes", "-y", help="Do not ask before launching paid resources."),
     port: int = typer.Option(None, "--port", min=1, max=65535, help="The router's port (default 8800)."),
     timeout: float = typer.Option(None, "--timeout", min=0.0,
