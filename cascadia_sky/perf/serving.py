@@ -234,8 +234,12 @@ def _cold_start(sm: StepModel, concurrency: int, isl: int, osl: int, cap: float)
     return first
 
 
-def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: int = 1) -> OpenLoopEstimate:
-    """Latency percentiles and capacity of `replicas` identical replicas sharing Poisson traffic of `rate_rps`."""
+def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: int = 1, *,
+              p95_only: bool = False) -> OpenLoopEstimate:
+    """Latency percentiles and capacity of `replicas` identical replicas sharing Poisson traffic of `rate_rps`.
+
+    `p95_only` skips the medians (left nan): the planner's latency curves need only the p95.
+    """
     if replicas < 1 or rate_rps < 0 or not math.isfinite(rate_rps):
         raise PerfError(f"replicas must be >= 1 and rate_rps finite and >= 0 (got {replicas}, {rate_rps})")
     sm = _checked(dep)
@@ -285,8 +289,8 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
     p2 = util ** math.sqrt(2 * (cap + 1)) if util > 0 else 0.0
     m2 = service / (cap * (1 - util)) if p2 > 1e-12 else 0.0
     mean_wait = p1 * m1 + p2 * m2
-    ttft_p50 = _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
-    e2e_p50 = _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
+    ttft_p50 = math.nan if p95_only else _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
+    e2e_p50 = math.nan if p95_only else _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
     e2e_p95 = _mixture_quantile(d, w, 0.95, p1, m1, p2, m2)
     return OpenLoopEstimate(ttft_p50_s=ttft_p50, ttft_mean_s=float(w @ ttft_det) + mean_wait, tpot_s=tpot,
                             e2e_p50_s=e2e_p50, e2e_p95_s=e2e_p95, max_rate_rps=max_rate, utilization=util,
