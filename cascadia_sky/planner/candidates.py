@@ -26,6 +26,8 @@ import numpy as np
 
 from cascadia_sky.catalog import GpuSpec, Offer, get_gpu
 from cascadia_sky.constants import (
+    BURST_SATURATION_FRACTION,
+    BURST_WINDOW_SECONDS,
     CLOUD_MAX_REPLICAS,
     CURVE_MIN_HEADROOM_FRACTION,
     CURVE_POINTS,
@@ -121,6 +123,37 @@ class LatencyCurve:
 Curves = dict[tuple[str, int, int], LatencyCurve]
 
 
+@dataclass(frozen=True)
+class Burst:
+    """Pointwise-stationary traffic: window rates as multiples of the mean (`factors`), weighted by the requests
+    in them (`weights`, summing to 1). Poisson traffic at the mean rate is `Burst.steady()`."""
+
+    factors: np.ndarray
+    weights: np.ndarray
+
+    @staticmethod
+    def steady() -> Burst:
+        return Burst(np.ones(1), np.ones(1))
+
+    def p95(self, curve: LatencyCurve, rates: np.ndarray) -> np.ndarray:
+        """Request-weighted mean over windows of the p95 at each window's rate. A window above
+        `BURST_SATURATION_FRACTION` of capacity builds a backlog it drains later: the latency there plus the fluid
+        wait (rate / capacity - 1) x window / 2. A mean rate at or beyond capacity stays unsustainable (inf)."""
+        rates = np.asarray(rates, dtype=float)
+        if self.factors.size == 1 and self.factors[0] == 1.0:
+            return curve.p95_many(rates)
+        cap = curve.max_rate_rps
+        if cap <= 0:
+            return np.full(rates.shape, math.inf)
+        out = np.zeros(rates.shape)
+        top = BURST_SATURATION_FRACTION * cap
+        for f, w in zip(self.factors, self.weights, strict=True):
+            r = rates * f
+            lat = curve.p95_many(np.minimum(r, top)) + np.maximum(r / cap - 1.0, 0.0) * BURST_WINDOW_SECONDS / 2.0
+            out += w * lat
+        return np.where(rates < top, out, math.inf)
+
+
 def _curve(curves: Curves, stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, lengths: LengthDist) -> LatencyCurve:
     key = (gpu.name, tp, pp)
     if key not in curves:
@@ -145,10 +178,12 @@ class Structure:
 class StageTable:
     """Every deployment of one stage (fixed), priced at any arrival rate."""
 
-    def __init__(self, stage: int, structures: Sequence[Structure], off_gpu_type: str) -> None:
+    def __init__(self, stage: int, structures: Sequence[Structure], off_gpu_type: str,
+                 burst: Burst | None = None) -> None:
         self.stage = stage
         self.structures = tuple(structures)
         self.off = off_candidate(stage, off_gpu_type)
+        self.burst = burst or Burst.steady()
 
     def candidates(self, rate_rps: float) -> tuple[Candidate, ...]:
         """Every structure at this stage rate; the zero-GPU candidate alone when no request arrives."""
@@ -156,7 +191,7 @@ class StageTable:
             return (self.off,)
         out = []
         for s in self.structures:
-            p95 = s.curve.p95(rate_rps / s.template.replicas)
+            p95 = float(self.burst.p95(s.curve, np.array([rate_rps / s.template.replicas]))[0])
             out.append(dataclasses.replace(s.template, p95_latency_s=p95))
         return tuple(out)
 
@@ -165,7 +200,7 @@ class StageTable:
         rates = np.asarray(rates_rps, dtype=float)
         out = np.empty((rates.size, len(self.structures)))
         for j, s in enumerate(self.structures):
-            out[:, j] = s.curve.p95_many(rates / s.template.replicas)
+            out[:, j] = self.burst.p95(s.curve, rates / s.template.replicas)
         return out
 
 

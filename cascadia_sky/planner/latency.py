@@ -30,7 +30,7 @@ from cascadia_sky.constants import (
     PLANNER_SEED,
 )
 from cascadia_sky.perf.local import local_open_loop
-from cascadia_sky.planner.candidates import estimate
+from cascadia_sky.planner.candidates import Burst, estimate
 from cascadia_sky.planner.deploy import Candidate
 
 if TYPE_CHECKING:
@@ -66,6 +66,29 @@ def burstiness(arrival_s: np.ndarray, window_s: float = BURST_WINDOW_SECONDS) ->
     mean = float(counts.mean())
     return {"window_s": window_s, "mean_rps": float(r.mean()), "p95_rps": float(np.quantile(r, 0.95)),
             "max_rps": float(r.max()), "dispersion": float(counts.var() / mean) if mean > 0 else 0.0}
+
+
+def rate_bins(arrival_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rate, weight) of `BURST_RATE_BINS` equal-request bins of the trace's window rates; weights sum to 1."""
+    windows = window_rates(arrival_s, BURST_WINDOW_SECONDS)
+    weights = windows / windows.sum()
+    order = np.argsort(windows, kind="stable")
+    cum = np.cumsum(weights[order]) - 0.5 * weights[order]
+    bins = np.minimum((cum * BURST_RATE_BINS).astype(int), BURST_RATE_BINS - 1)
+    rate, weight = [], []
+    for b in range(BURST_RATE_BINS):
+        sel = bins == b
+        if sel.any():
+            rate.append(float(np.average(windows[order][sel], weights=weights[order][sel])))
+            weight.append(float(weights[order][sel].sum()))
+    w = np.asarray(weight)
+    return np.asarray(rate), w / w.sum()
+
+
+def trace_burst(arrival_s: np.ndarray, mean_rate_rps: float) -> Burst:
+    """The planner's pointwise-stationary traffic: window-rate bins as multiples of the mean rate."""
+    rate, weight = rate_bins(arrival_s)
+    return Burst(rate / max(float(np.average(rate, weights=weight)), 1e-12), weight)
 
 
 def _lognormal(p50: np.ndarray, p95: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -130,16 +153,9 @@ def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequen
     arrivals = ctx.workload.arrival_s
     if arrivals is None or arrivals.size < 2:
         return RequestLatency(poisson, paths, None, [None] * n_st, None)
-    windows = window_rates(arrivals, BURST_WINDOW_SECONDS)
-    weights = windows / windows.sum()
-    # windows binned by rate (equal-request bins), each bin at its request-weighted mean rate
-    order = np.argsort(windows)
-    cum = np.cumsum(weights[order])
-    bins = np.minimum((cum * BURST_RATE_BINS).astype(int), BURST_RATE_BINS - 1)
-    bin_rate = np.array([np.average(windows[order][bins == b], weights=weights[order][bins == b])
-                         if (bins == b).any() else 0.0 for b in range(BURST_RATE_BINS)])
-    bin_weight = np.array([weights[order][bins == b].sum() for b in range(BURST_RATE_BINS)])
-    draw = rng.choice(BURST_RATE_BINS, size=LATENCY_SAMPLES, p=bin_weight / bin_weight.sum())
+    burst = trace_burst(arrivals, rate)
+    bin_rate = burst.factors * rate
+    draw = rng.choice(bin_rate.size, size=LATENCY_SAMPLES, p=burst.weights)
     lat_b = np.zeros((n_st, LATENCY_SAMPLES))
     stage_p95: list[float | None] = []
     for i, c in enumerate(chosen):

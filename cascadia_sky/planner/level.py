@@ -16,9 +16,10 @@ import numpy as np
 from cascadia_sky.catalog import get_gpu, offers
 from cascadia_sky.constants import DEPLOY_TAIL_FRACTION
 from cascadia_sky.perf import LengthDist
-from cascadia_sky.planner.candidates import StageTable, cloud_table, local_candidates, pool_table
+from cascadia_sky.planner.candidates import Burst, StageTable, cloud_table, local_candidates, pool_table
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
 from cascadia_sky.planner.exact import ThresholdSpace
+from cascadia_sky.planner.latency import trace_burst
 from cascadia_sky.planner.pooldp import combine, pool_cap
 from cascadia_sky.planner.verify import gpu_key, within
 
@@ -51,6 +52,9 @@ class DeploymentLevel:
             self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
         self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
                        if self.res.cloud is not None else {})
+        arrivals = ctx.workload.arrival_s
+        self.burst = (trace_burst(arrivals, ctx.workload.rate_rps) if arrivals is not None and arrivals.size > 1
+                      else Burst.steady())
 
     # --- per stage ---------------------------------------------------------------------------
     def keep(self, c: Candidate) -> bool:
@@ -75,7 +79,7 @@ class DeploymentLevel:
             else:
                 t = cloud_table(st, self._offers, self.res.cloud.spot, self.lengths(stage), self.quotas)
             self._tables[stage] = StageTable(t.stage, [s for s in t.structures if self.keep(s.template)],
-                                             t.off.gpu_type)
+                                             t.off.gpu_type, self.burst)
         return self._tables[stage]
 
     def candidates(self, stage: int, reach: float, outputs: np.ndarray | None = None) -> tuple[Candidate, ...]:
