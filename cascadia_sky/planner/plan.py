@@ -85,6 +85,11 @@ class Predicted(_Frozen):
     quality_holdout_interval: list[float] | None = Field(
         None, description="Two-sided normal interval of the held-out quality at quality.confidence (0.9 if unset).")
     quality_note: str = Field("", description="Why the quality target is not met, and what would meet it.")
+    single_model_p95_latency_s: float | None = Field(
+        None, description="The objective L of the last stage's model alone on the same resources.")
+    single_model_usd_per_hour: float | None = Field(None, description="Its $/h.")
+    single_model_note: str = Field("", description="Set when the last model alone beats this cascade at the same "
+                                                   "quality target (cheaper under min-cost, faster under min-latency).")
 
 
 class SolverInfo(_Frozen):

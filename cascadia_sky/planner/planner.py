@@ -15,6 +15,7 @@ the thresholds, so L depends on them only through the reach vector, which makes 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -43,7 +44,7 @@ from cascadia_sky.models import get_model
 from cascadia_sky.perf import LengthDist
 from cascadia_sky.perf.local import local_open_loop
 from cascadia_sky.planner.candidates import StageSetup, estimate
-from cascadia_sky.planner.deploy import DeployResult
+from cascadia_sky.planner.deploy import DeployResult, solve
 from cascadia_sky.planner.exact import (
     MAX_EXACT_STAGES,
     ExactResult,
@@ -350,7 +351,7 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
                           request_p95_latency_bursty_s=latency.request_p95_bursty_s,
                           trace_burstiness=latency.burstiness,
                           quality_holdout_interval=[hold_lo, hold_hi] if hold_lo is not None else None,
-                          quality_note=_quality_note(ctx, best, conf))
+                          quality_note=_quality_note(ctx, best, conf), **_single_model(ctx, level, dep))
     status = _status(ctx, best, found)
     solver = SolverInfo(status=status, wall_s=round(wall_s, 4), iterations=result.rounds,
                         deployment_solves=result.deployment_solves, objective_j=best.j, mu_s=result.mu_s,
@@ -376,6 +377,34 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
                 budget_usd_per_hour=res.cloud.budget_usd_per_hour if res.cloud is not None else None,
                 workload_rate_rps=ctx.workload.rate_rps, stages=stages, predicted=predicted, solver=solver,
                 inputs=_inputs(spec), frontier=frontier)
+
+
+def _single_model(ctx: PlanningContext, level: DeploymentLevel, dep: DeployResult) -> dict[str, Any]:
+    """The last stage's model alone on the same resources (its quality is z1): its objective, $/h, and a note when
+    it beats the cascade at no loss of quality."""
+    if len(ctx.stages) < 2 or ctx.spec.resources.local is not None:
+        return {}
+    last = len(ctx.stages) - 1
+    cands = tuple(dataclasses.replace(c, stage=0) for c in level.candidates(last, 1.0))
+    base = level.problem_at(tuple(1.0 for _ in ctx.stages))
+    alone = solve(dataclasses.replace(base, candidates=(cands,), shares=(1.0,)))
+    if not alone.chosen:
+        return {"single_model_note": f"the last model alone has no deployment here ({alone.reason})"}
+    out: dict[str, Any] = {"single_model_p95_latency_s": alone.latency_s,
+                           "single_model_usd_per_hour": alone.usd_per_hour}
+    conf = ctx.spec.quality.confidence
+    everything_last = [math.inf] * last
+    q_alone = _quality_bound(ctx, everything_last, conf) if conf else ctx.z1
+    if q_alone < ctx.q_min - 1e-12:
+        return out
+    name = ctx.stages[-1].name
+    if ctx.spec.objective.goal == "min-cost" and alone.usd_per_hour < dep.usd_per_hour - 1e-9:
+        out["single_model_note"] = (f"'{name}' alone meets the target and the SLO for ${alone.usd_per_hour:.2f}/h, "
+                                    f"less than this cascade's ${dep.usd_per_hour:.2f}/h")
+    elif ctx.spec.objective.goal == "min-latency" and alone.latency_s < dep.latency_s - 1e-9:
+        out["single_model_note"] = (f"'{name}' alone meets the target with L = {alone.latency_s:.3g} s, lower than "
+                                    f"this cascade's {dep.latency_s:.3g} s (same resources)")
+    return out
 
 
 def _quality_bound(ctx: PlanningContext, theta: list[float], conf: float) -> float:
