@@ -131,3 +131,21 @@ def test_milp_equals_dp_on_larger_pools(objective: str, seed: int) -> None:
     want = pool_dp(problem)
     assert want is not None and result.status == DeployStatus.OPTIMAL and verify(problem, result) == []
     assert (result.latency_s, result.pool_relaxed) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("config", ["pool-e2e", "pool-e2e-slo-quota", "pool-max-stage", "pool-max-stage-slo"])
+def test_dp_plan_attains_the_optimum(config: str) -> None:
+    """The pool DP's backtracked plan is feasible and attains the brute-force optimum."""
+    from cascadia_sky.planner.pooldp import pool_plan
+    from cascadia_sky.planner.verify import violations
+
+    for seed in SEEDS:
+        problem = instance(config, seed)
+        want = brute_force(problem)
+        got = pool_plan(problem)
+        if want.status == DeployStatus.INFEASIBLE:
+            assert got is None
+            continue
+        chosen, relaxed = got
+        assert relaxed == want.pool_relaxed and not violations(problem, chosen, pool_relaxed=relaxed)
+        assert objective_values(problem, chosen)[0] == pytest.approx(want.latency_s)

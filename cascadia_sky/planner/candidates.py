@@ -189,18 +189,21 @@ class StageTable:
         """Every structure at this stage rate; the zero-GPU candidate alone when no request arrives."""
         if rate_rps <= 0:
             return (self.off,)
-        out = []
-        for s in self.structures:
-            p95 = float(self.burst.p95(s.curve, np.array([rate_rps / s.template.replicas]))[0])
-            out.append(dataclasses.replace(s.template, p95_latency_s=p95))
-        return tuple(out)
+        lat = self.latency_matrix(np.array([rate_rps]))[0]
+        return tuple(dataclasses.replace(s.template, p95_latency_s=float(p95))
+                     for s, p95 in zip(self.structures, lat, strict=True))
 
     def latency_matrix(self, rates_rps: np.ndarray) -> np.ndarray:
-        """(len(rates), structures) p95 of every structure at every stage rate (rates > 0)."""
+        """(len(rates), structures) p95 of every structure at every stage rate (rates > 0); one vectorised
+        evaluation per latency curve (structures sharing a shape differ only in replicas)."""
         rates = np.asarray(rates_rps, dtype=float)
         out = np.empty((rates.size, len(self.structures)))
+        groups: dict[int, list[int]] = {}
         for j, s in enumerate(self.structures):
-            out[:, j] = self.burst.p95(s.curve, rates / s.template.replicas)
+            groups.setdefault(id(s.curve), []).append(j)
+        for cols in groups.values():
+            replicas = np.array([self.structures[j].template.replicas for j in cols], dtype=float)
+            out[:, cols] = self.burst.p95(self.structures[cols[0]].curve, rates[:, None] / replicas[None, :])
         return out
 
 

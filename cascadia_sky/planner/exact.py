@@ -106,7 +106,7 @@ def threshold_space(profile: QualityProfile, confidence: float | None) -> Thresh
             counts = (c2[:, -1:], c2)
             total = (q[:, 0].sum() - pre1(q[:, 0]) + pre1(q[:, 1]))[:, None] \
                 - _prefix2(k, j, q[:, 1], shape) + _prefix2(k, j, q[:, 2], shape)
-            total2 = (q2[:, 0].sum() - pre1(q2[:, 0]) + pre1(q2[:, 1]))[:, None] \
+            total2 = None if confidence is None else (q2[:, 0].sum() - pre1(q2[:, 0]) + pre1(q2[:, 1]))[:, None] \
                 - _prefix2(k, j, q2[:, 1], shape) + _prefix2(k, j, q2[:, 2], shape)
     counts = tuple(np.rint(c).astype(np.int64) for c in counts)
     quality = np.asarray(total, dtype=float) / n

@@ -17,11 +17,11 @@ from cascadia_sky.catalog import get_gpu, offers
 from cascadia_sky.constants import DEPLOY_TAIL_FRACTION
 from cascadia_sky.perf import LengthDist
 from cascadia_sky.planner.candidates import Burst, StageTable, cloud_table, local_candidates, pool_table
-from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
+from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, solve
 from cascadia_sky.planner.exact import ThresholdSpace
 from cascadia_sky.planner.latency import trace_burst
-from cascadia_sky.planner.pooldp import combine, pool_cap
-from cascadia_sky.planner.verify import gpu_key, within
+from cascadia_sky.planner.pooldp import combine, pool_cap, pool_plan
+from cascadia_sky.planner.verify import evaluate, gpu_key, within
 
 if TYPE_CHECKING:
     from cascadia_sky.planner.planner import PlanningContext
@@ -118,6 +118,19 @@ class DeploymentLevel:
         if reach not in self._solved:
             self._solved[reach] = solve(self.problem_at(reach))
         return self._solved[reach]
+
+    def dp_at(self, reach: tuple[float, ...]) -> DeployResult:
+        """Pool mode: the pool DP's optimal deployment (no CBC run); for frontier points, not the chosen plan."""
+        problem = self.problem_at(reach)
+        found = pool_plan(problem)
+        if found is None:
+            return DeployResult(status=DeployStatus.INFEASIBLE, chosen=(), latency_s=math.inf, usd_per_hour=0.0,
+                                gpus=0, wall_s=0.0, binding={"method": "pool-dp"})
+        chosen, relaxed = found
+        m = evaluate(problem, chosen)
+        return DeployResult(status=DeployStatus.OPTIMAL, chosen=chosen, latency_s=m.latency_s,
+                            usd_per_hour=m.usd_per_hour, gpus=m.gpus, wall_s=0.0, binding={"method": "pool-dp"},
+                            pool_relaxed=relaxed, objective_value=m.latency_s)
 
     def primary_of(self, result: DeployResult) -> float:
         if not result.chosen:

@@ -188,8 +188,9 @@ def _mu(primary_all_last: float) -> float:
 
 
 def _evaluation(ctx: PlanningContext, level: DeploymentLevel, space: ThresholdSpace, index: tuple[int, ...],
-                mu: float) -> Evaluation:
-    dep = level.solve_at(space.reach(index))
+                mu: float, *, by_dp: bool = False) -> Evaluation:
+    """One vector's evaluation: the MILP's deployment, or (frontier points in pool mode) the pool DP's."""
+    dep = level.dp_at(space.reach(index)) if by_dp else level.solve_at(space.reach(index))
     primary = level.primary_of(dep)
     q = float(space.quality_bound[index])
     return Evaluation(space.thresholds(index), q, primary, dep.usd_per_hour,
@@ -233,7 +234,7 @@ def exact_search(ctx: PlanningContext, level: DeploymentLevel,
                         f"MILP {best.latency_s:.9g} s; please report this (CASCADIA_DEBUG=1 for details)")
     points = (_pool_frontier(space, primary, PLANNER_FRONTIER_POINTS) if pool
               else [i for i, v in found.evaluated.items() if math.isfinite(v)])
-    evaluations = [best] + [_evaluation(ctx, level, space, i, mu) for i in points if i != found.index]
+    evaluations = [best] + [_evaluation(ctx, level, space, i, mu, by_dp=pool) for i in points if i != found.index]
     if progress:
         progress(f"{found.method}: {found.vectors} threshold vectors, {found.evaluations} priced, "
                  f"{'proven optimal' if found.proven else f'gap {found.gap:.3g}'}; J={best.j:.3f} "

@@ -82,3 +82,45 @@ def pool_dp(problem: DeployProblem) -> tuple[float, bool] | None:
         return None
     assert problem.slo_p95_s is None or within(float(value), problem.slo_p95_s)
     return float(value), bool(relaxed)
+
+
+def pool_plan(problem: DeployProblem) -> tuple[tuple[Candidate, ...], bool] | None:
+    """The DP's own optimal plan (one candidate per stage, by backtracking) and whether the pool was relaxed; None
+    when infeasible. Same optimum as `pool_dp`; ties may pick another plan than the MILP's tie-break."""
+    found = pool_dp(problem)
+    if found is None:
+        return None
+    value, relaxed = found
+    cap, n = pool_cap(problem), int(problem.pool_gpus or 0)
+    weights = stage_weights(problem)
+    tables: list[list[Candidate | None]] = []
+    bests = [np.where(np.arange(cap + 1) == 0, 0.0, math.inf)]
+    for w, cands in zip(weights, problem.candidates, strict=True):
+        pick_c: list[Candidate | None] = [None] * (cap + 1)
+        lat = np.full(cap + 1, math.inf)
+        for c in cands:
+            if c.gpus <= cap and c.p95_latency_s < lat[c.gpus]:
+                lat[c.gpus], pick_c[c.gpus] = c.p95_latency_s, c
+        tables.append(pick_c)
+        weighted = np.where(np.isfinite(lat), lat * w if w > 0 else 0.0, math.inf)
+        bests.append(combine(bests[-1], weighted, problem.objective))
+    op = max if problem.objective == "max-stage" else (lambda a, b: a + b)
+    # the GPU total the optimum uses: N, or under relaxation the smallest g reaching the value
+    g = n if not relaxed else int(np.flatnonzero(np.isclose(bests[-1], value, rtol=1e-12, atol=1e-12))[0])
+    target = value
+    chosen: list[Candidate] = []
+    for i in range(len(problem.candidates) - 1, -1, -1):
+        w = weights[i]
+        prev = bests[i]
+        for f in range(g + 1):
+            c = tables[i][f]
+            if c is None or not math.isfinite(prev[g - f]):
+                continue
+            v = op(prev[g - f], c.p95_latency_s * w if w > 0 else 0.0)
+            if math.isclose(v, target, rel_tol=1e-9, abs_tol=1e-12):
+                chosen.append(c)
+                g, target = g - f, prev[g - f]
+                break
+        else:
+            raise PlanError("pool DP: backtracking found no stage choice; please report this")
+    return tuple(reversed(chosen)), relaxed
