@@ -125,32 +125,51 @@ Curves = dict[tuple[str, int, int], LatencyCurve]
 
 @dataclass(frozen=True)
 class Burst:
-    """Pointwise-stationary traffic: window rates as multiples of the mean (`factors`), weighted by the requests
-    in them (`weights`, summing to 1). Poisson traffic at the mean rate is `Burst.steady()`."""
+    """Pointwise-stationary traffic (see planner/latency.py): window rates as multiples of the mean rate.
+
+    `factors`/`weights`: equal-request bins of the window rates (weights = share of requests, summing to 1), where
+    the per-replica queue model is evaluated; `sequence`: every window's factor in time order, for the backlog a
+    window above capacity leaves to the next ones (a fluid queue). Poisson traffic at the mean rate is `steady()`.
+    """
 
     factors: np.ndarray
     weights: np.ndarray
+    sequence: np.ndarray
 
     @staticmethod
     def steady() -> Burst:
-        return Burst(np.ones(1), np.ones(1))
+        return Burst(np.ones(1), np.ones(1), np.ones(0))
+
+    def fluid_wait(self, rates: np.ndarray, capacity: float) -> np.ndarray:
+        """Request-weighted mean wait behind the backlog of overloaded windows: B' = max(0, B + (r f_w - c) W),
+        a window's requests wait (B + B') / 2c on average."""
+        seq = self.sequence
+        if seq.size == 0 or capacity <= 0:
+            return np.zeros(np.shape(rates))
+        share = seq / seq.sum()
+        backlog = np.zeros(np.shape(rates))
+        total = np.zeros(np.shape(rates))
+        for f, w in zip(seq, share, strict=True):
+            nxt = np.maximum(0.0, backlog + (rates * f - capacity) * BURST_WINDOW_SECONDS)
+            if w > 0:
+                total += w * (backlog + nxt) / (2.0 * capacity)
+            backlog = nxt
+        return total
 
     def p95(self, curve: LatencyCurve, rates: np.ndarray) -> np.ndarray:
-        """Request-weighted mean over windows of the p95 at each window's rate. A window above
-        `BURST_SATURATION_FRACTION` of capacity builds a backlog it drains later: the latency there plus the fluid
-        wait (rate / capacity - 1) x window / 2. A mean rate at or beyond capacity stays unsustainable (inf)."""
+        """Request-weighted mean over window-rate bins of the p95 at the bin's rate (capped just below capacity),
+        plus the fluid backlog wait. A mean rate at or beyond capacity stays unsustainable (inf)."""
         rates = np.asarray(rates, dtype=float)
-        if self.factors.size == 1 and self.factors[0] == 1.0:
+        if self.sequence.size == 0:
             return curve.p95_many(rates)
         cap = curve.max_rate_rps
         if cap <= 0:
             return np.full(rates.shape, math.inf)
-        out = np.zeros(rates.shape)
         top = BURST_SATURATION_FRACTION * cap
+        out = np.zeros(rates.shape)
         for f, w in zip(self.factors, self.weights, strict=True):
-            r = rates * f
-            lat = curve.p95_many(np.minimum(r, top)) + np.maximum(r / cap - 1.0, 0.0) * BURST_WINDOW_SECONDS / 2.0
-            out += w * lat
+            out += w * curve.p95_many(np.minimum(rates * f, top))
+        out += self.fluid_wait(rates, cap)
         return np.where(rates < top, out, math.inf)
 
 

@@ -1,16 +1,17 @@
 """Request-level latency of a plan: the p95 over *requests*, a mixture over the stage where each one exits.
 
 A request answered by stage k waits for stages 1..k. Each stage's latency is taken as log-normal with the
-performance model's p50 and p95 at its planned rate (independent across stages), so a path's latency is a sum of
-log-normals and the request-level distribution is the mixture of the paths weighted by the answered shares. Both
+performance model's p50 and p95 at its planned rate (comonotone across stages when they serve the same request
+lengths, i.e. with a trace; independent otherwise), so a path's latency is a sum of log-normals and the request-level distribution is the mixture of the paths weighted by the answered shares. Both
 are sampled (fixed seed, `LATENCY_SAMPLES`): the p95 of that mixture is `request_p95_s`; `path_p95_s[k]` is the
 p95 of path k alone.
 
 Bursty traffic (a trace): the rate is not constant. Pointwise-stationary model: the trace is cut into windows of
-`BURST_WINDOW_SECONDS`; each window is served as if its own rate held (stage rate = window rate x reach), and the
-request-level mixture weighs windows by the requests in them. A window above a stage's capacity builds a queue that
-it drains later: its requests wait on average half the backlog, (rate / capacity - 1) x window / 2, on top of the
-latency near saturation.
+`BURST_WINDOW_SECONDS`; each window is served as if its own rate held (stage rate = window rate x reach, capped
+just below capacity), and the request-level mixture weighs windows by the requests in them. A window above a
+stage's capacity leaves a backlog that the next windows inherit (a fluid queue, in time order): a window's requests
+wait (B + B') / 2c on top, B and B' the backlog at its start and end, c the capacity. The planner uses the same
+model for every candidate (`candidates.Burst`), with the window rates binned for speed.
 """
 
 from __future__ import annotations
@@ -68,27 +69,25 @@ def burstiness(arrival_s: np.ndarray, window_s: float = BURST_WINDOW_SECONDS) ->
             "max_rps": float(r.max()), "dispersion": float(counts.var() / mean) if mean > 0 else 0.0}
 
 
-def rate_bins(arrival_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rate, weight) of `BURST_RATE_BINS` equal-request bins of the trace's window rates; weights sum to 1."""
+def trace_burst(arrival_s: np.ndarray, mean_rate_rps: float) -> Burst:
+    """The planner's pointwise-stationary traffic: window rates as multiples of the trace's mean rate, binned into
+    `BURST_RATE_BINS` equal-request bins (each at its request-weighted mean), and in time order."""
     windows = window_rates(arrival_s, BURST_WINDOW_SECONDS)
+    mean = float(windows.mean()) if windows.size else 0.0
+    if mean <= 0:
+        return Burst.steady()
     weights = windows / windows.sum()
     order = np.argsort(windows, kind="stable")
-    cum = np.cumsum(weights[order]) - 0.5 * weights[order]
-    bins = np.minimum((cum * BURST_RATE_BINS).astype(int), BURST_RATE_BINS - 1)
-    rate, weight = [], []
+    mid = np.cumsum(weights[order]) - 0.5 * weights[order]
+    bins = np.minimum((mid * BURST_RATE_BINS).astype(int), BURST_RATE_BINS - 1)
+    factors, shares = [], []
     for b in range(BURST_RATE_BINS):
         sel = bins == b
-        if sel.any():
-            rate.append(float(np.average(windows[order][sel], weights=weights[order][sel])))
-            weight.append(float(weights[order][sel].sum()))
-    w = np.asarray(weight)
-    return np.asarray(rate), w / w.sum()
-
-
-def trace_burst(arrival_s: np.ndarray, mean_rate_rps: float) -> Burst:
-    """The planner's pointwise-stationary traffic: window-rate bins as multiples of the mean rate."""
-    rate, weight = rate_bins(arrival_s)
-    return Burst(rate / max(float(np.average(rate, weights=weight)), 1e-12), weight)
+        if sel.any() and weights[order][sel].sum() > 0:
+            factors.append(float(np.average(windows[order][sel], weights=weights[order][sel])) / mean)
+            shares.append(float(weights[order][sel].sum()))
+    w = np.asarray(shares)
+    return Burst(np.asarray(factors), w / w.sum(), windows / mean)
 
 
 def _lognormal(p50: np.ndarray, p95: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -98,29 +97,29 @@ def _lognormal(p50: np.ndarray, p95: np.ndarray, z: np.ndarray) -> np.ndarray:
     return p50 * np.exp(sigma * z)
 
 
+def _estimate(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate, rate: float):
+    st = ctx.stages[stage]
+    if ctx.spec.resources.local is not None:
+        return local_open_loop(st.model, rate, level.lengths(stage))
+    return estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, level.lengths(stage))
+
+
+def _capacity(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate) -> float:
+    """Requests/s the stage's replicas sustain together."""
+    probe = _estimate(ctx, level, stage, c, 0.0)
+    if probe is None:
+        return 0.0
+    return probe.max_rate_rps * (c.replicas if ctx.spec.resources.local is None else 1)
+
+
 def _stage_percentiles(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate,
                        rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(p50, p95) of a stage's latency at each rate; saturated rates get the fluid queueing delay on top."""
-    st = ctx.stages[stage]
-    lengths = level.lengths(stage)
-
-    def est(rate: float):
-        if ctx.spec.resources.local is not None:
-            return local_open_loop(st.model, rate, lengths)
-        return estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths)
-
-    probe = est(0.0)
-    cap = probe.max_rate_rps * (c.replicas if ctx.spec.resources.local is None else 1) if probe else 0.0
+    """(p50, p95) of a stage's latency at each (sustainable) rate; inf where the model says it cannot keep up."""
     p50, p95 = np.full(rates.size, math.inf), np.full(rates.size, math.inf)
     for k, rate in enumerate(rates):
-        if cap <= 0:
-            continue
-        u = rate / cap
-        e = est(float(min(rate, BURST_SATURATION_FRACTION * cap)))
-        if e is None or not e.stable:
-            continue
-        extra = max(u - 1.0, 0.0) * BURST_WINDOW_SECONDS / 2.0 if u >= BURST_SATURATION_FRACTION else 0.0
-        p50[k], p95[k] = e.e2e_p50_s + extra, e.e2e_p95_s + extra
+        e = _estimate(ctx, level, stage, c, float(rate))
+        if e is not None and e.stable:
+            p50[k], p95[k] = e.e2e_p50_s, e.e2e_p95_s
     return p50, p95
 
 
@@ -142,7 +141,11 @@ def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequen
     n_st = len(chosen)
     rate = ctx.workload.rate_rps
     reach = np.cumsum(np.asarray(answered, dtype=float)[::-1])[::-1]
-    z = rng.standard_normal((n_st, LATENCY_SAMPLES))
+    # a trace gives every stage the same request lengths, and lengths drive most of a stage's latency spread: the
+    # stages of one request are then comonotone (one draw for all); profile lengths differ by stage (independent)
+    shared = ctx.workload.output_tokens.size > 0
+    z = np.repeat(rng.standard_normal((1, LATENCY_SAMPLES)), n_st, axis=0) if shared else \
+        rng.standard_normal((n_st, LATENCY_SAMPLES))
     lat = np.zeros((n_st, LATENCY_SAMPLES))
     for i, c in enumerate(chosen):
         if c.replicas == 0 or reach[i] <= 0:
@@ -154,16 +157,27 @@ def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequen
     if arrivals is None or arrivals.size < 2:
         return RequestLatency(poisson, paths, None, [None] * n_st, None)
     burst = trace_burst(arrivals, rate)
-    bin_rate = burst.factors * rate
-    draw = rng.choice(bin_rate.size, size=LATENCY_SAMPLES, p=burst.weights)
+    seq = burst.sequence
+    window = rng.choice(seq.size, size=LATENCY_SAMPLES, p=seq / seq.sum())     # each sample's window
     lat_b = np.zeros((n_st, LATENCY_SAMPLES))
     stage_p95: list[float | None] = []
     for i, c in enumerate(chosen):
         if c.replicas == 0 or reach[i] <= 0:
             stage_p95.append(None)
             continue
-        p50, p95 = _stage_percentiles(ctx, level, i, c, bin_rate * reach[i])
-        lat_b[i] = _lognormal(p50[draw], p95[draw], z[i])
+        stage_rate = rate * reach[i]
+        cap = _capacity(ctx, level, i, c)
+        # the queue model at the window's own rate (capped just below capacity) ...
+        levels = np.unique(np.minimum(seq * stage_rate, BURST_SATURATION_FRACTION * cap))
+        p50, p95 = _stage_percentiles(ctx, level, i, c, levels)
+        at = np.searchsorted(levels, np.minimum(seq * stage_rate, BURST_SATURATION_FRACTION * cap))
+        # ... plus the backlog that overloaded windows leave behind (a fluid queue, in time order)
+        backlog, wait = 0.0, np.zeros(seq.size)
+        for k, f in enumerate(seq):
+            nxt = max(0.0, backlog + (stage_rate * f - cap) * BURST_WINDOW_SECONDS)
+            wait[k] = (backlog + nxt) / (2.0 * cap) if cap > 0 else math.inf
+            backlog = nxt
+        lat_b[i] = _lognormal(p50[at][window], p95[at][window], z[i]) + wait[window]
         stage_p95.append(float(np.quantile(lat_b[i], 0.95)) if np.isfinite(lat_b[i]).all() else math.inf)
     bursty, _ = _mixture_p95(lat_b, answered, rng)
     return RequestLatency(poisson, paths, bursty, stage_p95, burstiness(arrivals))
