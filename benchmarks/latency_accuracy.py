@@ -11,18 +11,15 @@ plan's `request_p95_latency_s` predicts the Poisson run, `request_p95_latency_bu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from cascadia_sky.constants import SIM_SEED
 from cascadia_sky.planner.planner import make_plan
-from cascadia_sky.sim.simulate import load_spec_profile, make_requests, simulate, spec_workload
+from cascadia_sky.sim.check import latency_check
 from cascadia_sky.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -50,22 +47,13 @@ def _settings(tmp: Path) -> dict[str, Path]:
 def run(path: Path) -> dict:
     spec = load_spec(path)
     plan = make_plan(spec)
-    workload = spec_workload(spec)
-    profile = load_spec_profile(spec)
-    trace_req = make_requests(workload, profile)
-    rng = np.random.default_rng(SIM_SEED)
-    poisson_t = np.cumsum(rng.exponential(1.0 / workload.rate_rps, workload.n))
-    poisson_req = make_requests(dataclasses.replace(workload, arrival_s=poisson_t - poisson_t[0]), profile)
-    sim_trace = simulate(spec, plan, requests=trace_req).summary()["e2e_p95_s"]
-    sim_poisson = simulate(spec, plan, requests=poisson_req).summary()["e2e_p95_s"]
-    p = plan.predicted
-    out = {"pred_poisson_s": p.request_p95_latency_s, "sim_poisson_s": sim_poisson,
-           "pred_trace_s": p.request_p95_latency_bursty_s, "sim_trace_s": sim_trace,
-           "objective_L_s": p.p95_latency_s, "planner_wall_s": plan.solver.wall_s,
-           "shares": [s.share for s in plan.stages], "gpus": [s.gpus for s in plan.stages]}
-    out["err_poisson"] = out["pred_poisson_s"] / sim_poisson - 1.0
-    out["err_trace"] = (out["pred_trace_s"] / sim_trace - 1.0) if out["pred_trace_s"] else None
-    return out
+    check = latency_check(spec, plan)
+    trace = check["trace"] or {"predicted_s": None, "simulated_s": float("nan"), "error": None}
+    return {"pred_poisson_s": check["poisson"]["predicted_s"], "sim_poisson_s": check["poisson"]["simulated_s"],
+            "err_poisson": check["poisson"]["error"], "pred_trace_s": trace["predicted_s"],
+            "sim_trace_s": trace["simulated_s"], "err_trace": trace["error"],
+            "objective_L_s": plan.predicted.p95_latency_s, "planner_wall_s": plan.solver.wall_s,
+            "shares": [s.share for s in plan.stages], "gpus": [s.gpus for s in plan.stages]}
 
 
 def main() -> None:

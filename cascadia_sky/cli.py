@@ -216,12 +216,17 @@ def plan(
     path = write_plan(result, output)
     console.print(plan_table(result))
     console.print(summary(result))
-    if result.solver.status != "optimal":
+    if result.solver.status == "target_missed":
         err_console.print(f"[bold yellow]warning:[/] no plan meets the quality target "
                           f"{result.predicted.quality_target:.4f} with a sustainable deployment; this is the best "
                           "trade-off found. Lower quality.target, add GPUs or lower the rate.")
     if explain:
+        from cascadia_sky.planner.explain import latency_table
+        from cascadia_sky.sim.check import latency_check
+
         console.print(explanation(result))
+        with err_console.status("simulating the plan..."):
+            console.print(latency_table(latency_check(spec, result)))
         picture = frontier_png(result, png or Path(output).with_suffix(".frontier.png"))
         console.print(f"frontier plot: {picture}")
     console.print(f"wrote {path}")
