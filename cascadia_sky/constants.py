@@ -60,6 +60,7 @@ LATENCY_SAMPLES = 20_000              # samples of the request-level latency mix
 BURST_WINDOW_SECONDS = 10.0           # pointwise-stationary model: the trace's rate per window of this length
 BURST_RATE_BINS = 12                  # windows grouped into this many equal-request rate bins
 BURST_SATURATION_FRACTION = 0.98      # a window above this share of capacity: latency there plus fluid backlog
+BURST_WAIT_GRID_POINTS = 4096         # utilisation grid on which the fluid backlog wait is tabulated
 
 # --- simulator -------------------------------------------------------------------------------
 SIM_SEED = 20250604                   # pairs requests with profile prompts; Poisson arrivals of rate workloads

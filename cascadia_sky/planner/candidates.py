@@ -18,6 +18,7 @@ A stage that no request reaches gets one candidate: no replicas, no GPUs, no cos
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -27,6 +28,7 @@ import numpy as np
 from cascadia_sky.catalog import GpuSpec, Offer, get_gpu
 from cascadia_sky.constants import (
     BURST_SATURATION_FRACTION,
+    BURST_WAIT_GRID_POINTS,
     BURST_WINDOW_SECONDS,
     CLOUD_MAX_REPLICAS,
     CURVE_MIN_HEADROOM_FRACTION,
@@ -36,6 +38,7 @@ from cascadia_sky.constants import (
 from cascadia_sky.errors import PerfError
 from cascadia_sky.models import ModelArch
 from cascadia_sky.perf import Deployment, LengthDist, OpenLoopEstimate, memory_fit, open_loop
+from cascadia_sky.perf.serving import open_loop_rates
 from cascadia_sky.perf.shapes import shape_grid
 from cascadia_sky.planner.deploy import Candidate
 
@@ -89,14 +92,18 @@ class LatencyCurve:
         self.max_rate_rps = 0.0
         self._x = np.zeros(0)
         self._y = np.zeros(0)
-        probe = estimate(stage, gpu, tp, pp, 1, 0.0, lengths, p95_only=True)
-        if probe is None or probe.max_rate_rps <= 0:
+        dep = Deployment(model=stage.model, gpu=gpu, tp=tp, pp=pp, precision=stage.precision)
+        try:
+            probe = open_loop_rates(dep, [0.0], lengths, p95_only=True)[0]
+        except PerfError:
+            return
+        if probe.max_rate_rps <= 0:
             return
         self.max_rate_rps = probe.max_rate_rps
         util = np.concatenate([[0.0], 1.0 - np.geomspace(1.0, CURVE_MIN_HEADROOM_FRACTION, CURVE_POINTS)[1:]])
         xs, ys = [], []
-        for u in util:
-            est = estimate(stage, gpu, tp, pp, 1, float(u) * self.max_rate_rps, lengths, p95_only=True)
+        ests = open_loop_rates(dep, [float(u) * self.max_rate_rps for u in util], lengths, p95_only=True)
+        for u, est in zip(util, ests, strict=True):
             p95 = _p95(est)
             if not math.isfinite(p95):
                 break
@@ -140,21 +147,27 @@ class Burst:
     def steady() -> Burst:
         return Burst(np.ones(1), np.ones(1), np.ones(0))
 
+    @functools.cached_property
+    def _wait_curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fluid wait as a function of utilisation u = rate / capacity alone (it scales out): B' = max(0, B +
+        (u f_w - 1) W) in units of capacity x seconds; tabulated once on a fine grid (monotone in u)."""
+        u = np.linspace(0.0, 1.0, BURST_WAIT_GRID_POINTS)
+        seq = self.sequence
+        share = seq / seq.sum()
+        backlog, total = np.zeros(u.size), np.zeros(u.size)
+        for f, w in zip(seq, share, strict=True):
+            nxt = np.maximum(0.0, backlog + (u * f - 1.0) * BURST_WINDOW_SECONDS)
+            total += w * (backlog + nxt) / 2.0
+            backlog = nxt
+        return u, total
+
     def fluid_wait(self, rates: np.ndarray, capacity: float) -> np.ndarray:
         """Request-weighted mean wait behind the backlog of overloaded windows: B' = max(0, B + (r f_w - c) W),
-        a window's requests wait (B + B') / 2c on average."""
-        seq = self.sequence
-        if seq.size == 0 or capacity <= 0:
+        a window's requests wait (B + B') / 2c on average (interpolated in utilisation)."""
+        if self.sequence.size == 0 or capacity <= 0:
             return np.zeros(np.shape(rates))
-        share = seq / seq.sum()
-        backlog = np.zeros(np.shape(rates))
-        total = np.zeros(np.shape(rates))
-        for f, w in zip(seq, share, strict=True):
-            nxt = np.maximum(0.0, backlog + (rates * f - capacity) * BURST_WINDOW_SECONDS)
-            if w > 0:
-                total += w * (backlog + nxt) / (2.0 * capacity)
-            backlog = nxt
-        return total
+        u, wait = self._wait_curve
+        return np.interp(np.asarray(rates, dtype=float) / capacity, u, wait)
 
     def p95(self, curve: LatencyCurve, rates: np.ndarray) -> np.ndarray:
         """Request-weighted mean over window-rate bins of the p95 at the bin's rate (capped just below capacity),
