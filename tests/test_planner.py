@@ -244,3 +244,20 @@ def test_a_stage_no_request_reaches_gets_no_gpus(tmp_path: Path) -> None:
     assert sum(s.gpus for s in plan.stages) == 32
     path = write_plan(plan, tmp_path / "idle.json")
     assert '"-Infinity"' in path.read_text() and read_plan(path) == plan
+
+
+def test_a_target_out_of_reach_at_the_confidence_is_said_plainly(tmp_path: Path) -> None:
+    """At 100 % of the largest model's quality and 99 % confidence no thresholds qualify (the bound of even
+    everything-to-the-last-stage is below its mean): the plan says so and what to change, and reports the
+    held-out quality with its interval."""
+    path = _loaded_copy(tmp_path, "deepseek.yaml", 4.0)
+    data = yaml.safe_load(path.read_text())
+    data["quality"].update({"relative_target": 1.0, "confidence": 0.99})
+    path.write_text(yaml.safe_dump(data))
+    plan = make_plan(load_spec(path))
+    p = plan.predicted
+    assert plan.solver.status == "target_missed" and plan.solver.proven_optimal
+    assert p.quality_lower_bound < p.quality_target
+    assert "cannot be met at confidence 0.99" in p.quality_note and "planning prompts" in p.quality_note
+    lo, hi = p.quality_holdout_interval
+    assert lo <= p.quality_holdout <= hi
