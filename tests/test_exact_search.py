@@ -137,3 +137,22 @@ def test_branch_and_bound_equals_enumeration_for_any_monotone_level(seed: int) -
     got = branch_and_bound(space, pen, np.zeros(space.shape), level, time_limit_s=60.0)
     assert got.proven and got.j == pytest.approx(want, rel=1e-12)
     assert got.evaluations < pen.size
+
+
+def test_four_stages_fall_back_to_the_heuristic_search_and_say_so(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    models = ["meta-llama/Llama-3.2-1B", *MODELS]
+    rows = ["prompt_id,model,score,quality,input_tokens,output_tokens"]
+    for p in range(30):
+        for i, m in enumerate(models):
+            rows.append(f"p{p},{m},{round(float(rng.normal()), 2)},{int(rng.random() < 0.4 + 0.15 * i)},200,200")
+    (tmp_path / "profile.csv").write_text("\n".join(rows) + "\n")
+    spec = {"name": "four", "stages": [{"name": f"s{i}", "model": m, "precision": "fp8" if "405B" in m else "bf16",
+                                        "max_context": 8192} for i, m in enumerate(models)],
+            "quality": {"profile": "profile.csv", "relative_target": 0.9, "holdout_fraction": 0.0},
+            "workload": {"rate_rps": 2.0, "input_tokens": {"dist": "lognormal", "mean": 300, "sigma": 0.5}},
+            "resources": {"pool": {"gpu": "H100", "count": 24}}}
+    (tmp_path / "cascade.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    plan = make_plan(load_spec(tmp_path / "cascade.yaml"))
+    assert plan.solver.search == "heuristic" and not plan.solver.proven_optimal
+    assert plan.solver.status in ("feasible", "target_missed") and len(plan.stages) == 4
