@@ -316,15 +316,19 @@ def plan(
         return
     console.print(plan_table(result))
     console.print(summary(result))
-    if result.solver.status != "optimal":
+    if result.solver.status == "target_missed":
         _warn([f"no plan meets the quality target {result.predicted.quality_target:.4f} with a sustainable "
                "deployment; this is the best trade-off found. Lower quality.target, add GPUs or lower the rate."])
     if explain:
+        from cascadia_sky.planner.explain import latency_table
         from cascadia_sky.quality import read_provenance
+        from cascadia_sky.sim.check import latency_check
 
         provenance = read_provenance(spec.resolve(spec.quality.profile))
         console.print(f"quality profile: {spec.resolve(spec.quality.profile)} ({provenance.summary()})", markup=False)
         console.print(explanation(result))
+        with err_console.status("simulating the plan..."):
+            console.print(latency_table(latency_check(spec, result)))
         picture = frontier_png(result, png or path.with_suffix(".frontier.png"))
         console.print(f"frontier plot: {picture}", markup=False)
     console.print(f"wrote {path}", markup=False)

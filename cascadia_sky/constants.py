@@ -37,7 +37,7 @@ MIN_KV_CONTEXT_FRACTION = 1.0         # a model "fits" when one request of max_c
 # --- deployment MILP -------------------------------------------------------------------------
 DEPLOY_MILP_TIME_LIMIT_SECONDS = 60.0  # CBC wall-clock limit per solve; on expiry the incumbent is kept ("feasible")
 DEPLOY_MILP_GAP_REL = 0.0             # CBC relative gap; 0 = proven optimal (the tests compare with brute force)
-DEPLOY_SHARE_EPSILON_FRACTION = 0.01  # stages reached by fewer requests than this still deploy but don't bind L
+DEPLOY_TAIL_FRACTION = 0.05           # L weighs stage k by min(1, share_k / this): its part in the slowest 5 %
 DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the optimum counts as a tie (lexicographic)
 
 # --- planner: candidates and threshold search ------------------------------------------------
@@ -55,6 +55,12 @@ PLANNER_TOLERANCE_FRACTION = 1e-3     # relative J improvement that counts as pr
 PLANNER_SEED = 20250604               # split and bootstrap seed (plans are reproducible)
 PLANNER_BOOTSTRAP_SAMPLES = 400       # resamples for quality.confidence
 PLANNER_FRONTIER_POINTS = 12          # at most this many frontier points kept in plan.json
+PLANNER_EXACT_TIME_LIMIT_SECONDS = 60.0  # branch and bound over thresholds stops here and reports its gap
+LATENCY_SAMPLES = 20_000              # samples of the request-level latency mixture (planner/latency.py)
+BURST_WINDOW_SECONDS = 10.0           # pointwise-stationary model: the trace's rate per window of this length
+BURST_RATE_BINS = 12                  # windows grouped into this many equal-request rate bins
+BURST_SATURATION_FRACTION = 0.98      # a window above this share of capacity: latency there plus fluid backlog
+BURST_WAIT_GRID_POINTS = 4096         # utilisation grid on which the fluid backlog wait is tabulated
 
 # --- simulator -------------------------------------------------------------------------------
 SIM_SEED = 20250604                   # pairs requests with profile prompts; Poisson arrivals of rate workloads

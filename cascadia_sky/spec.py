@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cascadia_sky.constants import LAUNCH_ROUTER_PORT, MAX_PIPELINE_PARALLEL, SKY_VLLM_VERSION
+from cascadia_sky.constants import LAUNCH_ROUTER_PORT, SKY_VLLM_VERSION
 from cascadia_sky.errors import CascadiaError, SpecError, raise_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
@@ -627,23 +627,18 @@ def _check_fits(spec: CascadeSpec, i: int, arch: Any) -> None:
     """A stage must fit at least one allowed GPU at the largest TP (one node) x PP, with one full context."""
     from cascadia_sky.catalog import get_gpu
     from cascadia_sky.perf import Deployment, memory_fit
+    from cascadia_sky.perf.shapes import shape_grid
 
     st = spec.stages[i]
     best_reason = ""
     for g in allowed_gpu_types(spec, i):
         gpu = get_gpu(g)
         max_gpus = spec.resources.pool.count if spec.resources.pool is not None else 10**6
-        tps = [st.tp] if st.tp else [t for t in (1, 2, 4, 8, 16, 32, 64) if t <= gpu.gpus_per_node]
-        pps = [st.pp] if st.pp else [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= MAX_PIPELINE_PARALLEL]
-        for tp in tps:
-            for pp in pps:
-                if tp * pp > max_gpus:
-                    continue
-                fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision),
-                                 st.max_context)
-                if fit.fits:
-                    return
-                best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
+        for tp, pp in shape_grid(gpu.gpus_per_node, max_gpus, st.tp, st.pp):
+            fit = memory_fit(Deployment(model=arch, gpu=gpu, tp=tp, pp=pp, precision=st.precision), st.max_context)
+            if fit.fits:
+                return
+            best_reason = f"{g} x TP{tp} x PP{pp}: {fit.reason}"
     raise _fail(spec, f"stages[{i}].model",
                 f"{arch.name} ({st.precision}) fits no allowed GPU even at the largest TP x PP "
                 f"({best_reason}); allow bigger GPUs, a lower precision or a shorter max_context")

@@ -1,8 +1,8 @@
 """The deployment MILP's optimum equals exhaustive enumeration on every instance small enough to enumerate.
 
 Seeded random instances (2-4 stages, 6 candidates each with duplicates, dominated and infinite-latency ones) in pool
-and cloud mode, both objectives, both goals, with quotas, budgets, SLOs, shares below epsilon, relaxed pools and
-infeasible cases. Both answers must pass `verify`, agree on feasibility and on (primary, tie-break) values.
+and cloud mode, both objectives, both goals, with quotas (caps), budgets, SLOs, shares below the tail fraction or
+zero, relaxed pools and infeasible cases. Both answers must pass `verify`, agree on feasibility and on (primary, tie-break) values.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import random
 
 import pytest
 
-from cascadia_sky.planner.bruteforce import brute_force, dp_pool, random_problem
+from cascadia_sky.planner.bruteforce import brute_force, random_problem
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, reduce_candidates, solve
+from cascadia_sky.planner.pooldp import pool_dp
 from cascadia_sky.planner.verify import objective_values, verify
 
 CONFIGS = {
@@ -59,18 +60,20 @@ def test_milp_equals_brute_force(config: str, seed: int) -> None:
 
 
 def test_random_instances_cover_every_outcome() -> None:
-    """The instances above are not all easy: they include infeasible, relaxed-pool and sub-epsilon cases."""
+    """The instances above are not all easy: they include infeasible, relaxed-pool, small-share and idle stages."""
     outcomes = set()
     for config in CONFIGS:
         for seed in SEEDS:
             problem = instance(config, seed)
             result = brute_force(problem)
             outcomes.add((problem.mode, result.status, result.pool_relaxed))
-            if min(problem.shares) < problem.share_epsilon and result.chosen:
-                outcomes.add("below-epsilon")
+            if 0 < min(problem.shares) < problem.tail_fraction and result.chosen:
+                outcomes.add("below-tail")
+            if min(problem.shares) == 0 and result.chosen:
+                outcomes.add("idle-stage")
     assert outcomes >= {("pool", DeployStatus.OPTIMAL, False), ("pool", DeployStatus.OPTIMAL, True),
                         ("pool", DeployStatus.INFEASIBLE, False), ("cloud", DeployStatus.OPTIMAL, False),
-                        ("cloud", DeployStatus.INFEASIBLE, False), "below-epsilon"}
+                        ("cloud", DeployStatus.INFEASIBLE, False), "below-tail", "idle-stage"}
 
 
 @pytest.mark.parametrize("config", sorted(CONFIGS))
@@ -118,7 +121,7 @@ def test_dp_agrees_with_brute_force_on_small_pools() -> None:
         for seed in SEEDS:
             problem = instance(config, seed)
             want = brute_force(problem)
-            got = dp_pool(problem)
+            got = pool_dp(problem)
             if want.status == DeployStatus.INFEASIBLE:
                 assert got is None
             else:
@@ -126,7 +129,7 @@ def test_dp_agrees_with_brute_force_on_small_pools() -> None:
 
 
 def large_pool(seed: int, objective: str, pool_gpus: int) -> DeployProblem:
-    """3 stages, one or two strategies for every GPU count 1..40 (some infinite), shares dropping below epsilon."""
+    """3 stages, one or two strategies for every GPU count 1..40 (some infinite), shares dropping below the tail."""
     rng = random.Random(seed)
     table = []
     for i in range(3):
@@ -145,6 +148,24 @@ def test_milp_equals_dp_on_larger_pools(objective: str, seed: int) -> None:
     """Pools of 48-96 GPUs with 80 candidates per stage: far beyond enumeration, exact by DP."""
     problem = large_pool(seed, objective, pool_gpus=48 + 16 * seed)
     result = solve(problem)
-    want = dp_pool(problem)
+    want = pool_dp(problem)
     assert want is not None and result.status == DeployStatus.OPTIMAL and verify(problem, result) == []
     assert (result.latency_s, result.pool_relaxed) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("config", ["pool-e2e", "pool-e2e-slo-quota", "pool-max-stage", "pool-max-stage-slo"])
+def test_dp_plan_attains_the_optimum(config: str) -> None:
+    """The pool DP's backtracked plan is feasible and attains the brute-force optimum."""
+    from cascadia_sky.planner.pooldp import pool_plan
+    from cascadia_sky.planner.verify import violations
+
+    for seed in SEEDS:
+        problem = instance(config, seed)
+        want = brute_force(problem)
+        got = pool_plan(problem)
+        if want.status == DeployStatus.INFEASIBLE:
+            assert got is None
+            continue
+        chosen, relaxed = got
+        assert relaxed == want.pool_relaxed and not violations(problem, chosen, pool_relaxed=relaxed)
+        assert objective_values(problem, chosen)[0] == pytest.approx(want.latency_s)

@@ -1,4 +1,5 @@
-"""Hand-made deployment cases with known answers: the paper's pool MILP, epsilon, fallbacks, reasons, tie-breaks."""
+"""Hand-made deployment cases with known answers: the paper's pool MILP, tail weights, caps, fallbacks, reasons,
+tie-breaks."""
 
 from __future__ import annotations
 
@@ -61,16 +62,36 @@ def test_pool_max_stage_is_the_paper_objective_with_a_tie_break() -> None:
     assert result.binding["critical"] == {"objective": "max-stage", "stages": [1], "latency_s": 4}
 
 
-def test_stage_below_share_epsilon_does_not_bind() -> None:
-    """Stage 2 (0.5% of requests) still gets a GPU but its latency stays out of L: (2, 3, 1) with L = 2 + 3.
-    Counted, it takes 4 GPUs: (1, 1, 4) with L = 4 + 8 + 30."""
+def test_tail_weights_make_a_small_stage_count_smoothly() -> None:
+    """Stage 2 (0.5 % of requests, tail fraction 5 %) counts with weight 0.1: L = l0 + l1 + 0.1 l2, best (2, 2, 2)
+    with 2 + 4 + 5 = 11. Counted fully (tail fraction 0.5 %): (1, 1, 4) with 4 + 8 + 30. Reached by no request,
+    it gets no GPUs: (3, 3, 0) and (2, 4, 0) both give 4.5, the share-weighted tie-break picks (3, 3, 0)."""
     rows = [[4, 2, 1.5, 1.2, 1.0], [8, 4, 3, 2.5, 2.2], [100, 50, 40, 30, 25]]
-    tiny = pool_problem(rows, 6, (1.0, 0.5, 0.005), share_epsilon=0.01)
+    tiny = pool_problem(rows, 6, (1.0, 0.5, 0.005), tail_fraction=0.05)
     result = solved(tiny)
-    assert result.latency_s == 5 and [c.gpus for c in result.chosen] == [2, 3, 1]
-    assert result.binding["stages"][2]["binds_latency"] is False
-    counted = solved(dataclasses.replace(tiny, share_epsilon=0.001))
+    assert result.latency_s == pytest.approx(11) and [c.gpus for c in result.chosen] == [2, 2, 2]
+    assert result.binding["stages"][2]["binds_latency"] is True
+    counted = solved(dataclasses.replace(tiny, tail_fraction=0.005))
     assert counted.latency_s == 42 and [c.gpus for c in counted.chosen] == [1, 1, 4]
+    off = Candidate(stage=2, gpu_type="H100", tp=1, pp=1, replicas=0, gpus=0, p95_latency_s=0.0, usd_per_hour=0.0,
+                    key="s2_off")
+    idle = solved(dataclasses.replace(tiny, shares=(1.0, 0.5, 0.0), candidates=tiny.candidates[:2] + ((off,),)))
+    assert idle.latency_s == 4.5 and [c.gpus for c in idle.chosen] == [3, 3, 0] and not idle.pool_relaxed
+
+
+def test_caps_cover_any_resource_a_candidate_uses() -> None:
+    """A cap on a resource beyond GPUs (e.g. an account's vCPU quota per instance family) binds like a GPU quota."""
+    def cand(stage: int, gpus: int, latency: float, vcpus: float) -> Candidate:
+        return dataclasses.replace(cloud_cand(stage, "A", gpus, latency, float(gpus)), uses={"vcpu:aws:p": vcpus})
+    table = [[cand(0, 1, 2.0, 8), cand(0, 2, 1.0, 48)], [cand(1, 1, 4.0, 8), cand(1, 2, 2.0, 48)]]
+    free = solved(cloud_problem(table, (1.0, 0.5)))
+    assert [c.gpus for c in free.chosen] == [2, 2]
+    capped = cloud_problem(table, (1.0, 0.5), caps={"vcpu:aws:p": 60, "gpu:A": 4})
+    result = solved(capped)
+    assert [c.gpus for c in result.chosen] == [1, 2] and result.latency_s == 4.0
+    assert result.binding["constraints"]["cap:vcpu:aws:p"]["used"] == 56
+    assert brute_force(capped).latency_s == result.latency_s
+    assert any("cap vcpu:aws:p" in e for e in verify(dataclasses.replace(capped, caps={"vcpu:aws:p": 50}), result))
 
 
 def test_pool_falls_back_to_fewer_gpus_and_says_so() -> None:
@@ -92,11 +113,11 @@ def test_infeasible_says_what_to_relax(case: str) -> None:
     else:
         table = [[cloud_cand(0, "A", 4, 1.0, 2.0), cloud_cand(0, "A", 8, 0.5, 4.0)],
                  [cloud_cand(1, "A", 4, 2.0, 1.0), cloud_cand(1, "A", 8, 1.0, 2.0)]]
-        knobs = {"budget": dict(budget_usd_per_hour=2.5), "quota": dict(quotas={"A": 6}),
+        knobs = {"budget": dict(budget_usd_per_hour=2.5), "quota": dict(caps={"gpu:A": 6}),
                  "slo": dict(goal="min-cost", slo_p95_s=1.0)}[case]
         problem = cloud_problem(table, (1.0, 0.5), **knobs)
         relax, words = {"budget": (["budget_usd_per_hour"], "the cheapest plan meeting the other constraints costs $3"),
-                        "quota": (["quotas"], "uses A: 16 GPUs (quota 6)"),
+                        "quota": (["caps"], "gpu:A: 16 (limit 6)"),
                         "slo": (["slo_p95_s"], "lowest p95 within the other constraints is 1.5 s")}[case]
     result = solve(problem)
     assert result.status == DeployStatus.INFEASIBLE and result.chosen == () and math.isinf(result.latency_s)
@@ -114,7 +135,7 @@ def test_min_latency_breaks_ties_by_cost_and_explains_it() -> None:
 def test_min_cost_breaks_ties_by_latency() -> None:
     table = [[cloud_cand(0, "A", 2, 1.0, 2.0), cloud_cand(0, "A", 1, 2.0, 1.0)],
              [cloud_cand(1, "A", 2, 1.0, 1.0), cloud_cand(1, "B", 1, 3.0, 1.0)]]
-    problem = cloud_problem(table, (1.0, 0.5), goal="min-cost", quotas={"A": 10, "B": 10})
+    problem = cloud_problem(table, (1.0, 0.5), goal="min-cost", caps={"gpu:A": 10, "gpu:B": 10})
     for result in (solved(problem), solve(problem, reduce=False)):
         assert result.usd_per_hour == 2.0 and result.latency_s == 3.0 and result.chosen[1].gpu_type == "A"
 
@@ -167,7 +188,7 @@ def test_model_names_are_deterministic(tmp_path: Path) -> None:
         model.prob.writeLP(str(tmp_path / f"m{n}.lp"))
         texts.append((tmp_path / f"m{n}.lp").read_text())
     assert texts[0] == texts[1]
-    assert "x_s1_H100_r3" in texts[0] and "latency_path1:" in texts[0] and "pool:" in texts[0] and "slo:" in texts[0]
+    assert "x_s1_H100_r3" in texts[0] and "latency_tail:" in texts[0] and "pool:" in texts[0] and "slo:" in texts[0]
 
 
 def test_solver_status_mapping() -> None:

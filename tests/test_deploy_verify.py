@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 
@@ -80,8 +81,8 @@ def test_limits_are_checked(cloud: tuple[DeployProblem, DeployResult]) -> None:
     gpus_of_type = sum(c.gpus for c in result.chosen if c.gpu_type == used)
     assert any("budget" in e for e in verify(
         dataclasses.replace(problem, budget_usd_per_hour=result.usd_per_hour - 0.5), result))
-    assert any(f"quota {used}" in e for e in verify(
-        dataclasses.replace(problem, quotas={used: gpus_of_type - 1}), result))
+    assert any(f"cap gpu:{used}" in e for e in verify(
+        dataclasses.replace(problem, caps={f"gpu:{used}": gpus_of_type - 1}), result))
     assert any("SLO" in e for e in verify(dataclasses.replace(problem, slo_p95_s=result.latency_s * 0.99), result))
 
 
@@ -103,3 +104,13 @@ def test_status_and_plan_must_agree(cloud: tuple[DeployProblem, DeployResult]) -
     assert verify(problem, dataclasses.replace(result, chosen=result.chosen[:-1]))
     assert verify(problem, dataclasses.replace(result, status=DeployStatus.INFEASIBLE, chosen=())) == []
     assert any("outside pool mode" in e for e in verify(problem, dataclasses.replace(result, pool_relaxed=True)))
+
+
+@pytest.mark.parametrize("which", ["pool", "cloud"])
+def test_the_solvers_own_objective_is_checked(which: str, pool, cloud) -> None:
+    """verify compares the chosen plan with the objective value CBC reported: a wrong one is caught."""
+    problem, result = pool if which == "pool" else cloud
+    assert math.isfinite(result.objective_value) and verify(problem, result) == []
+    for wrong in (result.objective_value * 0.99 - 1e-3, result.objective_value * 1.01 + 1e-3, math.nan):
+        errors = verify(problem, dataclasses.replace(result, objective_value=wrong))
+        assert any(e.startswith("objective:") for e in errors), errors

@@ -82,3 +82,31 @@ def test_cli_up_prints_where_the_plan_was_recorded(tmp_path: Path) -> None:
     r = cli(tmp_path, "up", "--plan", str(plan_file))
     assert r.returncode == 2 and "unknown launch backend 'nosuch'" in r.stderr
     assert not (tmp_path / "deployments").exists()
+
+
+def test_an_idle_stage_is_not_launched_and_the_router_skips_it(fake_sky, example_plan, home: Path) -> None:
+    """A stage no request reaches gets no GPUs (the planner's exact search can say so): the launcher starts
+    nothing for it and the router's last served stage answers everything."""
+    import json
+
+    from cascadia_sky.launch.tasks import router_config
+
+    plan = example_plan("deepseek").with_launch(ready_timeout_s=30)
+    stages = list(plan.stages)
+    stages[1] = stages[1].model_copy(update={"threshold": float("-inf")})       # medium accepts every answer
+    stages[2] = stages[2].model_copy(update={"replicas": 0, "gpus": 0, "share": 0.0})
+    idle = plan.model_copy(update={"stages": stages})
+    assert [s.name for s in idle.serving()] == ["small", "medium"]
+    assert [(a.op, a.stage) for a in launcher.decide(None, idle)] == [
+        ("launch_stage", "small"), ("launch_stage", "medium"), ("launch_router", "")]
+    cfg = router_config(idle, {"small": ["http://127.0.0.1:1"], "medium": ["http://127.0.0.1:2"]})
+    assert [(s["name"], s["threshold"]) for s in cfg["stages"]] == [("small", stages[0].threshold),
+                                                                    ("medium", None)]
+    store = StateStore(home)
+    launcher.up(launcher.Target(idle), store=store)
+    assert "deepseek-large" not in [n for op, n in fake_sky.ops() if op == "serve_up"]
+    assert [s["name"] for s in json.loads((home / "deployments/deepseek/router.json").read_text())["stages"]] == [
+        "small", "medium"]
+    full = launcher.decide(store.get("deepseek"), plan)                          # traffic comes back to it
+    assert ("launch_stage", "large") in [(a.op, a.stage) for a in full]
+    launcher.down("deepseek", store=store)

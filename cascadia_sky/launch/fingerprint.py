@@ -36,7 +36,7 @@ def stage_fingerprint(plan: Plan, stage: StagePlan) -> str:
 def router_fingerprint(plan: Plan) -> str:
     """What the router's routing and listening depend on (stage order, names, thresholds, scorer, host, port)."""
     return _digest({"name": plan.name, "scorer": plan.scorer,
-                    "stages": [_pick(s, STAGE_ROUTER_KEYS) for s in plan.stages],
+                    "stages": [_pick(s, STAGE_ROUTER_KEYS) for s in plan.serving()],
                     "launch": _pick(plan.launch, LAUNCH_ROUTER_KEYS)})
 
 

@@ -38,7 +38,7 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
             recorded.setdefault(comp.stage, []).append(comp)
     old_plan = record.plan if record is not None and record.plan_json else None
     actions: list[Action] = []
-    for stage in plan.stages:
+    for stage in plan.serving():
         comps = recorded.get(stage.name, [])
         fp = stage_fingerprint(plan, stage)
         if not comps:
@@ -49,7 +49,7 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
                                   f"changed: {changed}" if changed else "deployment changed"))
         elif any(c.phase in _UNSTARTED for c in comps):
             actions.append(Action("launch_stage", stage.name, "resume (not started or failed before)"))
-    names = {s.name for s in plan.stages}
+    names = {s.name for s in plan.serving()}
     for name in recorded:
         if name not in names:
             actions.append(Action("remove_stage", name, "not in the plan any more"))
@@ -144,7 +144,7 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
         raise LaunchError("cancelled; nothing was launched")
     fresh = record is None or record.phase == "launching"
     key = ensure_api_key(store.deployment_dir(name), progress)
-    ensure_engine_keys(store.deployment_dir(name), [s.name for s in plan.stages], progress)
+    ensure_engine_keys(store.deployment_dir(name), [s.name for s in plan.serving()], progress)
     me = os.getpid()
     base = record or DeploymentRecord(name=name, backend=backend)
     plan_json = plan.to_json()

@@ -156,7 +156,7 @@ class Supervisor:
             if e.desired == "running":
                 endpoints.setdefault(e.stage, []).append(e.url)
         keys = read_engine_keys(self.store.deployment_dir(self.name))
-        names = {s.name: engine_key_env(s.name) for s in plan.stages if s.name in keys}
+        names = {s.name: engine_key_env(s.name) for s in plan.serving() if s.name in keys}
         path = self.store.deployment_dir(self.name) / "router.json"
         path.write_text(json.dumps(router_config(plan, endpoints, names), indent=2) + "\n")
         argv = [sys.executable, "-m", "router", "--config", str(path), "--host", plan.launch.router_host,

@@ -209,8 +209,11 @@ def router_config(plan: Plan, endpoints: dict[str, list[str]],
     cascadia_sky), so the typed plan crosses that boundary as its JSON form. Keys themselves are never in it."""
     from router import RouterConfig
 
-    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints,
-                                  upstream_api_key_env=key_env or {}).model_dump()
+    data = plan.model_dump(mode="json")
+    serving = {s.name for s in plan.serving()}
+    data["stages"] = [s for s in data["stages"] if s["name"] in serving]   # idle stages get no replicas: skipped
+    data["stages"][-1]["threshold"] = None                                 # ... so the last one served answers all
+    return RouterConfig.from_plan(data, endpoints, upstream_api_key_env=key_env or {}).model_dump()
 
 
 def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path,
@@ -243,7 +246,7 @@ def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
         cfg["resources"]["any_of"] = [{"infra": t} for t in where]
     cfg["envs"] = {**cfg["envs"], "ROUTER_REQUIREMENTS": " ".join(router_requirements()),
                    "ROUTER_HOST": plan.launch.router_host, "ROUTER_PORT": str(port)}
-    cfg["secrets"] = {**cfg.get("secrets", {}), **{engine_key_env(s.name): None for s in plan.stages}}
+    cfg["secrets"] = {**cfg.get("secrets", {}), **{engine_key_env(s.name): None for s in plan.serving()}}
     cfg["file_mounts"] = {"~/cascadia/router": str(package_dir("router")), "~/cascadia/router.json": str(config_path)}
     return cfg
 

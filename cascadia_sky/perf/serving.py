@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -234,14 +235,30 @@ def _cold_start(sm: StepModel, concurrency: int, isl: int, osl: int, cap: float)
     return first
 
 
-def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: int = 1) -> OpenLoopEstimate:
-    """Latency percentiles and capacity of `replicas` identical replicas sharing Poisson traffic of `rate_rps`."""
-    if replicas < 1 or rate_rps < 0 or not math.isfinite(rate_rps):
-        raise PerfError(f"replicas must be >= 1 and rate_rps finite and >= 0 (got {replicas}, {rate_rps})")
+@dataclass(frozen=True)
+class _Prepared:
+    """The rate-independent part of `open_loop` for one replica shape and length distribution."""
+
+    sm: StepModel
+    pp: int
+    isl: np.ndarray
+    osl: np.ndarray
+    w: np.ndarray
+    osl_m: float
+    c_dec: float
+    cap: float
+    e0: float
+    e1: float
+    grid: np.ndarray
+    t0: np.ndarray
+    ex: np.ndarray
+    max_rate: float
+
+
+def _prepare(dep: Deployment, lengths: LengthDist) -> _Prepared:
     sm = _checked(dep)
     pp = dep.pp
     isl, osl, w = lengths.cells
-    lam = rate_rps / replicas
     osl_m = float(w @ osl)
     c_dec = float(w @ (osl * (isl + osl / 2))) / osl_m
     cap = max_running(sm, c_dec)
@@ -257,6 +274,34 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
     ex = e0 + (e1 - e0) * grid / cap
     # tokens/s at batch B and rate lam: B (1 - lam E[dT]/pp) / T0(B) must reach lam * osl_m
     max_rate = float(cap / (osl_m * t0[-1] + cap * ex[-1] / pp))
+    return _Prepared(sm, pp, isl, osl, w, osl_m, c_dec, cap, e0, e1, grid, t0, ex, max_rate)
+
+
+def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: int = 1, *,
+              p95_only: bool = False) -> OpenLoopEstimate:
+    """Latency percentiles and capacity of `replicas` identical replicas sharing Poisson traffic of `rate_rps`.
+
+    `p95_only` skips the medians (left nan): the planner's latency curves need only the p95.
+    """
+    if replicas < 1 or rate_rps < 0 or not math.isfinite(rate_rps):
+        raise PerfError(f"replicas must be >= 1 and rate_rps finite and >= 0 (got {replicas}, {rate_rps})")
+    return _open_loop_at(_prepare(dep, lengths), rate_rps / replicas, p95_only)
+
+
+def open_loop_rates(dep: Deployment, rates_rps: Sequence[float], lengths: LengthDist, *,
+                    p95_only: bool = False) -> list[OpenLoopEstimate]:
+    """`open_loop` of one replica at many rates, sharing the rate-independent work (latency curves)."""
+    if any(r < 0 or not math.isfinite(r) for r in rates_rps):
+        raise PerfError(f"rates must be finite and >= 0, got {list(rates_rps)}")
+    prep = _prepare(dep, lengths)
+    return [_open_loop_at(prep, float(r), p95_only) for r in rates_rps]
+
+
+def _open_loop_at(prep: _Prepared, lam: float, p95_only: bool) -> OpenLoopEstimate:
+    """The rate-dependent part of `open_loop` at per-replica rate `lam`."""
+    sm, pp, isl, osl, w = prep.sm, prep.pp, prep.isl, prep.osl, prep.w
+    osl_m, c_dec, cap, e0, e1 = prep.osl_m, prep.c_dec, prep.cap, prep.e0, prep.e1
+    grid, t0, ex, max_rate = prep.grid, prep.t0, prep.ex, prep.max_rate
     util = lam / max_rate if max_rate > 0 else math.inf
     stable = util < 1.0
     supply = grid * (1.0 - lam * ex / pp) / t0
@@ -285,8 +330,8 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
     p2 = util ** math.sqrt(2 * (cap + 1)) if util > 0 else 0.0
     m2 = service / (cap * (1 - util)) if p2 > 1e-12 else 0.0
     mean_wait = p1 * m1 + p2 * m2
-    ttft_p50 = _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
-    e2e_p50 = _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
+    ttft_p50 = math.nan if p95_only else _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
+    e2e_p50 = math.nan if p95_only else _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
     e2e_p95 = _mixture_quantile(d, w, 0.95, p1, m1, p2, m2)
     return OpenLoopEstimate(ttft_p50_s=ttft_p50, ttft_mean_s=float(w @ ttft_det) + mean_wait, tpot_s=tpot,
                             e2e_p50_s=e2e_p50, e2e_p95_s=e2e_p95, max_rate_rps=max_rate, utilization=util,

@@ -1,9 +1,8 @@
 """Reference solvers that share nothing with the MILP: exhaustive enumeration and, for pool mode, an exact DP.
 
 `brute_force` tries every combination of one candidate per stage (tests only, small instances) and applies the
-same lexicographic goal as `deploy.solve` (see `verify.objective_values`). `dp_pool` solves pool mode exactly by
-dynamic programming over stages and GPUs used, which scales to the benchmark's 256-GPU pools, so the MILP's
-optimum can be cross-checked where enumeration is out of reach.
+same lexicographic goal as `deploy.solve` (see `verify.objective_values`). Pool mode also has an exact dynamic
+programme (`pooldp.pool_dp`), which scales to the benchmark's 256-GPU pools.
 """
 
 from __future__ import annotations
@@ -23,12 +22,11 @@ from cascadia_sky.planner.deploy import (
     validate_problem,
 )
 from cascadia_sky.planner.verify import (
-    binding_stages,
     evaluate,
+    gpu_key,
     objective_values,
     tie_bound,
     violations,
-    within,
 )
 
 BRUTE_FORCE_MAX_PLANS = 200_000
@@ -64,52 +62,17 @@ def brute_force(problem: DeployProblem) -> DeployResult:
     m = evaluate(problem, plan)
     return DeployResult(status=DeployStatus.OPTIMAL, chosen=plan, latency_s=m.latency_s,
                         usd_per_hour=m.usd_per_hour, gpus=m.gpus, wall_s=wall, binding={"method": "brute-force"},
-                        pool_relaxed=relaxed)
-
-
-def dp_pool(problem: DeployProblem) -> tuple[float, bool] | None:
-    """(optimal L, pool_relaxed) of a pool-mode problem by DP over (stage, GPUs used); None when infeasible.
-
-    best[g] = the least objective over stages 0..i using exactly g GPUs, combining binding stages' latencies
-    with + (e2e; K is a prefix since shares do not increase) or max (max-stage); stages outside K add nothing.
-    GPUs are capped by N and by the pool type's quota; the SLO is checked on the optimum (L is minimised).
-    """
-    validate_problem(problem)
-    if problem.mode != "pool" or problem.budget_usd_per_hour is not None:
-        raise PlanError("dp_pool: only for pool-mode problems without a budget; use deploy.solve")
-    cap = min([problem.pool_gpus] + [q for t, q in problem.quotas.items()
-                                     if t == problem.pool_gpu_type or problem.pool_gpu_type is None])
-    combine = max if problem.objective == "max-stage" else (lambda a, b: a + b)
-    binds = set(binding_stages(problem))
-    best: dict[int, float] = {0: 0.0}
-    for i, stage in enumerate(problem.candidates):
-        nxt: dict[int, float] = {}
-        for g, value in best.items():
-            for c in stage:
-                if math.isfinite(c.p95_latency_s) and g + c.gpus <= cap:
-                    v = combine(value, c.p95_latency_s) if i in binds else value
-                    if v < nxt.get(g + c.gpus, math.inf):
-                        nxt[g + c.gpus] = v
-        best = nxt
-    slo = problem.slo_p95_s
-
-    def ok(v: float) -> bool:
-        return slo is None or within(v, slo)
-
-    if problem.pool_gpus in best and ok(best[problem.pool_gpus]):
-        return best[problem.pool_gpus], False
-    # sum <= N: the relaxation is used only when no sum = N plan meets the SLO
-    feasible = [v for v in best.values() if ok(v)]
-    return (min(feasible), True) if feasible else None
+                        pool_relaxed=relaxed, objective_value=objective_values(problem, plan)[0])
 
 
 def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goal: str = "min-latency",
                    stages: int = 3, per_stage: int = 6, quotas: bool = False, budget: bool = False,
-                   slo: bool = False, share_epsilon: float = 0.05, caps: bool = False) -> DeployProblem:
+                   slo: bool = False, tail_fraction: float = 0.05, caps: bool = False) -> DeployProblem:
     """A small seeded instance for brute-force comparisons: duplicates and dominated candidates on purpose,
-    some infinite latencies, shares that drop below epsilon, and tight pools, budgets, quotas and SLOs. With
-    `caps`, candidates use one of two capacity groups (like vCPUs of an EC2 quota per family and purchase option)
-    and the groups get tight limits.
+    some infinite latencies, shares that drop below the tail fraction or to zero (that stage then has one zero-GPU
+    candidate, as the planner gives it), and tight pools, budgets, quotas (caps "gpu:<type>") and SLOs. With
+    `caps`, candidates also use one of two capacity groups (like vCPUs of an EC2 quota per family and purchase
+    option) and the groups get tight limits.
 
     Latencies are multiples of 1/8 s and prices multiples of $0.5/h, so sums are exact and ties are real ties.
     """
@@ -135,7 +98,11 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
         table.append(tuple(cands))
     shares = [1.0]
     for _ in range(stages - 1):
-        shares.append(shares[-1] * rng.choice([1.0, 0.5, 0.25, 0.03]))
+        shares.append(shares[-1] * rng.choice([1.0, 0.5, 0.25, 0.03, 0.0]))
+    for i, share in enumerate(shares):
+        if share == 0:
+            table[i] = (Candidate(stage=i, gpu_type=sorted(types)[0], tp=1, pp=1, replicas=0, gpus=0,
+                                  p95_latency_s=0.0, usd_per_hour=0.0, key=f"s{i}_off"),)
     cost_lo = sum(min(c.usd_per_hour for c in s) for s in table)
     cost_hi = sum(max(c.usd_per_hour for c in s) for s in table)
     return DeployProblem(
@@ -144,6 +111,7 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
         pool_gpu_type="H100" if mode == "pool" else None,
         budget_usd_per_hour=round(rng.uniform(cost_lo * 0.9, (cost_lo + cost_hi) / 2) * 2) / 2 if budget else None,
         slo_p95_s=rng.randint(4, 8 * 3 * stages) / 8 if slo else None,
-        quotas={t: rng.randint(2, 4 * stages) for t in sorted(types) if rng.random() < 0.6} if quotas else {},
-        caps={g: float(4 * rng.randint(2, 4 * stages)) for g in _CAP_GROUPS} if caps else {},
-        share_epsilon=share_epsilon)
+        caps={**({gpu_key(t): rng.randint(2, 4 * stages) for t in sorted(types) if rng.random() < 0.6} if quotas
+                 else {}),
+              **({g: float(4 * rng.randint(2, 4 * stages)) for g in _CAP_GROUPS} if caps else {})},
+        tail_fraction=tail_fraction)

@@ -7,9 +7,10 @@ Pipeline: data (an immutable `DeployProblem`) -> reduce (drop candidates no opti
 -> extract -> explain (what binds each stage) -> `verify.verify` re-checks the answer in plain Python.
 
 Notation: stages i = 0..S-1 (0 = smallest model); candidates c in C_i with p95 latency l_c, GPUs g_c, cost p_c
-($/h), GPU type t_c and uses u_c[r] of capacity groups r (e.g. `aws:vcpu:us-east-1:P:spot`, vCPUs of an EC2 quota);
-x[c] in {0,1} (c deploys stage i); s_i the share of all requests that reach stage i; K = {k : s_k >= share_epsilon}
-the stages whose latency binds L; cap_r the limit of group r.
+($/h), GPU type t_c and resource use u_c[r] (its GPUs under "gpu:<t_c>", plus any `uses`); x[c] in {0,1} (c
+deploys stage i); s_i the share of all requests that reach stage i; w_i = min(1, s_i / alpha) its tail weight
+(alpha = `tail_fraction`, see `verify`); K = {k : w_k > 0}. A stage no request reaches is given a zero-GPU
+candidate by the planner (replicas = 0) and weighs nothing.
 
 Goals are lexicographic, solved exactly with two CBC runs (no weights to tune, no epsilon that could flip the
 optimum): 1) optimise the primary; 2) constrain primary <= optimum * (1 + DEPLOY_TIE_TOL_REL) and optimise the
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cascadia_sky.constants import (
     DEPLOY_MILP_GAP_REL,
     DEPLOY_MILP_TIME_LIMIT_SECONDS,
-    DEPLOY_SHARE_EPSILON_FRACTION,
+    DEPLOY_TAIL_FRACTION,
 )
 from cascadia_sky.errors import PlanError
 from cascadia_sky.planner.verify import (
@@ -43,7 +44,9 @@ from cascadia_sky.planner.verify import (
     binding_stages,
     evaluate,
     objective_values,
+    stage_weights,
     tie_bound,
+    uses_of,
     violations,
     within,
 )
@@ -65,7 +68,7 @@ class Candidate:
     tp: int
     pp: int
     replicas: int
-    gpus: int                              # tp * pp * replicas
+    gpus: int                              # tp * pp * replicas (0 for a stage that gets no replicas)
     p95_latency_s: float                   # p95 of this stage under its workload; math.inf = cannot sustain it
     usd_per_hour: float                    # 0.0 in pool mode; cloud mode: instance granularity already priced in
     key: str                               # deterministic id, used in variable names ("s1_H100_tp2_pp1_r3")
@@ -75,7 +78,9 @@ class Candidate:
     gpus_per_instance: int | None = None
     instances: int | None = None
     spot: bool = False
-    uses: Mapping[str, float] = field(default_factory=dict)  # capacity group -> amount used (see DeployProblem.caps)
+    # resources beyond its GPUs (which count under "gpu:<type>"), e.g. {"vcpu:aws:p": 192}; checked against
+    # DeployProblem.caps
+    uses: Mapping[str, float] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,9 +96,9 @@ class DeployProblem:
     goal: Goal = "min-latency"
     budget_usd_per_hour: float | None = None
     slo_p95_s: float | None = None
-    quotas: Mapping[str, int] = field(default_factory=dict)   # max GPUs per GPU type, summed over stages
-    caps: Mapping[str, float] = field(default_factory=dict)   # capacity group -> limit on sum_c uses_c[group] x_c
-    share_epsilon: float = DEPLOY_SHARE_EPSILON_FRACTION
+    caps: Mapping[str, float] = field(default_factory=dict)   # resource key -> most summed over stages;
+                                                               # GPU quotas are "gpu:<type>"
+    tail_fraction: float = DEPLOY_TAIL_FRACTION
     time_limit_s: float = DEPLOY_MILP_TIME_LIMIT_SECONDS
     gap: float = DEPLOY_MILP_GAP_REL
 
@@ -120,7 +125,8 @@ class DeployResult:
     wall_s: float
     binding: dict[str, Any]      # {"critical", "constraints", "stages"}; see `_explain`
     pool_relaxed: bool = False   # pool mode: sum = N was infeasible, so sum <= N was used
-    reason: str = ""             # for infeasible / time_limit / error: what happened and what to relax
+    reason: str = ""
+    objective_value: float = math.nan   # the solver's own value of the primary objective (`verify` checks it)             # for infeasible / time_limit / error: what happened and what to relax
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -133,15 +139,15 @@ def _check_candidate(problem: DeployProblem, i: int, c: Candidate) -> None:
     where = f"deploy problem: candidates[{i}] {c.key!r}"
     if c.stage != i:
         raise PlanError(f"{where}: stage={c.stage} but it is listed under stage {i}; fix the candidate table")
-    if min(c.tp, c.pp, c.replicas) < 1 or c.gpus != c.tp * c.pp * c.replicas:
-        raise PlanError(f"{where}: gpus must equal tp*pp*replicas with each >= 1 (got {c.gpus}, {c.tp}, {c.pp}, "
-                        f"{c.replicas}); fix the candidate generator")
+    if min(c.tp, c.pp) < 1 or c.replicas < 0 or c.gpus != c.tp * c.pp * c.replicas:
+        raise PlanError(f"{where}: gpus must equal tp*pp*replicas with tp, pp >= 1 and replicas >= 0 (got "
+                        f"{c.gpus}, {c.tp}, {c.pp}, {c.replicas}); fix the candidate generator")
+    if any(not math.isfinite(v) or v < 0 for v in c.uses.values()):
+        raise PlanError(f"{where}: uses must be finite and >= 0, got {dict(c.uses)}")
     if math.isnan(c.p95_latency_s) or c.p95_latency_s < 0:
         raise PlanError(f"{where}: p95_latency_s must be >= 0 or inf, got {c.p95_latency_s}")
     if not math.isfinite(c.usd_per_hour) or c.usd_per_hour < 0:
         raise PlanError(f"{where}: usd_per_hour must be finite and >= 0, got {c.usd_per_hour}")
-    if any(not math.isfinite(v) or v < 0 for v in c.uses.values()):
-        raise PlanError(f"{where}: uses must be finite and >= 0, got {dict(c.uses)}")
     if problem.mode == "pool" and problem.pool_gpu_type is not None and c.gpu_type != problem.pool_gpu_type:
         raise PlanError(f"{where}: gpu_type {c.gpu_type} in a pool of {problem.pool_gpu_type}; "
                         "generate pool candidates for the pool's GPU type only")
@@ -169,12 +175,10 @@ def validate_problem(problem: DeployProblem) -> None:
         raise PlanError("deploy problem: budget_usd_per_hour must be >= 0")
     if problem.slo_p95_s is not None and problem.slo_p95_s <= 0:
         raise PlanError("deploy problem: slo_p95_s must be > 0")
-    if any(q < 0 for q in problem.quotas.values()):
-        raise PlanError(f"deploy problem: quotas must be >= 0, got {dict(problem.quotas)}")
-    if any(not math.isfinite(v) or v < 0 for v in problem.caps.values()):
-        raise PlanError(f"deploy problem: caps must be finite and >= 0, got {dict(problem.caps)}")
-    if not 0.0 <= problem.share_epsilon <= 1.0 or problem.time_limit_s <= 0 or problem.gap < 0:
-        raise PlanError("deploy problem: need 0 <= share_epsilon <= 1, time_limit_s > 0 and gap >= 0")
+    if any(not q >= 0 for q in problem.caps.values()):
+        raise PlanError(f"deploy problem: caps must be >= 0, got {dict(problem.caps)}")
+    if not 0.0 <= problem.tail_fraction <= 1.0 or problem.time_limit_s <= 0 or problem.gap < 0:
+        raise PlanError("deploy problem: need 0 <= tail_fraction <= 1, time_limit_s > 0 and gap >= 0")
     names: set[str] = set()
     for i, cands in enumerate(problem.candidates):
         for c in cands:
@@ -188,77 +192,55 @@ def validate_problem(problem: DeployProblem) -> None:
 
 # ---------------------------------------------------------------------------------------------- reduction
 
-def _fits_alone(problem: DeployProblem, c: Candidate, binds: bool) -> bool:
+def _fits_alone(problem: DeployProblem, c: Candidate, weight: float) -> bool:
     """Whether c could be part of any feasible plan, judged on c alone (latencies, GPUs and costs are >= 0)."""
     if not math.isfinite(c.p95_latency_s):
         return False
     if problem.mode == "pool" and c.gpus > problem.pool_gpus:
         return False
-    if c.gpus > problem.quotas.get(c.gpu_type, c.gpus):
-        return False
-    if any(not within(c.uses.get(key, 0.0), cap) for key, cap in problem.caps.items()):
+    if any(not within(amount, problem.caps[key]) for key, amount in uses_of(c).items() if key in problem.caps):
         return False
     if problem.budget_usd_per_hour is not None and not within(c.usd_per_hour, problem.budget_usd_per_hour):
         return False
-    # a binding stage's own latency is a lower bound on L (paths only add non-negative latencies)
-    return not (binds and problem.slo_p95_s is not None and not within(c.p95_latency_s, problem.slo_p95_s))
+    # a stage's own weighted latency is a lower bound on L (the other terms are >= 0)
+    return not (weight > 0 and problem.slo_p95_s is not None
+                and not within(weight * c.p95_latency_s, problem.slo_p95_s))
 
 
 def _pareto(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candidate, ...]:
     """Keep only candidates no other candidate of the stage dominates.
 
-    A dominates B when l_A <= l_B, p_A <= p_B and A uses no more of any counted resource: in pool mode the
-    GPU count must be equal (sum = N is an equality); in cloud mode A is of an unquota'd type, or of B's type with
-    g_A <= g_B. Every objective and constraint is monotone in these, so swapping B for A never hurts: the optimum
-    (and its tie-break) is unchanged. Sorted sweep: a dominator always precedes what it dominates.
+    A dominates B when l_A <= l_B, p_A <= p_B and A uses no more of any capped resource: in pool mode the GPU
+    count must also be equal (sum = N is an equality). Every objective and constraint is monotone in these, so
+    swapping B for A never hurts: the optimum (and its tie-break) is unchanged. Sorted sweep: a dominator always
+    precedes what it dominates.
     """
-    if problem.caps and problem.mode == "cloud":
-        return _pareto_capped(problem, cands)
+    capped = sorted(problem.caps)
 
-    def resource_class(c: Candidate) -> tuple[int, str, int]:
-        if problem.mode == "pool":
-            return (1, c.gpu_type, c.gpus)
-        return (1, c.gpu_type, c.gpus) if c.gpu_type in problem.quotas else (0, "", 0)
+    def capped_use(c: Candidate) -> tuple[float, ...]:
+        u = uses_of(c)
+        return tuple(u.get(k, 0.0) for k in capped)
 
-    order = sorted(cands, key=lambda c: (c.p95_latency_s, c.usd_per_hour, resource_class(c), c.key))
-    free_min_usd = math.inf                       # cheapest kept candidate of an unquota'd type (cloud mode)
-    kept_usd: dict[tuple[str, int], float] = {}   # (type, gpus) -> cheapest kept candidate of that class
+    order = sorted(cands, key=lambda c: (c.p95_latency_s, c.usd_per_hour, c.gpus, c.key))
+    free_min_usd = math.inf                                  # cheapest kept candidate that uses no capped resource
+    kept_counted: dict[Any, list[tuple[float, tuple[float, ...]]]] = {}   # class -> [(usd, capped use)]
     kept = []
     for c in order:
-        counted, gpu_type, gpus = resource_class(c)
-        dominated = free_min_usd <= c.usd_per_hour
-        if problem.mode == "pool":
-            dominated = dominated or kept_usd.get((gpu_type, gpus), math.inf) <= c.usd_per_hour
-        elif counted:
-            dominated = dominated or any(u <= c.usd_per_hour for (t, g), u in kept_usd.items()
-                                         if t == gpu_type and g <= gpus)
-        if dominated:
+        use = capped_use(c)
+        cls = c.gpus if problem.mode == "pool" else None
+        if problem.mode != "pool" and not any(use):
+            if free_min_usd <= c.usd_per_hour:
+                continue
+            free_min_usd = c.usd_per_hour
+            kept.append(c)
             continue
+        if problem.mode != "pool" and free_min_usd <= c.usd_per_hour:
+            continue
+        if any(u <= c.usd_per_hour and all(a <= b for a, b in zip(v, use)) for u, v in kept_counted.get(cls, [])):
+            continue
+        kept_counted.setdefault(cls, []).append((c.usd_per_hour, use))
         kept.append(c)
-        if counted:
-            kept_usd[(gpu_type, gpus)] = min(kept_usd.get((gpu_type, gpus), math.inf), c.usd_per_hour)
-        else:
-            free_min_usd = min(free_min_usd, c.usd_per_hour)
     return tuple(sorted(kept, key=lambda c: c.key))
-
-
-def _capped_uses(problem: DeployProblem, c: Candidate) -> tuple[float, ...]:
-    """c's use of every counted resource: its GPUs where its type has a quota, then each capped group."""
-    quota_use = tuple(float(c.gpus) if c.gpu_type == t else 0.0 for t in sorted(problem.quotas))
-    return quota_use + tuple(float(c.uses.get(key, 0.0)) for key in sorted(problem.caps))
-
-
-def _pareto_capped(problem: DeployProblem, cands: Sequence[Candidate]) -> tuple[Candidate, ...]:
-    """Cloud mode with capacity groups: A dominates B when l_A <= l_B, p_A <= p_B and A uses no more of any
-    quota'd GPU type or capped group (componentwise). Sorted sweep, so a dominator precedes what it dominates."""
-    order = sorted(cands, key=lambda c: (c.p95_latency_s, c.usd_per_hour, _capped_uses(problem, c), c.key))
-    kept: list[tuple[float, tuple[float, ...], Candidate]] = []
-    for c in order:
-        use = _capped_uses(problem, c)
-        if any(usd <= c.usd_per_hour and all(a <= b for a, b in zip(u, use)) for usd, u, _ in kept):
-            continue
-        kept.append((c.usd_per_hour, use, c))
-    return tuple(sorted((c for _, _, c in kept), key=lambda c: c.key))
 
 
 def reduce_candidates(problem: DeployProblem) -> tuple[tuple[Candidate, ...], ...]:
@@ -266,8 +248,8 @@ def reduce_candidates(problem: DeployProblem) -> tuple[tuple[Candidate, ...], ..
 
     In pool mode this is the paper's "for every GPU count f keep only the best strategy".
     """
-    binds = set(binding_stages(problem))
-    return tuple(_pareto(problem, [c for c in cands if _fits_alone(problem, c, i in binds)])
+    weights = stage_weights(problem)
+    return tuple(_pareto(problem, [c for c in cands if _fits_alone(problem, c, weights[i])])
                  for i, cands in enumerate(problem.candidates))
 
 
@@ -303,17 +285,10 @@ def _add_pool_constraints(m: _Model, pool_le: bool) -> None:
     m.prob += ((used <= m.problem.pool_gpus) if pool_le else (used == m.problem.pool_gpus), "pool")
 
 
-def _add_quota_constraints(m: _Model) -> None:
-    """quota_{t}:  sum_i sum_{c : t_c = t} g_c x[c] <= Q_t   for every GPU type t with a quota."""
-    for gpu_type, quota in sorted(m.problem.quotas.items()):
-        used = m.expr(lambda _i, c, t=gpu_type: c.gpus if c.gpu_type == t else 0)
-        m.prob += (used <= quota, f"quota_{_safe_name(gpu_type)}")
-
-
 def _add_cap_constraints(m: _Model) -> None:
-    """cap_{r}:  sum_i sum_c u_c[r] x[c] <= cap_r   for every capacity group r (e.g. vCPUs of an EC2 quota)."""
+    """cap_{r}:  sum_i sum_c u_c[r] x[c] <= cap_r   for every capped resource r (GPU quotas: r = "gpu:<type>")."""
     for key, cap in sorted(m.problem.caps.items()):
-        used = m.expr(lambda _i, c, r=key: c.uses.get(r, 0.0))
+        used = m.expr(lambda _i, c, r=key: uses_of(c).get(r, 0.0))
         m.prob += (used <= cap, f"cap_{_safe_name(key)}")
 
 
@@ -324,13 +299,15 @@ def _add_budget_constraints(m: _Model) -> None:
 
 
 def _add_latency_constraints(m: _Model) -> None:
-    """max-stage:  L >= sum_c l_c x[c]                    for every i in K  (latency_s{i});
-    e2e:        L >= sum_{j <= k} sum_c l_c x[c]       for every k in K  (latency_path{k})."""
-    for k in binding_stages(m.problem):
-        if m.problem.objective == "max-stage":
-            m.prob += (m.latency >= m.expr(lambda _i, c: c.p95_latency_s, [k]), f"latency_s{k}")
-        else:
-            m.prob += (m.latency >= m.expr(lambda _i, c: c.p95_latency_s, range(k + 1)), f"latency_path{k}")
+    """max-stage:  L >= w_k sum_c l_c x[c]                for every k in K  (latency_s{k});
+    e2e:        L >= sum_{k in K} w_k sum_c l_c x[c]   (latency_tail: the tail-weighted path)."""
+    w = stage_weights(m.problem)
+    counted = binding_stages(m.problem)
+    if m.problem.objective == "max-stage":
+        for k in counted:
+            m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, [k]), f"latency_s{k}")
+    elif counted:
+        m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, counted), "latency_tail")
 
 
 def _add_slo_constraints(m: _Model) -> None:
@@ -348,7 +325,6 @@ def _build(problem: DeployProblem, cands: tuple[tuple[Candidate, ...], ...], *, 
     m = _Model(problem, cands, prob, x, prob.add_variable("L", lowBound=0))
     _add_choice_constraints(m)
     _add_pool_constraints(m, pool_le)
-    _add_quota_constraints(m)
     _add_cap_constraints(m)
     _add_budget_constraints(m)
     _add_latency_constraints(m)
@@ -365,7 +341,7 @@ def _objectives(m: _Model) -> tuple[pulp.LpAffineExpression, pulp.LpAffineExpres
         return cost, latency
     if m.problem.mode == "cloud":
         return latency, cost
-    return latency, m.expr(lambda i, c: m.problem.shares[i] * c.p95_latency_s)
+    return latency, m.expr(lambda i, c: m.problem.shares[i] * c.p95_latency_s if m.problem.shares[i] else 0.0)
 
 
 # ---------------------------------------------------------------------------------------------- solve
@@ -401,35 +377,50 @@ def _extract(m: _Model) -> tuple[Candidate, ...]:
                  for i, stage in enumerate(m.cands))
 
 
+_Solved = tuple[DeployStatus, tuple[Candidate, ...], float]   # (status, chosen, solver's primary objective)
+
+
+def _solve_single(problem: DeployProblem, cands: tuple[tuple[Candidate, ...], ...], *, pool_le: bool) -> _Solved:
+    """One candidate left per stage: nothing to choose, only constraints to check (no CBC run)."""
+    chosen = tuple(stage[0] for stage in cands)
+    if violations(problem, chosen, pool_relaxed=pool_le):
+        return DeployStatus.INFEASIBLE, (), math.nan
+    return DeployStatus.OPTIMAL, chosen, objective_values(problem, chosen)[0]
+
+
 def _solve_lexicographic(problem: DeployProblem, cands: tuple[tuple[Candidate, ...], ...], *, pool_le: bool,
-                         deadline: float) -> tuple[DeployStatus, tuple[Candidate, ...]]:
+                         deadline: float) -> _Solved:
     """Optimise the primary, then the tie-break with the primary held at its optimum."""
     if any(not stage for stage in cands):
-        return DeployStatus.INFEASIBLE, ()
+        return DeployStatus.INFEASIBLE, (), math.nan
+    if all(len(stage) == 1 for stage in cands):
+        return _solve_single(problem, cands, pool_le=pool_le)
+    import pulp
     m = _build(problem, cands, pool_le=pool_le)
     primary, tie_break = _objectives(m)
     status = _run_cbc(m, primary, deadline - time.perf_counter(), problem.gap)
     if status not in (DeployStatus.OPTIMAL, DeployStatus.FEASIBLE):
-        return status, ()
+        return status, (), math.nan
+    reported = float(pulp.value(primary))
     chosen = _extract(m)
     best_primary = objective_values(problem, chosen)[0]
     m.prob += (primary <= tie_bound(best_primary), "tie_break_bound")
     if _run_cbc(m, tie_break, deadline - time.perf_counter(), problem.gap, warm=True) in (
             DeployStatus.OPTIMAL, DeployStatus.FEASIBLE):
         chosen = _extract(m)
-    return status, chosen
+    return status, chosen, reported
 
 
-def _solve_core(problem: DeployProblem, *, reduce: bool) -> tuple[DeployStatus, tuple[Candidate, ...], bool]:
-    """(status, chosen, pool_relaxed): sum = N first, then sum <= N in pool mode."""
+def _solve_core(problem: DeployProblem, *, reduce: bool) -> tuple[DeployStatus, tuple[Candidate, ...], bool, float]:
+    """(status, chosen, pool_relaxed, solver objective): sum = N first, then sum <= N in pool mode."""
     deadline = time.perf_counter() + problem.time_limit_s
     cands = reduce_candidates(problem) if reduce else tuple(
         tuple(c for c in stage if math.isfinite(c.p95_latency_s)) for stage in problem.candidates)
-    status, chosen = _solve_lexicographic(problem, cands, pool_le=False, deadline=deadline)
+    status, chosen, value = _solve_lexicographic(problem, cands, pool_le=False, deadline=deadline)
     if status == DeployStatus.INFEASIBLE and problem.mode == "pool":
-        status, chosen = _solve_lexicographic(problem, cands, pool_le=True, deadline=deadline)
-        return status, chosen, bool(chosen)
-    return status, chosen, False
+        status, chosen, value = _solve_lexicographic(problem, cands, pool_le=True, deadline=deadline)
+        return status, chosen, bool(chosen), value
+    return status, chosen, False, value
 
 
 def solve(problem: DeployProblem, *, reduce: bool = True) -> DeployResult:
@@ -441,7 +432,7 @@ def solve(problem: DeployProblem, *, reduce: bool = True) -> DeployResult:
     """
     start = time.perf_counter()
     validate_problem(problem)
-    status, chosen, relaxed = _solve_core(problem, reduce=reduce)
+    status, chosen, relaxed, value = _solve_core(problem, reduce=reduce)
     if not chosen:
         if status == DeployStatus.INFEASIBLE:
             reason, relax = _diagnose(problem)
@@ -456,7 +447,7 @@ def solve(problem: DeployProblem, *, reduce: bool = True) -> DeployResult:
     binding = _explain(problem, chosen, relaxed)
     return DeployResult(status=status, chosen=chosen, latency_s=metrics.latency_s,
                         usd_per_hour=metrics.usd_per_hour, gpus=metrics.gpus, wall_s=time.perf_counter() - start,
-                        binding=binding, pool_relaxed=relaxed,
+                        binding=binding, pool_relaxed=relaxed, objective_value=value,
                         reason="pool: sum = N is infeasible; the plan uses fewer GPUs" if relaxed else "")
 
 
@@ -491,19 +482,15 @@ def _diagnose(problem: DeployProblem) -> tuple[str, list[str]]:
             f"budget too low: the cheapest plan meeting the other constraints costs "
             f"${metrics(plan).usd_per_hour:.2f}/h, the budget is ${problem.budget_usd_per_hour:.2f}/h; "
             "raise the budget")))
-    if problem.quotas:
-        checks.append(("quotas", dict(quotas={}), lambda plan: (
-            "quotas too tight: without quotas the best plan meeting the other constraints uses "
-            + ", ".join(f"{t}: {metrics(plan).gpus_by_type[t]} GPUs (quota {q})"
-                        for t, q in sorted(problem.quotas.items()) if metrics(plan).gpus_by_type.get(t, 0) > q)
-            + "; raise those quotas or allow other GPU types")))
     if problem.caps:
-        checks.append(("caps", dict(caps={}), lambda plan: (
-            "capacity too tight: without capacity limits the best plan meeting the other constraints uses "
-            + ", ".join(f"{key}: {metrics(plan).uses.get(key, 0.0):g} (limit {cap:g})"
-                        for key, cap in sorted(problem.caps.items())
-                        if not within(metrics(plan).uses.get(key, 0.0), cap))
-            + "; raise those limits (e.g. request an EC2 quota increase) or allow other GPU types")))
+        def _caps_message(plan: Any) -> str:
+            over = [(k, q) for k, q in sorted(problem.caps.items()) if not within(metrics(plan).uses.get(k, 0.0), q)]
+            ec2 = any(k.startswith("aws:vcpu:") for k, _ in over)
+            return ("capacity too tight (quotas): without caps the best plan meeting the other constraints uses "
+                    + ", ".join(f"{k}: {metrics(plan).uses.get(k, 0.0):g} (limit {q:g})" for k, q in over)
+                    + "; raise those quotas" + (" (request an EC2 quota increase in Service Quotas)" if ec2 else "")
+                    + " or allow other GPU types")
+        checks.append(("caps", dict(caps={}), _caps_message))
     if problem.slo_p95_s is not None:
         checks.append(("slo_p95_s", dict(slo_p95_s=None, goal="min-latency"), lambda plan: (
             f"SLO unreachable: the lowest p95 within the other constraints is {metrics(plan).latency_s:.3g} s "
@@ -525,8 +512,6 @@ def _constraint_usage(problem: DeployProblem, chosen: Sequence[Candidate], relax
         usage["pool_gpus"] = {"used": m.gpus, "limit": problem.pool_gpus, "rule": "<=" if relaxed else "="}
     if problem.budget_usd_per_hour is not None:
         usage["budget_usd_per_hour"] = {"used": m.usd_per_hour, "limit": problem.budget_usd_per_hour}
-    for gpu_type, quota in sorted(problem.quotas.items()):
-        usage[f"quota:{gpu_type}"] = {"used": m.gpus_by_type.get(gpu_type, 0), "limit": quota}
     for key, cap in sorted(problem.caps.items()):
         usage[f"cap:{key}"] = {"used": m.uses.get(key, 0.0), "limit": cap}
     if problem.slo_p95_s is not None:
@@ -564,7 +549,7 @@ def _stage_explanation(problem: DeployProblem, stage_cands: Sequence[Candidate],
                                  "are assigned and moving them between stages does not lower L")
         elif problem.goal == "min-latency":
             out["reason"] = f"{what} would not lower L (not on the critical path" + (
-                f"; share {problem.shares[i]:.3g} < epsilon {problem.share_epsilon:g})" if not binds else ")") + (
+                "; no request reaches it)" if not binds else ")") + (
                 "; the plan keeps the cheaper option" if problem.mode == "cloud" else "")
         else:
             out["reason"] = f"{what} fits but is not cheaper overall"

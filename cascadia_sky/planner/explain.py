@@ -50,11 +50,26 @@ def summary(plan: Plan) -> Text:
     ]
     if p.quality_lower_bound is not None:
         lines.append(f"quality lower bound at the requested confidence: {p.quality_lower_bound:.4f}")
+    if p.quality_holdout_interval:
+        lo, hi = p.quality_holdout_interval
+        lines.append(f"held-out quality interval: {lo:.4f} .. {hi:.4f}")
+    if p.quality_note:
+        lines.append(f"quality: {p.quality_note}")
     where = (f"{len(plan.stages)} local CPU engines" if plan.mode == "local"
              else f"{p.gpus} GPUs; ${p.usd_per_hour:.2f}/h")
-    lines.append(f"p95 latency ({plan.objective}) {p.p95_latency_s:.2f} s; {where}")
-    lines.append(f"solver: {s.status} (MILP {s.milp_status}{', pool relaxed to <= N' if s.pool_relaxed else ''}); "
-                 f"{s.iterations} rounds, {s.deployment_solves} deployment solves, {s.wall_s:.2f} s")
+    lines.append(f"objective L ({plan.objective}, tail-weighted stage p95s) {p.p95_latency_s:.2f} s; {where}")
+    if p.request_p95_latency_s is not None:
+        bursty = (f"; under the trace's bursts {p.request_p95_latency_bursty_s:.2f} s"
+                  if p.request_p95_latency_bursty_s is not None else "")
+        lines.append(f"request-level p95 (Poisson at the mean rate) {p.request_p95_latency_s:.2f} s{bursty}")
+    if p.single_model_note:
+        lines.append(f"note: {p.single_model_note}")
+    proof = ("proven optimal" if s.proven_optimal else
+             (f"not proven, gap in J {s.gap_j:.3g}" if s.gap_j is not None else "not proven (heuristic search)"))
+    lines.append(f"solver: {s.status}; threshold search {s.search or '-'} over {s.threshold_vectors} vectors "
+                 f"({s.vectors_priced} priced), {proof}; MILP {s.milp_status}"
+                 f"{', pool relaxed to <= N' if s.pool_relaxed else ''}; {s.deployment_solves} MILP solves, "
+                 f"{s.wall_s:.2f} s")
     return Text("\n".join(lines))
 
 
@@ -75,6 +90,21 @@ def binding_table(plan: Plan) -> Table:
     t.add_column("binding constraint", overflow="fold")
     for s in plan.stages:
         t.add_row(s.name, s.binding or "-")
+    return t
+
+
+def latency_table(check: dict) -> Table:
+    """Predicted request-level p95 next to the simulator's (`sim.check.latency_check`)."""
+    t = Table(title="request-level p95: planner vs simulator (same requests)")
+    for c in ("arrivals", "predicted s", "simulated s", "error"):
+        t.add_column(c, justify="right")
+    for name in ("poisson", "trace"):
+        row = check.get(name)
+        if row is None:
+            continue
+        pred, err = row["predicted_s"], row["error"]
+        t.add_row(name, "-" if pred is None else f"{pred:.2f}", f"{row['simulated_s']:.2f}",
+                  "-" if err is None else f"{err:+.0%}")
     return t
 
 

@@ -80,6 +80,10 @@ class StagePlan(_Frozen):
     max_rate_rps_per_replica: float | None = None
     utilization: float | None = None
     binding: str = Field("", description="Why the stage got what it got (the constraint that binds).")
+    path_p95_latency_s: float | None = Field(
+        None, description="p95 latency of a request answered by this stage (it waited for every stage up to it).")
+    bursty_p95_latency_s: float | None = Field(
+        None, description="This stage's p95 under the trace's short-window rates (pointwise-stationary model).")
 
 
 class Predicted(_Frozen):
@@ -89,9 +93,26 @@ class Predicted(_Frozen):
     quality_target: float
     quality_all_last: float = Field(description="z1: quality when every request goes to the last stage.")
     quality_all_first: float = Field(description="z2: quality when the first stage answers everything.")
-    p95_latency_s: float = Field(description="The objective: p95 end-to-end (or slowest stage) latency.")
+    p95_latency_s: float = Field(description=(
+        "The deployment objective L: e2e = sum_k w_k p95_k with tail weights w_k = min(1, share_k / 0.05) (the "
+        "path p95 of the slowest-routed 5 % of requests); max-stage = max_k w_k p95_k. Not a request p95: see "
+        "request_p95_latency_s."))
     usd_per_hour: float
     gpus: int
+    request_p95_latency_s: float | None = Field(
+        None, description="p95 over requests (mixture over exit stages), Poisson arrivals at the mean rate.")
+    request_p95_latency_bursty_s: float | None = Field(
+        None, description="The same under the trace's short-window rates (pointwise-stationary); traces only.")
+    trace_burstiness: dict[str, float] | None = Field(
+        None, description="The trace's rate per window: window_s, mean_rps, p95_rps, max_rps, dispersion.")
+    quality_holdout_interval: list[float] | None = Field(
+        None, description="Two-sided normal interval of the held-out quality at quality.confidence (0.9 if unset).")
+    quality_note: str = Field("", description="Why the quality target is not met, and what would meet it.")
+    single_model_p95_latency_s: float | None = Field(
+        None, description="The objective L of the last stage's model alone on the same resources.")
+    single_model_usd_per_hour: float | None = Field(None, description="Its $/h.")
+    single_model_note: str = Field("", description="Set when the last model alone beats this cascade at the same "
+                                                   "quality target (cheaper under min-cost, faster under min-latency).")
 
 
 class SolverInfo(_Frozen):
@@ -104,6 +125,12 @@ class SolverInfo(_Frozen):
     stable_rounds: int
     milp_status: str = ""
     pool_relaxed: bool = False
+    search: str = Field("", description="exhaustive | branch-and-bound (exact over the profile's distinct scores) "
+                                        "| heuristic (coordinate search, cascades of 4+ stages) | fixed.")
+    proven_optimal: bool = Field(False, description="The threshold search proved its J optimal.")
+    gap_j: float | None = Field(None, description="Best J minus the least open bound when not proven (else 0).")
+    threshold_vectors: int = Field(0, description="Distinct threshold vectors the search covered.")
+    vectors_priced: int = Field(0, description="Vectors whose deployment level was computed (DP or MILP).")
 
 
 class FrontierPoint(_Frozen):
@@ -178,6 +205,11 @@ class Plan(_Frozen):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
+
+    def serving(self) -> list[StagePlan]:
+        """The stages that get replicas. A stage no request reaches gets none (the planner gives it no GPUs, its
+        predecessor accepts every answer); the launcher starts nothing for it and the router skips it."""
+        return [s for s in self.stages if s.replicas > 0]
 
     def stage(self, name: str) -> StagePlan:
         """The stage of that name (a KeyError names the plan's stages)."""

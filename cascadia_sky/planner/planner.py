@@ -1,18 +1,21 @@
 """`make_plan(spec)`: the bi-level planner end to end — quality profile, workload, threshold search, deployment MILP.
 
-Data flow: spec -> (profile split into planning / held-out prompts, workload) -> for each threshold vector theta the
-profile gives the share of requests reaching each stage -> each stage's arrival rate is the workload's rate times
-that share -> candidates per stage from the performance model -> the deployment MILP -> L(theta) -> the
-Chebyshev-guided search over theta (route.py) -> plan.json.
+Data flow: spec -> (profile split into planning / held-out prompts, workload) -> every distinct threshold vector
+theta of the planning prompts (exact.py) -> the share of requests reaching each stage -> each stage's arrival rate is
+the workload's rate times that share -> per-stage deployments from the performance model (candidates.py) -> the
+deployment level L (level.py: the pool DP for every vector, or the MILP inside branch and bound) -> the least
+J = L + penalty -> the deployment MILP at the chosen vector -> plan.json.
 
 Request lengths per stage: when the workload states output lengths (a trace, or `output_tokens`), every stage sees
 the workload's (input, output) pairs — routing by score is taken as independent of length. Without them, the
-inputs come from the workload and the outputs from the quality profile: each stage's own answer lengths on the
-prompts that reach it (a reasoning model answers at length; that matters).
+inputs come from the workload and the outputs from the quality profile: each stage's own answer lengths over all
+planning prompts (a reasoning model answers at length; that matters). Either way a stage's lengths do not depend on
+the thresholds, so L depends on them only through the reach vector, which makes the exact search possible.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -23,9 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cascadia_sky.catalog import active_offer_file, catalog_dir, clouds, get_gpu, offers
+from cascadia_sky.catalog import active_offer_file, catalog_dir, clouds, get_gpu
 from cascadia_sky.constants import (
-    PLANNER_BOOTSTRAP_SAMPLES,
+    PLANNER_EXACT_TIME_LIMIT_SECONDS,
     PLANNER_FRONTIER_POINTS,
     PLANNER_GRID_POINTS,
     PLANNER_JOINT_POINTS,
@@ -36,20 +39,26 @@ from cascadia_sky.constants import (
     PLANNER_STABLE_ROUNDS,
     PLANNER_TOLERANCE_FRACTION,
 )
-from cascadia_sky.errors import InfeasibleError
+from cascadia_sky.errors import InfeasibleError, PlanError
 from cascadia_sky.models import get_model
 from cascadia_sky.perf import LengthDist
 from cascadia_sky.perf.local import local_open_loop
-from cascadia_sky.planner.candidates import (
-    StageSetup,
-    cloud_candidates,
-    estimate,
-    local_candidates,
-    pool_candidates,
+from cascadia_sky.planner.candidates import StageSetup, estimate
+from cascadia_sky.planner.deploy import DeployResult, solve
+from cascadia_sky.planner.exact import (
+    MAX_EXACT_STAGES,
+    ExactResult,
+    ThresholdSpace,
+    branch_and_bound,
+    dominated_in_row,
+    exhaustive,
+    penalty,
+    threshold_space,
 )
-from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, solve
+from cascadia_sky.planner.latency import request_latency
+from cascadia_sky.planner.level import DeploymentLevel
 from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan, launch_settings
-from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search
+from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search, objective_j
 from cascadia_sky.quality import QualityProfile, load_profile
 from cascadia_sky.spec import CascadeSpec, allowed_gpu_types
 from cascadia_sky.workload import Workload, load_trace, sample_lengths
@@ -121,162 +130,34 @@ def _subsample(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return a if a.size <= n else rng.choice(a, size=n, replace=False)
 
 
-def stage_lengths(ctx: PlanningContext, stage: int, outputs: np.ndarray) -> LengthDist:
-    """Request lengths at one stage (see the module docstring)."""
+def stage_lengths(ctx: PlanningContext, stage: int) -> LengthDist:
+    """Request lengths at one stage (see the module docstring): independent of the thresholds."""
     rng = np.random.default_rng(PLANNER_SEED + stage)
     w = ctx.workload
     if w.output_tokens.size:
         idx = _subsample(np.arange(w.n), PLANNER_LENGTH_SAMPLES, rng)
         return LengthDist(w.input_tokens[idx], w.output_tokens[idx])
-    outs = outputs if outputs.size else ctx.train.output_tokens[:, stage]
+    outs = ctx.train.output_tokens[:, stage]
     n = min(PLANNER_LENGTH_SAMPLES, max(outs.size, 1) * 4)
     return LengthDist(rng.choice(w.input_tokens, size=n), rng.choice(outs, size=n))
-
-
-# --- the deployment level for one threshold vector --------------------------------------------
-
-def pool_lower_bound(problem: DeployProblem) -> float:
-    """The pool MILP's optimum L, ignoring only the SLO: a vectorised dynamic programme over (stage, GPUs used).
-
-    best_i[g] = least objective of stages 0..i on exactly g GPUs; a stage combines by + (e2e; the binding stages
-    are a prefix) or max (max-stage), non-binding stages only use GPUs. Like the MILP, = N first, then <= N.
-    Cross-checked against `bruteforce.dp_pool` and brute force in the tests.
-    """
-    n = int(problem.pool_gpus or 0)
-    cap = min([n] + [q for t, q in problem.quotas.items() if t == problem.pool_gpu_type])
-    binds = {k for k, share in enumerate(problem.shares) if share >= problem.share_epsilon}
-    best = np.full(cap + 1, math.inf)
-    best[0] = 0.0
-    for i, stage in enumerate(problem.candidates):
-        per_count = np.full(cap + 1, math.inf)  # fastest candidate per GPU count
-        for c in stage:
-            if c.gpus <= cap and c.p95_latency_s < per_count[c.gpus]:
-                per_count[c.gpus] = c.p95_latency_s
-        nxt = np.full(cap + 1, math.inf)
-        for f in np.flatnonzero(np.isfinite(per_count)):
-            lat = per_count[f] if i in binds else 0.0
-            shifted = best[: cap + 1 - f]
-            value = np.maximum(shifted, lat) if problem.objective == "max-stage" else shifted + lat
-            np.minimum(nxt[f:], value, out=nxt[f:])
-        best = nxt
-    if n <= cap and math.isfinite(best[n]):
-        return float(best[n])
-    return float(best.min())
-
-class DeploymentLevel:
-    """L(theta): per-stage candidates (cached per stage and reach) and the MILP."""
-
-    def __init__(self, ctx: PlanningContext) -> None:
-        self.ctx = ctx
-        spec = ctx.spec
-        self.res = spec.resources
-        self._cands: dict[tuple[int, float], tuple[Candidate, ...]] = {}
-        self._lengths: dict[tuple[int, float], LengthDist] = {}
-        self._curves: dict[tuple[int, float], dict] = {}  # per lengths key: latency curves per shape
-        self._offers = []
-        if self.res.cloud is not None:
-            self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
-        self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
-                       if self.res.cloud is not None else {})
-        self.caps: dict[str, float] = {}
-        self.quota_report: Any = None
-        if self.res.cloud is not None and self.res.cloud.quota == "auto":
-            self._read_aws_quotas()
-
-    def _read_aws_quotas(self) -> None:
-        """quota: auto: EC2 vCPU caps of the regions the AWS offers are in (read once per planning run)."""
-        from cascadia_sky.cloud.aws_quota import read_caps
-
-        regions = sorted({o.region for o in self._offers if o.cloud == "aws"})
-        self.quota_report = read_caps(regions)
-        self.caps = dict(self.quota_report.caps)
-
-    def _offer_uses(self, offer: Any, instances: int) -> dict[str, float]:
-        from cascadia_sky.cloud.aws_quota import offer_uses
-
-        uses = offer_uses(offer, instances, self.res.cloud.spot, self.quotas)
-        return {k: v for k, v in uses.items() if k in self.caps}
-
-    def _lengths_key(self, stage: int, reach: float) -> tuple[int, float]:
-        return (stage, reach) if not self.ctx.workload.output_tokens.size else (stage, -1.0)
-
-    def lengths(self, stage: int, reach: float, outputs: np.ndarray) -> LengthDist:
-        key = self._lengths_key(stage, reach)
-        if key not in self._lengths:
-            self._lengths[key] = stage_lengths(self.ctx, stage, outputs)
-        return self._lengths[key]
-
-    def candidates(self, stage: int, reach: float, outputs: np.ndarray) -> tuple[Candidate, ...]:
-        key = (stage, reach)
-        if key not in self._cands:
-            st = self.ctx.stages[stage]
-            rate = self.ctx.workload.rate_rps * reach
-            lengths = self.lengths(stage, reach, outputs)
-            curves = self._curves.setdefault(self._lengths_key(stage, reach), {})
-            if self.res.local is not None:
-                self._cands[key] = local_candidates(st, rate, lengths)
-            elif self.res.pool is not None:
-                self._cands[key] = pool_candidates(st, get_gpu(self.res.pool.gpu).name, self.res.pool.count, rate,
-                                                   lengths, curves)
-            else:
-                self._cands[key] = cloud_candidates(st, self._offers, self.res.cloud.spot, rate, lengths,
-                                                    self.quotas, curves,
-                                                    offer_uses=self._offer_uses if self.caps else None,
-                                                    caps=self.caps)
-        return self._cands[key]
-
-    def problem(self, thresholds: tuple[float, ...]) -> DeployProblem:
-        out = self.ctx.train.evaluate(list(thresholds))
-        reach = tuple(float(r) for r in out.reach)
-        cands = tuple(self.candidates(i, reach[i], out.stage_output_tokens[i]) for i in range(len(reach)))
-        obj = self.ctx.spec.objective
-        common: dict[str, Any] = dict(candidates=cands, shares=reach, objective=obj.latency, goal=obj.goal,
-                                      slo_p95_s=obj.slo_p95_s)
-        if self.res.pool is not None:
-            return DeployProblem(mode="pool", pool_gpus=self.res.pool.count,
-                                 pool_gpu_type=get_gpu(self.res.pool.gpu).name, **common)
-        if self.res.local is not None:  # one candidate per stage; nothing shared, nothing priced
-            return DeployProblem(mode="cloud", **common)
-        return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
-                             quotas=self.quotas, caps=self.caps, **common)
-
-    def lower_bound(self, thresholds: tuple[float, ...]) -> float:
-        """A cheap bound below the MILP's primary objective, used only to skip MILP solves that cannot win.
-
-        Pool mode: the exact dynamic programme over (stage, GPUs used) of `bruteforce.dp_pool` (tight, and
-        cross-checked against the MILP in the tests); otherwise every stage at its best candidate, no shared
-        limits. Every incumbent and the final plan still come from the MILP.
-        """
-        problem = self.problem(thresholds)
-        if problem.mode == "pool" and problem.budget_usd_per_hour is None:
-            return pool_lower_bound(problem) * (1.0 - 1e-9)
-        if problem.goal == "min-cost":
-            return sum(min((c.usd_per_hour for c in cands), default=math.inf) for cands in problem.candidates)
-        best = [min((c.p95_latency_s for c in cands), default=math.inf) for cands in problem.candidates]
-        binding = [k for k, share in enumerate(problem.shares) if k == 0 or share >= problem.share_epsilon]
-        if problem.objective == "max-stage":
-            return max(best[k] for k in binding)
-        return max(sum(best[: k + 1]) for k in binding)
-
-    def __call__(self, thresholds: tuple[float, ...]) -> tuple[float, float, DeployResult]:
-        result = solve(self.problem(thresholds))
-        primary = result.usd_per_hour if self.ctx.spec.objective.goal == "min-cost" else result.latency_s
-        if not result.chosen:
-            primary = math.inf
-        return primary, result.usd_per_hour, result
 
 
 # --- the whole planner ------------------------------------------------------------------------
 
 def _quality_fn(ctx: PlanningContext) -> Callable[[tuple[float, ...]], float]:
+    """Quality of one threshold vector as the search counts it (its confidence bound when one is asked)."""
     conf = ctx.spec.quality.confidence
     if conf is None:
         return lambda theta: ctx.train.evaluate(list(theta)).quality
-    return lambda theta: ctx.train.quality_lower_bound(list(theta), conf, PLANNER_BOOTSTRAP_SAMPLES, PLANNER_SEED)
+    from cascadia_sky.planner.exact import normal_lower_bound
+    return lambda theta: normal_lower_bound(ctx.train, list(theta), conf)
 
 
-def encode_threshold(ctx: PlanningContext, stage: int, value: float) -> float:
-    """JSON has no infinity: "never accept here" becomes a value above every score of that stage."""
+def encode_threshold(ctx: PlanningContext, stage: int, value: float, next_share: float | None = None) -> float:
+    """JSON has no infinity for "never accept here": a value above every score of that stage. A threshold that
+    accepts every planning prompt while the next stage gets no GPUs accepts everything (-inf, "-Infinity")."""
+    if next_share == 0.0:
+        return -math.inf
     if math.isfinite(value):
         return round(float(value), 6)
     top = float(np.max(ctx.profile.scores[:, stage]))
@@ -302,11 +183,75 @@ def _inputs(spec: CascadeSpec) -> dict[str, str]:
     return out
 
 
+def _mu(primary_all_last: float) -> float:
+    """mu = 10 x the primary objective with everything at the last stage (route.py's rule)."""
+    return 10.0 * primary_all_last if math.isfinite(primary_all_last) and primary_all_last > 0 else 1e4
+
+
+def _evaluation(ctx: PlanningContext, level: DeploymentLevel, space: ThresholdSpace, index: tuple[int, ...],
+                mu: float, *, by_dp: bool = False) -> Evaluation:
+    """One vector's evaluation: the MILP's deployment, or (frontier points in pool mode) the pool DP's."""
+    dep = level.dp_at(space.reach(index)) if by_dp else level.solve_at(space.reach(index))
+    primary = level.primary_of(dep)
+    q = float(space.quality_bound[index])
+    return Evaluation(space.thresholds(index), q, primary, dep.usd_per_hour,
+                      objective_j(primary, q, ctx.q_min, ctx.z1, ctx.z2, mu), dep)
+
+
+def _pool_frontier(space: ThresholdSpace, primary: np.ndarray, k: int) -> list[tuple[int, ...]]:
+    """Grid indices of at most k points spread over the exact latency-quality frontier of every vector."""
+    flat_l, flat_q = primary.reshape(-1), space.quality_bound.reshape(-1)
+    ok = np.flatnonzero(np.isfinite(flat_l))
+    order = ok[np.lexsort((-flat_q[ok], flat_l[ok]))]
+    q_sorted = flat_q[order]
+    prior = np.concatenate([[-np.inf], np.maximum.accumulate(q_sorted)[:-1]])
+    front = order[q_sorted > prior + 1e-12]
+    if front.size > k:
+        front = front[np.round(np.linspace(0, front.size - 1, k)).astype(int)]
+    return [tuple(int(v) for v in np.unravel_index(f, space.shape)) for f in front]
+
+
+def exact_search(ctx: PlanningContext, level: DeploymentLevel,
+                 progress: Progress | None = None) -> tuple[SearchResult, ExactResult]:
+    """The exact routing level (exact.py): exhaustive with the pool DP, else branch and bound with the MILP."""
+    t0 = time.perf_counter()
+    space = threshold_space(ctx.train, ctx.spec.quality.confidence)
+    all_last = tuple(g.size - 1 for g in space.grids)
+    pool = ctx.spec.resources.pool is not None
+    if pool:
+        mu = _mu(level.primary_of(level.solve_at(space.reach(all_last))))
+        pen = penalty(space, ctx.q_min, ctx.z1, ctx.z2, mu)
+        primary, priced = level.pool_primary(space, dominated_in_row(space, pen))
+        found = exhaustive(space, primary, pen, priced)
+    else:
+        mu = _mu(level.primary_of(level.solve_at(space.reach(all_last))))
+        found = branch_and_bound(space, penalty(space, ctx.q_min, ctx.z1, ctx.z2, mu), level.relaxed_bound(space),
+                                 lambda index: level.primary_of(level.solve_at(space.reach(index))),
+                                 PLANNER_EXACT_TIME_LIMIT_SECONDS, start=all_last)
+    found.wall_s = time.perf_counter() - t0
+    best = _evaluation(ctx, level, space, found.index, mu)
+    if pool and not math.isclose(best.latency_s, found.primary, rel_tol=1e-6, abs_tol=1e-9):
+        raise PlanError(f"planner: the pool DP says L = {found.primary:.9g} s at thresholds {best.thresholds}, the "
+                        f"MILP {best.latency_s:.9g} s; please report this (CASCADIA_DEBUG=1 for details)")
+    points = (_pool_frontier(space, primary, PLANNER_FRONTIER_POINTS) if pool
+              else [i for i, v in found.evaluated.items() if math.isfinite(v)])
+    evaluations = [best] + [_evaluation(ctx, level, space, i, mu, by_dp=pool) for i in points if i != found.index]
+    if progress:
+        progress(f"{found.method}: {found.vectors} threshold vectors, {found.evaluations} priced, "
+                 f"{'proven optimal' if found.proven else f'gap {found.gap:.3g}'}; J={best.j:.3f} "
+                 f"Q={best.quality:.4f} ({found.wall_s:.2f} s)")
+    result = SearchResult(best=best, evaluations=evaluations, rounds=1, deployment_solves=len(level._solved),
+                          wall_s=found.wall_s, mu_s=mu, stable_rounds=0)
+    return result, found
+
+
 def search(ctx: PlanningContext, progress: Progress | None = None,
-           level: DeploymentLevel | None = None) -> tuple[SearchResult, DeploymentLevel]:
+           level: DeploymentLevel | None = None) -> tuple[SearchResult, DeploymentLevel, ExactResult | None]:
     """Run the threshold search; raise InfeasibleError when no threshold vector has a deployment.
 
-    `level` replaces the deployment level (baselines restrict its candidates; `sim/baselines.py`).
+    Up to three stages the search is exact (`exact_search`); longer cascades use the coordinate search of
+    route.py, a heuristic (the plan says so). `level` replaces the deployment level (baselines restrict its
+    candidates; `sim/baselines.py`).
     """
     level = level if level is not None else DeploymentLevel(ctx)
     report = getattr(level, "quota_report", None)
@@ -315,17 +260,20 @@ def search(ctx: PlanningContext, progress: Progress | None = None,
                                                    or "(none read)"))
         for gap in report.gaps:
             progress(f"quota: auto: {gap}")
-    scores = [ctx.train.scores[:, i] for i in range(len(ctx.stages) - 1)]
-    result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
-                              grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
-                              stable_rounds=PLANNER_STABLE_ROUNDS, max_rounds=PLANNER_MAX_ROUNDS,
-                              tolerance=PLANNER_TOLERANCE_FRACTION, lower_bound=level.lower_bound,
-                              joint_points=PLANNER_JOINT_POINTS,
-                              progress=progress)
+    found: ExactResult | None = None
+    if len(ctx.stages) <= MAX_EXACT_STAGES:
+        result, found = exact_search(ctx, level, progress)
+    else:
+        scores = [ctx.train.scores[:, i] for i in range(len(ctx.stages) - 1)]
+        result = chebyshev_search(scores, _quality_fn(ctx), level, ctx.q_min, ctx.z1, ctx.z2,
+                                  grid_points=PLANNER_GRID_POINTS, refine_points=PLANNER_REFINE_POINTS,
+                                  stable_rounds=PLANNER_STABLE_ROUNDS, max_rounds=PLANNER_MAX_ROUNDS,
+                                  tolerance=PLANNER_TOLERANCE_FRACTION, joint_points=PLANNER_JOINT_POINTS,
+                                  progress=progress)
     if not math.isfinite(result.best.latency_s):
-        first: DeployResult = result.evaluations[0].deployment
+        first: DeployResult = result.best.deployment
         raise InfeasibleError(f"no deployment exists for any thresholds: {first.reason or first.status}")
-    return result, level
+    return result, level, found
 
 
 def make_plan(spec: CascadeSpec, progress: Progress | None = None, target_override: float | None = None,
@@ -340,8 +288,8 @@ def make_plan(spec: CascadeSpec, progress: Progress | None = None, target_overri
     if progress:
         progress(f"profile: {ctx.profile.n_prompts} prompts ({ctx.train.n_prompts} for planning), z1={ctx.z1:.4f} "
                  f"z2={ctx.z2:.4f}, target {ctx.q_min:.4f}; workload {ctx.workload.rate_rps:.2f} req/s")
-    result, level = search(ctx, progress, level_factory(ctx) if level_factory is not None else None)
-    return assemble_plan(ctx, result, level, time.perf_counter() - t0)
+    result, level, found = search(ctx, progress, level_factory(ctx) if level_factory is not None else None)
+    return assemble_plan(ctx, result, level, time.perf_counter() - t0, found)
 
 
 def _spread(points: list[Evaluation], best: Evaluation, k: int) -> list[Evaluation]:
@@ -355,7 +303,12 @@ def _spread(points: list[Evaluation], best: Evaluation, k: int) -> list[Evaluati
     return chosen
 
 
-def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel, wall_s: float) -> Plan:
+def _status(ctx: PlanningContext, best: Evaluation, found: ExactResult | None) -> str:
+    if best.quality < ctx.q_min - 1e-12:
+        return "target_missed"
+    return "optimal" if found is not None and found.proven else "feasible"
+def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentLevel, wall_s: float,
+                  found: ExactResult | None = None) -> Plan:
     """The Plan of a search result's best evaluation (public so that baselines with their own choice of thresholds
     and deployment produce the same plan.json)."""
     spec = ctx.spec
@@ -365,43 +318,66 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
     out = ctx.train.evaluate(theta)
     stages: list[StagePlan] = []
     binding = {s["stage"]: s.get("reason", "") for s in dep.binding.get("stages", [])}
+    estimates = []
     for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
         reach = float(out.reach[i])
         rate = ctx.workload.rate_rps * reach
-        lengths = level.lengths(i, reach, out.stage_output_tokens[i])
-        est = (local_open_loop(st.model, rate, lengths) if spec.resources.local is not None
-               else estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths))
+        lengths = level.lengths(i)
+        if c.replicas == 0:
+            est = None
+        elif spec.resources.local is not None:
+            est = local_open_loop(st.model, rate, lengths)
+        else:
+            est = estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths)
+        estimates.append(est)
+    latency = request_latency(ctx, level, dep.chosen, [float(a) for a in out.answered])
+    for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
+        reach = float(out.reach[i])
+        est = estimates[i]
+        next_share = float(out.reach[i + 1]) if i + 1 < len(ctx.stages) else None
         stages.append(StagePlan(
             name=st.name, model=spec.stages[i].model,  # as the user wrote it: what the engine will load
             served_model_name=st.name, precision=st.precision, max_context=st.max_context,
             gpu_type=c.gpu_type, gpus=c.gpus, tp=c.tp, pp=c.pp, replicas=c.replicas, cloud=c.cloud,
             region=c.region, instance_type=c.instance_type, gpus_per_instance=c.gpus_per_instance,
             instances=c.instances, spot=c.spot, usd_per_hour=c.usd_per_hour,
-            threshold=encode_threshold(ctx, i, theta[i]) if i < len(theta) else None,
-            share=round(reach, 6), answered_share=round(float(out.answered[i]), 6), rate_rps=round(rate, 6),
-            p95_latency_s=c.p95_latency_s,
+            threshold=encode_threshold(ctx, i, theta[i], next_share) if i < len(theta) else None,
+            share=round(reach, 6), answered_share=round(float(out.answered[i]), 6),
+            rate_rps=round(ctx.workload.rate_rps * reach, 6), p95_latency_s=c.p95_latency_s,
             e2e_p50_s=est.e2e_p50_s if est else None, ttft_p50_s=est.ttft_p50_s if est else None,
             tpot_s=est.tpot_s if est else None, max_rate_rps_per_replica=est.max_rate_rps if est else None,
-            utilization=est.utilization if est else None, binding=binding.get(i, "")))
+            utilization=est.utilization if est else None, binding=binding.get(i, ""),
+            path_p95_latency_s=latency.path_p95_s[i], bursty_p95_latency_s=latency.bursty_stage_p95_s[i]))
     holdout_q = (ctx.profile.evaluate(theta, ctx.holdout_idx).quality if ctx.holdout_idx.size else None)
-    lower = (ctx.train.quality_lower_bound(theta, spec.quality.confidence, PLANNER_BOOTSTRAP_SAMPLES, PLANNER_SEED)
-             if spec.quality.confidence else None)
+    conf = spec.quality.confidence
+    lower = _quality_bound(ctx, theta, conf) if conf else None
+    hold_lo, hold_hi = _holdout_interval(ctx, theta, conf)
     predicted = Predicted(quality=out.quality, quality_holdout=holdout_q, quality_lower_bound=lower,
                           quality_target=ctx.q_min, quality_all_last=ctx.z1, quality_all_first=ctx.z2,
-                          p95_latency_s=dep.latency_s, usd_per_hour=dep.usd_per_hour, gpus=dep.gpus)
-    status = "optimal" if best.quality >= ctx.q_min - 1e-12 else "target_missed"
+                          p95_latency_s=dep.latency_s, usd_per_hour=dep.usd_per_hour, gpus=dep.gpus,
+                          request_p95_latency_s=latency.request_p95_s,
+                          request_p95_latency_bursty_s=latency.request_p95_bursty_s,
+                          trace_burstiness=latency.burstiness,
+                          quality_holdout_interval=[hold_lo, hold_hi] if hold_lo is not None else None,
+                          quality_note=_quality_note(ctx, best, conf), **_single_model(ctx, level, dep))
+    status = _status(ctx, best, found)
     solver = SolverInfo(status=status, wall_s=round(wall_s, 4), iterations=result.rounds,
                         deployment_solves=result.deployment_solves, objective_j=best.j, mu_s=result.mu_s,
                         stable_rounds=result.stable_rounds, milp_status=str(dep.status),
-                        pool_relaxed=dep.pool_relaxed)
+                        pool_relaxed=dep.pool_relaxed,
+                        search=found.method if found is not None else ("heuristic" if len(theta) else "fixed"),
+                        proven_optimal=bool(found is not None and found.proven),
+                        gap_j=found.gap if found is not None else None,
+                        threshold_vectors=found.vectors if found is not None else len(result.evaluations),
+                        vectors_priced=found.evaluations if found is not None else len(result.evaluations))
     frontier = []
     for ev in _spread(result.frontier(), best, PLANNER_FRONTIER_POINTS):
         d: DeployResult = ev.deployment
+        routed = ctx.train.evaluate(list(ev.thresholds))
         frontier.append(FrontierPoint(
-            thresholds=[encode_threshold(ctx, i, v) for i, v in enumerate(ev.thresholds)] + [None],
-            quality=ev.quality, p95_latency_s=d.latency_s, usd_per_hour=d.usd_per_hour,
-            last_stage_share=float(ctx.train.evaluate(list(ev.thresholds)).reach[-1]),
-            last_stage_gpus=d.chosen[-1].gpus))
+            thresholds=[encode_threshold(ctx, i, v, float(routed.reach[i + 1])) for i, v in enumerate(ev.thresholds)]
+            + [None], quality=ev.quality, p95_latency_s=d.latency_s, usd_per_hour=d.usd_per_hour,
+            last_stage_share=float(routed.reach[-1]), last_stage_gpus=d.chosen[-1].gpus))
     res = spec.resources
     return Plan(name=spec.name, created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 scorer=spec.quality.scorer, mode=res.mode,
@@ -409,3 +385,60 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
                 budget_usd_per_hour=res.cloud.budget_usd_per_hour if res.cloud is not None else None,
                 workload_rate_rps=ctx.workload.rate_rps, stages=stages, predicted=predicted, solver=solver,
                 inputs=_inputs(spec), frontier=frontier, launch=launch_settings(spec))
+
+
+def _single_model(ctx: PlanningContext, level: DeploymentLevel, dep: DeployResult) -> dict[str, Any]:
+    """The last stage's model alone on the same resources (its quality is z1): its objective, $/h, and a note when
+    it beats the cascade at no loss of quality."""
+    if len(ctx.stages) < 2 or ctx.spec.resources.local is not None:
+        return {}
+    last = len(ctx.stages) - 1
+    cands = tuple(dataclasses.replace(c, stage=0) for c in level.candidates(last, 1.0))
+    base = level.problem_at(tuple(1.0 for _ in ctx.stages))
+    alone = solve(dataclasses.replace(base, candidates=(cands,), shares=(1.0,)))
+    if not alone.chosen:
+        return {"single_model_note": f"the last model alone has no deployment here ({alone.reason})"}
+    out: dict[str, Any] = {"single_model_p95_latency_s": alone.latency_s,
+                           "single_model_usd_per_hour": alone.usd_per_hour}
+    conf = ctx.spec.quality.confidence
+    everything_last = [math.inf] * last
+    q_alone = _quality_bound(ctx, everything_last, conf) if conf else ctx.z1
+    if q_alone < ctx.q_min - 1e-12:
+        return out
+    name = ctx.stages[-1].name
+    if ctx.spec.objective.goal == "min-cost" and alone.usd_per_hour < dep.usd_per_hour - 1e-9:
+        out["single_model_note"] = (f"'{name}' alone meets the target and the SLO for ${alone.usd_per_hour:.2f}/h, "
+                                    f"less than this cascade's ${dep.usd_per_hour:.2f}/h")
+    elif ctx.spec.objective.goal == "min-latency" and alone.latency_s < dep.latency_s - 1e-9:
+        out["single_model_note"] = (f"'{name}' alone meets the target with L = {alone.latency_s:.3g} s, lower than "
+                                    f"this cascade's {dep.latency_s:.3g} s (same resources)")
+    return out
+
+
+def _quality_bound(ctx: PlanningContext, theta: list[float], conf: float) -> float:
+    from cascadia_sky.planner.exact import normal_lower_bound
+    return normal_lower_bound(ctx.train, theta, conf)
+
+
+def _holdout_interval(ctx: PlanningContext, theta: list[float], conf: float | None) -> tuple[float | None, ...]:
+    """Two-sided normal interval of the held-out quality at `conf` (0.9 when none is asked)."""
+    if not ctx.holdout_idx.size:
+        return None, None
+    from statistics import NormalDist
+    per = ctx.profile.subset(ctx.holdout_idx)
+    stage = per.route(theta)
+    q = per.quality[np.arange(stage.size), stage]
+    half = NormalDist().inv_cdf(0.5 + (conf or 0.9) / 2) * (float(q.std(ddof=1)) / math.sqrt(q.size)
+                                                            if q.size > 1 else 0.0)
+    return float(q.mean() - half), float(q.mean() + half)
+
+
+def _quality_note(ctx: PlanningContext, best: Evaluation, conf: float | None) -> str:
+    if best.quality >= ctx.q_min - 1e-12:
+        return ""
+    if conf is not None:
+        top = ctx.train.quality.max(axis=1).mean()
+        return (f"the target {ctx.q_min:.4f} cannot be met at confidence {conf:g} with {ctx.train.n_prompts} "
+                f"planning prompts (best lower bound {best.quality:.4f}; every prompt at its best stage would "
+                f"give {top:.4f}); add prompts to the profile, lower the confidence or the target")
+    return f"no thresholds reach the target {ctx.q_min:.4f} (best {best.quality:.4f}); lower the target"

@@ -1,7 +1,8 @@
-"""Routing level: the Chebyshev-guided threshold search around the deployment MILP.
+"""Routing level, heuristic: the coordinate search over thresholds, for cascades of four or more stages.
 
-The paper scalarises the two goals — low latency L and quality Q at least q_min — into one weighted Chebyshev
-(Tchebycheff) objective and searches the thresholds theta to minimise
+Up to three stages the planner uses the exact search of `exact.py` (same J, proven optimal); this search remains
+for longer cascades, and its plans say `solver.search = "heuristic"`. It minimises the exact-penalty form of "least
+L subject to Q >= q_min" (the paper calls its scalarisation Chebyshev-guided)
 
     J(theta) = L(theta) + mu * max(0, (q_min - Q(theta)) / (z1 - z2))
 

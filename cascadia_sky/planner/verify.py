@@ -1,19 +1,24 @@
 """Independent re-check of a deployment, in plain Python (no PuLP, nothing shared with the MILP's build).
 
-`evaluate` computes what a chosen plan achieves (latency L, $/h, GPUs); `violations` lists the constraints it
-breaks; `verify` re-checks a `DeployResult` against its `DeployProblem`. The brute-force enumerator and the
-MILP's explanations use the same evaluator, so the semantics live in one place:
+`evaluate` computes what a chosen plan achieves (latency L, $/h, GPUs, resource use); `violations` lists the
+constraints it breaks; `verify` re-checks a `DeployResult` against its `DeployProblem`, including the objective
+value the MILP itself reported. The brute-force enumerator, the pool dynamic programme and the MILP's explanations
+use the same definitions, so the semantics live in one place:
 
-- binding stages K = {k : share_k >= share_epsilon} (a stage below epsilon still needs a deployment);
-- `max-stage`: L = max_{i in K} l_i;  `e2e`: L = max_{k in K} sum_{j <= k} l_j;
-- pool mode: sum_i g_i = N (or <= N when the result says the pool was relaxed); quotas: per GPU type
-  sum of GPUs <= quota; capacity groups: per key sum_i uses_i[key] <= cap; budget: sum_i usd_i <= B; SLO: L <= slo.
+- tail weights w_k = min(1, share_k / tail_fraction): the fraction of the slowest-routed `tail_fraction` of
+  requests (the deepest ones) that pass through stage k. A stage no request reaches weighs 0 (and may take no
+  GPUs); there is no share below which a stage suddenly stops counting;
+- `e2e`: L = sum_k w_k l_k (the mean, over the deepest tail of requests, of the p95s along their path; equal to
+  the slowest path's sum l_1 + ... + l_S whenever every stage carries at least the tail fraction);
+  `max-stage`: L = max_k w_k l_k;
+- pool mode: sum_i g_i = N (or <= N when the result says the pool was relaxed); caps: for every resource key r,
+  sum_i uses_i[r] <= cap[r] (GPU quotas are the keys "gpu:<type>"); budget: sum_i usd_i <= B; SLO: L <= slo.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,6 +29,7 @@ if TYPE_CHECKING:
 
 _FEASIBILITY_TOL = 1e-9   # relative (and absolute below 1) slack when comparing floats with a limit
 _FEASIBLE_STATUSES = ("optimal", "feasible")
+_OBJECTIVE_TOL = 1e-6      # relative: CBC reports objective values to about this precision
 
 
 def within(value: float, limit: float) -> bool:
@@ -36,9 +42,27 @@ def tie_bound(optimum: float) -> float:
     return optimum + DEPLOY_TIE_TOL_REL * max(1.0, abs(optimum))
 
 
+def stage_weights(problem: DeployProblem) -> tuple[float, ...]:
+    """w_k = min(1, share_k / tail_fraction); a zero tail fraction counts every reached stage fully."""
+    alpha = problem.tail_fraction
+    return tuple((1.0 if share > 0 else 0.0) if alpha <= 0 else min(1.0, share / alpha) for share in problem.shares)
+
+
 def binding_stages(problem: DeployProblem) -> tuple[int, ...]:
-    """Stages whose latency binds L: those reached by at least `share_epsilon` of all requests."""
-    return tuple(k for k, share in enumerate(problem.shares) if share >= problem.share_epsilon)
+    """Stages whose latency counts in L: those any request reaches (weight > 0)."""
+    return tuple(k for k, w in enumerate(stage_weights(problem)) if w > 0)
+
+
+def gpu_key(gpu_type: str) -> str:
+    """The resource key of a GPU type's quota in `DeployProblem.caps`."""
+    return f"gpu:{gpu_type}"
+
+
+def uses_of(c: Candidate) -> Mapping[str, float]:
+    """Resources a candidate takes: its GPUs under "gpu:<type>", plus whatever its `uses` adds (or overrides)."""
+    if not c.uses:
+        return {gpu_key(c.gpu_type): float(c.gpus)} if c.gpus else {}
+    return {**({gpu_key(c.gpu_type): float(c.gpus)} if c.gpus else {}), **c.uses}
 
 
 @dataclass(frozen=True)
@@ -46,27 +70,32 @@ class PlanMetrics:
     """What one choice of candidates achieves."""
 
     latency_s: float                      # L under the problem's objective
-    critical: tuple[int, ...]             # stages on the path (e2e) or the stage (max-stage) that sets L
+    critical: tuple[int, ...]             # stages that count in L (e2e) or the stage that sets it (max-stage)
     usd_per_hour: float
     gpus: int
     gpus_by_type: dict[str, int]
-    uses: dict[str, float]                # capacity group -> total use of the plan
+    uses: dict[str, float]                # resource key -> amount used, summed over stages
+
+
+def _weighted(w: float, latency: float) -> float:
+    return 0.0 if w == 0 else w * latency
 
 
 def evaluate(problem: DeployProblem, chosen: Sequence[Candidate]) -> PlanMetrics:
-    """L, cost and GPUs of a plan (one candidate per stage), straight from the definitions."""
-    binds = binding_stages(problem)
-    lat = [c.p95_latency_s for c in chosen]
+    """L, cost, GPUs and resource use of a plan (one candidate per stage), straight from the definitions."""
+    terms = [_weighted(w, c.p95_latency_s) for w, c in zip(stage_weights(problem), chosen, strict=True)]
+    counted = tuple(k for k in binding_stages(problem))
     if problem.objective == "max-stage":
-        terms = {(k,): lat[k] for k in binds}
+        critical = (max(counted, key=lambda k: (terms[k], k)),) if counted else ()
+        latency = terms[critical[0]] if critical else 0.0
     else:
-        terms = {tuple(range(k + 1)): math.fsum(lat[: k + 1]) for k in binds}
-    critical, latency = max(terms.items(), key=lambda kv: (kv[1], len(kv[0]))) if terms else ((), 0.0)
+        critical, latency = counted, math.fsum(terms)
     by_type: dict[str, int] = {}
     uses: dict[str, float] = {}
     for c in chosen:
-        by_type[c.gpu_type] = by_type.get(c.gpu_type, 0) + c.gpus
-        for key, amount in c.uses.items():
+        if c.gpus:
+            by_type[c.gpu_type] = by_type.get(c.gpu_type, 0) + c.gpus
+        for key, amount in uses_of(c).items():
             uses[key] = uses.get(key, 0.0) + amount
     return PlanMetrics(latency_s=latency, critical=critical, usd_per_hour=math.fsum(c.usd_per_hour for c in chosen),
                        gpus=sum(c.gpus for c in chosen), gpus_by_type=by_type, uses=uses)
@@ -82,7 +111,7 @@ def objective_values(problem: DeployProblem, chosen: Sequence[Candidate]) -> tup
         return m.usd_per_hour, m.latency_s
     if problem.mode == "cloud":
         return m.latency_s, m.usd_per_hour
-    return m.latency_s, math.fsum(s * c.p95_latency_s for s, c in zip(problem.shares, chosen, strict=True))
+    return m.latency_s, math.fsum(_weighted(s, c.p95_latency_s) for s, c in zip(problem.shares, chosen, strict=True))
 
 
 def violations(problem: DeployProblem, chosen: Sequence[Candidate], *, pool_relaxed: bool) -> list[tuple[str, str]]:
@@ -101,14 +130,10 @@ def violations(problem: DeployProblem, chosen: Sequence[Candidate], *, pool_rela
     if problem.budget_usd_per_hour is not None and not within(m.usd_per_hour, problem.budget_usd_per_hour):
         out.append(("budget_usd_per_hour",
                     f"budget: ${m.usd_per_hour:.4g}/h > budget ${problem.budget_usd_per_hour:.4g}/h"))
-    for gpu_type, quota in sorted(problem.quotas.items()):
-        used = m.gpus_by_type.get(gpu_type, 0)
-        if used > quota:
-            out.append((f"quota:{gpu_type}", f"quota {gpu_type}: {used} GPUs > quota {quota}"))
     for key, cap in sorted(problem.caps.items()):
-        used_amount = m.uses.get(key, 0.0)
-        if not within(used_amount, cap):
-            out.append((f"cap:{key}", f"capacity {key}: {used_amount:g} used > limit {cap:g}"))
+        used = m.uses.get(key, 0.0)
+        if not within(used, cap):
+            out.append((f"cap:{key}", f"cap {key}: uses {used:g} > cap {cap:g}"))
     if problem.slo_p95_s is not None and not within(m.latency_s, problem.slo_p95_s):
         out.append(("slo_p95_s", f"SLO: p95 {m.latency_s:.4g} s > slo {problem.slo_p95_s:.4g} s"))
     return out
@@ -121,7 +146,7 @@ def _candidate_problems(problem: DeployProblem, i: int, c: Candidate) -> list[st
         out.append(f"stage {i}: chosen {c.key} belongs to stage {c.stage}")
     if c not in problem.candidates[i]:
         out.append(f"stage {i}: chosen {c.key} is not in the stage's candidate table")
-    if min(c.tp, c.pp, c.replicas) < 1 or c.gpus != c.tp * c.pp * c.replicas:
+    if min(c.tp, c.pp) < 1 or c.replicas < 0 or c.gpus != c.tp * c.pp * c.replicas:
         out.append(f"stage {i}: {c.key} has gpus={c.gpus} but tp*pp*replicas={c.tp * c.pp * c.replicas}")
     if problem.mode == "pool" and problem.pool_gpu_type is not None and c.gpu_type != problem.pool_gpu_type:
         out.append(f"stage {i}: {c.key} uses {c.gpu_type}, the pool is {problem.pool_gpu_type}")
@@ -153,4 +178,10 @@ def verify(problem: DeployProblem, result: DeployResult) -> list[str]:
         out.append(f"cost: result says ${result.usd_per_hour:.6g}/h, the chosen stages cost ${m.usd_per_hour:.6g}/h")
     if result.gpus != m.gpus:
         out.append(f"gpus: result says {result.gpus}, the chosen stages use {m.gpus}")
+    primary = objective_values(problem, result.chosen)[0]
+    reported = result.objective_value
+    # the solver's own optimum: the chosen plan must attain it (up to the tie tolerance and float noise)
+    if not math.isfinite(reported) or not (reported - _OBJECTIVE_TOL * max(1.0, abs(reported)) <= primary
+                                           <= tie_bound(reported) + _OBJECTIVE_TOL * max(1.0, abs(reported))):
+        out.append(f"objective: the solver reported {reported:.9g}, the chosen stages give {primary:.9g}")
     return out

@@ -112,8 +112,8 @@ class RestrictedLevel(DeploymentLevel):
         super().__init__(ctx)
         self._keep = keep
 
-    def candidates(self, stage: int, reach: float, outputs: np.ndarray) -> tuple[Candidate, ...]:
-        return tuple(c for c in super().candidates(stage, reach, outputs) if self._keep(c))
+    def keep(self, c: Candidate) -> bool:
+        return self._keep(c)
 
 
 def fixed_shape(stage: StageSetup, gpu_type: str, max_gpus: int) -> tuple[int, int]:
@@ -204,6 +204,9 @@ def _cascadeserve(spec: CascadeSpec, progress: Progress | None = None) -> Plan:
     chosen = []
     for i, ((tp, pp), dp) in enumerate(zip(shapes, replicas)):
         cands = level.candidates(i, float(out.reach[i]), out.stage_output_tokens[i])
+        if out.reach[i] == 0:   # nothing reaches the stage: it gets no replicas
+            chosen.append(cands[0])
+            continue
         chosen.append(next(c for c in cands if (c.tp, c.pp, c.replicas) == (tp, pp, dp)))
     return _fixed_plan(ctx, level, thresholds, tuple(chosen), "cascadeserve (proportional to compute)", t0)
 

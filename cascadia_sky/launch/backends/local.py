@@ -34,7 +34,7 @@ class LocalBackend:
     def preflight(self, ctx: LaunchContext) -> None:
         from cascadia_sky.bundled import INSTALL_HINT, bundled_model
 
-        for i, stage in enumerate(ctx.plan.stages):
+        for i, stage in enumerate(ctx.plan.serving()):
             try:
                 bundled_model(stage.model)
             except UserInputError as exc:
@@ -86,7 +86,7 @@ class LocalBackend:
 
         launch = ctx.plan.launch
         items = []
-        for stage in ctx.plan.stages:
+        for stage in ctx.plan.serving():
             model = bundled_model(stage.model)
             items.append({"name": f"{stage.name}/0", "kind": "engine", "usd_per_hour": 0.0,
                           "command": f"python -m cascadia_sky.engines.xllamacpp_server --model <{model.package}> "

@@ -92,7 +92,7 @@ class _SkyBase:
     def dryrun(self, actions: list[Action], ctx: LaunchContext) -> DryrunReport:
         items: list[dict[str, Any]] = []
         tasks: list[dict[str, Any]] = []
-        for stage in ctx.plan.stages:
+        for stage in ctx.plan.serving():
             cfg = stage_task(ctx.plan, stage, service=self.service)
             copies = stage.replicas
             label = f"{ctx.name}-{stage.name}" + ("" if self.service else f"-{{0..{copies - 1}}}")
@@ -101,7 +101,7 @@ class _SkyBase:
             tasks.append({"name": label, "config": cfg, "service": self.service})
         with tempfile.TemporaryDirectory(prefix="cascadia-router-") as tmp:
             if self.service:
-                endpoints = {s.name: [f"http://{ctx.name}-{s.name}.pending:8000"] for s in ctx.plan.stages}
+                endpoints = {s.name: [f"http://{ctx.name}-{s.name}.pending:8000"] for s in ctx.plan.serving()}
                 cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"))
                 items.append({"name": cfg["name"], "kind": "service", "task": to_yaml(cfg), "_copies": 1})
                 tasks.append({"name": cfg["name"], "config": cfg, "service": True, "cpu_only": True})
@@ -140,7 +140,7 @@ class SkyServeBackend(_SkyBase):
         rec = ctx.record()
         if stage_actions or any(a.op in ("launch_router", "update_router") for a in actions):
             endpoints = {c.stage: [c.url] for c in rec.components if c.kind == "service" and c.url}
-            key_env = {s.name: engine_key_env(s.name) for s in ctx.plan.stages if s.name in keys}
+            key_env = {s.name: engine_key_env(s.name) for s in ctx.plan.serving() if s.name in keys}
             path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json", key_env)
             cfg = router_task(ctx.plan, path)
             key = Path(rec.api_key_file).read_text().strip()
@@ -225,7 +225,7 @@ class ClustersBackend(_SkyBase):
     def preflight(self, ctx: LaunchContext) -> None:
         self.api.check()
         check_router_port(ctx)
-        for stage in ctx.plan.stages:  # every task renders (bundled model known, ...) before anything launches
+        for stage in ctx.plan.serving():  # every task renders (bundled model known, ...) before anything launches
             stage_task(ctx.plan, stage, service=False, replica=0)
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
