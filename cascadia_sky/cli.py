@@ -380,18 +380,19 @@ def calibrate(
                             concurrency=concurrency or c.CALIBRATE_CONCURRENCY, prompt_source=prompts,
                             progress=lambda done, total, what: bar.update(task, completed=done, total=total,
                                                                           description=what[:40]),
-                            status=lambda msg: bar.console.print(f"[dim]{msg}[/]", highlight=False))
+                            status=lambda msg: bar.console.print(Text(msg, style="dim"), highlight=False))
     rep = report_from_run(run)
     console.print(report_table(rep))
-    for w in rep.warnings:
-        err_console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
-    console.print(f"recommended scorer: [bold]{rep.recommended}[/] (profile score column: {run.scorer})")
+    _warn(rep.warnings)
+    console.print(Text.assemble("recommended scorer: ", (rep.recommended, "bold"),
+                                f" (profile score column: {run.scorer})"))
     console.print(f"{len(items)} prompts x {len(run.stages)} stages in {run.wall_s:.1f} s "
-                  f"({run.asked} answers asked, the rest from the cache {run.cache_path})", highlight=False)
+                  f"({run.asked} answers asked, the rest from the cache {run.cache_path})", highlight=False,
+                  markup=False)
     if run.profile_path is not None:
         picture = report_png(rep, png or Path(run.profile_path).with_suffix(".report.png"))
-        console.print(f"wrote {run.profile_path} and {picture}")
-        console.print(f"Next: [bold]cascadia plan {spec_file}[/]")
+        console.print(f"wrote {run.profile_path} and {picture}", markup=False)
+        console.print(Text.assemble("Next: ", (f"cascadia plan {spec_file}", "bold")))
 
 
 @app.command()
