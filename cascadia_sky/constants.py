@@ -134,3 +134,4 @@ CALIBRATE_JUDGE_MAX_TOKENS = 16            # the judge answers with a number
 CALIBRATE_JUDGE_SCALE = 10.0               # the rubric's scale: 0..this, normalised to [0, 1]
 CALIBRATE_EMPTY_ANSWER_SCORE = -1e9        # an empty answer's -inf score as written in the profile (finite, lowest)
 CALIBRATE_QUALITY_FLOOR_FRACTION = 0.05    # the prompt count a warning names uses p kept in [this, 1 - this]
+PLANNER_QUALITY_CONFIDENCE = 0.9            # default quality.confidence: the target holds at this one-sided level

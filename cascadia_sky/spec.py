@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cascadia_sky.constants import LAUNCH_ROUTER_PORT, SKY_VLLM_VERSION
+from cascadia_sky.constants import LAUNCH_ROUTER_PORT, PLANNER_QUALITY_CONFIDENCE, SKY_VLLM_VERSION
 from cascadia_sky.errors import CascadiaError, SpecError, raise_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
@@ -64,9 +64,10 @@ class QualitySpec(_Strict):
                                                       "(0.95 = 95 % of the largest model's quality).")
     scorer: str = Field("mean_logprob", description="Serving-time confidence statistic; must be the one the "
                                                     "profile's score column was computed with.")
-    confidence: float | None = Field(None, gt=0, lt=1,
-                                     description="If set, the target must hold with this probability under "
-                                                 "bootstrap resampling of the profile (e.g. 0.95).")
+    confidence: float | None = Field(PLANNER_QUALITY_CONFIDENCE, gt=0, lt=1,
+                                     description="The target must hold with this probability given the profile's "
+                                                 "size (a one-sided bound over its prompts), so it holds on unseen "
+                                                 "prompts; null plans on the profile's mean alone (over-fits).")
     holdout_fraction: float = Field(0.3, ge=0, lt=1,
                                     description="Share of profile prompts held out to report unbiased quality.")
 
