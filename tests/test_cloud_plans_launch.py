@@ -61,22 +61,20 @@ def test_random_cloud_plans_are_accepted_and_priced_by_skypilot(tmp_path: Path) 
             assert "raise" in str(exc) or "relax" in str(exc) or "lower" in str(exc), str(exc)
             continue
         planned += 1
-        data = plan.model_dump(mode="json")
         assert plan.predicted.usd_per_hour == pytest.approx(sum(s.usd_per_hour for s in plan.stages))
-        for stage in data["stages"]:
-            if stage["replicas"] == 0:
-                assert stage["share"] == 0.0 and stage["usd_per_hour"] == 0.0 and stage["gpus"] == 0
+        for stage in plan.stages:
+            if stage.replicas == 0:
+                assert stage.share == 0.0 and stage.usd_per_hour == 0.0 and stage.gpus == 0
                 continue
-            per_replica = stage["tp"] * stage["pp"]
-            assert per_replica % stage["gpus_per_instance"] == 0 and stage["tp"] <= stage["gpus_per_instance"]
-            assert stage["instances"] * stage["gpus_per_instance"] == stage["gpus"]
-            tasks.append({"name": f"{seed}-{stage['name']}", "config": stage_task(data, stage), "service": True})
+            per_replica = stage.tp * stage.pp
+            assert per_replica % stage.gpus_per_instance == 0 and stage.tp <= stage.gpus_per_instance
+            assert stage.instances * stage.gpus_per_instance == stage.gpus
+            tasks.append({"name": f"{seed}-{stage.name}", "config": stage_task(plan, stage), "service": True})
             expected.append(stage)
     assert planned >= SPECS // 2, f"only {planned} of {SPECS} random specs had a plan"
     results = check_tasks(tasks, ["aws", "gcp", "azure", "lambda"])
     print(f"{SPECS} random cloud specs: {planned} planned, {infeasible} infeasible; {len(tasks)} stage tasks checked")
     for stage, res in zip(expected, results, strict=True):
-        assert res["ok"], (stage["name"], res["error"])
-        assert (res["instance_type"], res["region"], res["spot"]) == (
-            stage["instance_type"], stage["region"], stage["spot"]), res
-        assert res["usd_per_hour_per_node"] * stage["instances"] == pytest.approx(stage["usd_per_hour"], rel=1e-6)
+        assert res["ok"], (stage.name, res["error"])
+        assert (res["instance_type"], res["region"], res["spot"]) == (stage.instance_type, stage.region, stage.spot), res
+        assert res["usd_per_hour_per_node"] * stage.instances == pytest.approx(stage.usd_per_hour, rel=1e-6)
