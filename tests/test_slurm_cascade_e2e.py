@@ -41,8 +41,9 @@ ENGINE_MODULE = "cascadia_sky.engines.xllamacpp_server"
 UP_TIMEOUT_SECONDS = 1200            # two parallel launches: SkyPilot runtime + engine packages and models from PyPI
 CLI_TIMEOUT_SECONDS = 300            # status / down / SkyPilot calls
 DRAIN_SECONDS = 60                   # Slurm's queue and the node's processes after down; the API server's stop
-# Prompts whose stage-1 confidence (mean token logprob, greedy) is far from the plan's threshold (about -0.73):
-# SmolLM2 continues a count at about -0.07 (accepted) and nonsense at about -2.0 (escalated to gemma).
+# Prompts whose stage-1 confidence (mean token logprob, greedy) is far from the plan's threshold (about -1.59 with
+# the measured local profile): SmolLM2 continues a count at about -0.07 (accepted) and nonsense at about -2.0
+# (escalated to gemma).
 CONFIDENT_PROMPT = "1, 2, 3, 4, 5, 6,"
 DOUBTFUL_PROMPT = "Zorblax quibbled the vexing"
 
