@@ -205,7 +205,9 @@ def router_config(plan: Plan, endpoints: dict[str, list[str]]) -> dict[str, Any]
     plan as JSON (it imports nothing of cascadia_sky), so the typed plan crosses that boundary as its JSON form."""
     from router import RouterConfig
 
-    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints).model_dump()
+    default_windows = RouterConfig.model_fields["stats_windows_s"].get_default(call_default_factory=True)
+    windows = sorted({*default_windows, max(1, round(plan.launch.reschedule.interval_s))})
+    return RouterConfig.from_plan(plan.model_dump(mode="json"), endpoints, stats_windows_s=windows).model_dump()
 
 
 def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path) -> Path:

@@ -196,7 +196,7 @@ class DeploymentLevel:
             lengths = self.lengths(stage, reach, outputs)
             curves = self._curves.setdefault(self._lengths_key(stage, reach), {})
             if self.res.local is not None:
-                self._cands[key] = local_candidates(st, rate, lengths)
+                self._cands[key] = local_candidates(st, rate, lengths, self.res.local.max_replicas)
             elif self.res.pool is not None:
                 self._cands[key] = pool_candidates(st, get_gpu(self.res.pool.gpu).name, self.res.pool.count, rate,
                                                    lengths, curves)
@@ -342,7 +342,7 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
         reach = float(out.reach[i])
         rate = ctx.workload.rate_rps * reach
         lengths = level.lengths(i, reach, out.stage_output_tokens[i])
-        est = (local_open_loop(st.model, rate, lengths) if spec.resources.local is not None
+        est = (local_open_loop(st.model, rate / c.replicas, lengths) if spec.resources.local is not None
                else estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths))
         stages.append(StagePlan(
             name=st.name, model=spec.stages[i].model,  # as the user wrote it: what the engine will load

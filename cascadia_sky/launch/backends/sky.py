@@ -47,7 +47,12 @@ from cascadia_sky.launch.tasks import (
     write_router_config,
 )
 
-_STAGE_OPS = ("launch_stage", "update_stage", "remove_stage")
+_STAGE_OPS = ("launch_stage", "update_stage", "scale_stage", "remove_stage")
+# `sky serve update` mode per kind of change: a new replica count changes only the service section, so a rolling
+# update reuses the running replicas (no relaunch); new engines (GPU type, TP/PP, model) come up beside the old
+# version and traffic switches only when enough are ready (blue/green), so a threshold calibrated for one latency
+# never serves a mix of versions.
+UPDATE_MODES = {"scale_stage": "rolling", "update_stage": "blue_green"}
 _JOB_ENDED = ("SUCCEEDED", "CANCELLED", "FAILED")   # SkyPilot job states after which the engine will not answer
 
 
@@ -153,10 +158,11 @@ class SkyServeBackend(_SkyBase):
             return
         stage = ctx.plan.stage(action.stage)
         self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage), secrets,
-                      update=action.op == "update_stage", fingerprint=stage_fingerprint(ctx.plan, stage))
+                      update=action.op in UPDATE_MODES, fingerprint=stage_fingerprint(ctx.plan, stage),
+                      mode=UPDATE_MODES.get(action.op, "rolling"))
 
     def _service(self, ctx: LaunchContext, comp: str, stage: str, cfg: dict[str, Any], secrets: dict[str, str],
-                 *, update: bool, fingerprint: str = "") -> str:
+                 *, update: bool, fingerprint: str = "", mode: str = "rolling") -> str:
         """Create (or update) one service and wait for READY; recorded before SkyPilot is called."""
         service = str(cfg["name"])
         ctx.store.put_component(ComponentRecord(
@@ -166,7 +172,7 @@ class SkyServeBackend(_SkyBase):
         ctx.progress(f"{service}: {'updating' if update else 'starting'} (SkyServe)")
         existing = self.api.serve_status([service]).get(service)
         if existing is not None and update:
-            self.api.serve_update(cfg, service, secrets)
+            self.api.serve_update(cfg, service, secrets, mode)
             url = existing["endpoint"]
         elif existing is not None:  # an interrupted `up` had created it already
             url = existing["endpoint"]
@@ -231,6 +237,11 @@ class ClustersBackend(_SkyBase):
                 jobs += [(a, c.replica) for c in rec.components if c.stage == a.stage]
             elif a.op in ("launch_stage", "update_stage"):
                 jobs += [(a, r) for r in range(ctx.plan.stage(a.stage).replicas)]
+            elif a.op == "scale_stage":  # only the missing replicas launch; surplus ones go, the rest keep running
+                want = ctx.plan.stage(a.stage).replicas
+                have = {c.replica for c in rec.components if c.stage == a.stage and c.kind == "cluster"}
+                jobs += [(Action("launch_stage", a.stage, a.reason), r) for r in range(want) if r not in have]
+                jobs += [(Action("remove_stage", a.stage, a.reason), r) for r in sorted(have) if r >= want]
         self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets),
                            label=lambda job: f"{job[0].stage}/{job[1]}")
         port = ctx.plan.launch.router_port
