@@ -113,3 +113,4 @@ RESCHEDULE_HISTORY_ROWS = 10                 # `cascadia status NAME` shows this
 RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router gets this long to finish (SkyServe)
 RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
 LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
+LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

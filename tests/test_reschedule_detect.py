@@ -66,10 +66,16 @@ def test_cooldown_and_windows_before_the_change_are_ignored() -> None:
     assert detect(s + [obs(70, 9.0)], REF, S, now=75, last_change_t=40).verdict is Verdict.DRIFT_UP
 
 
-def test_sparse_windows_only_count_their_rate() -> None:
-    sparse = series([1.0, 1.0, 1.0], reach2=0.9)   # 10 requests each: reach says nothing
-    d = detect(sparse, Reference(1.0, (1.0, 0.3)), S, now=30)
-    assert d.verdict is Verdict.STEADY
+def test_sparse_windows_are_no_evidence() -> None:
+    sparse = series([1.0, 1.0, 1.0], reach2=0.9)   # 10 requests each, 10 expected: neither reach nor rate counts
+    assert detect(sparse, Reference(1.0, (1.0, 0.3)), S, now=30).verdict is Verdict.NO_DATA
+    quiet = series([0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0])  # a low planned rate with empty windows: no scale-down
+    assert detect(quiet, Reference(0.05, (1.0, 0.3)), S, now=70).verdict is Verdict.NO_DATA
+    # few requests against many expected is evidence (the load went away)
+    assert detect(series([0.1] * 6), REF, S, now=60).verdict is Verdict.DRIFT_DOWN
+    # a load of min_requests per window above a sparse planned rate is evidence
+    d = detect(series([2.0] * 3), Reference(0.05, (1.0, 0.3)), S, now=30)
+    assert d.verdict is Verdict.DRIFT_UP and d.reasons == ("rate 2/s vs planned 0.05/s",)
 
 
 def test_constant_poisson_load_never_drifts() -> None:

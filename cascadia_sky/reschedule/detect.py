@@ -5,7 +5,9 @@ the reference workload, the settings, the clock and the time of the last change.
   reach band, or a median length leaves its band. Up (more load: any signal up) wins over down.
 - Drift is `windows` consecutive windows out of band upwards, or `windows_down` (more) downwards: growing is urgent,
   shrinking is not (SkyServe waits 300 s up / 1200 s down; Knative never shrinks in a burst).
-- A window with fewer than `min_requests` requests tells only its rate (lengths and reach need samples).
+- A window with fewer than `min_requests` requests tells only its rate (lengths and reach need samples), and
+  only when the plan expected at least `min_requests` in it: when both the observed and the expected counts are
+  that small the window is *sparse* (Poisson noise, not evidence) and neither drifts nor resets the count.
 - Windows that began before the last change measured the old deployment and are ignored; no verdict at all during
   the cool-down.
 - The workload to re-plan for (`Detection.target`) is the mean of the drifted windows, with their peak rate beside
@@ -30,7 +32,7 @@ class Verdict(str, Enum):
 
     STEADY = "steady"            # the newest usable window is inside the band
     WATCHING = "watching"        # out of band, but not for enough consecutive windows yet
-    NO_DATA = "no_data"          # no usable window since the last change
+    NO_DATA = "no_data"          # no usable (non-sparse) window since the last change
     COOLDOWN = "cooldown"        # a change was applied less than cooldown_s ago
     DRIFT_UP = "drift_up"        # sustained: more load (rate, reach or lengths) than planned for
     DRIFT_DOWN = "drift_down"    # sustained: less load than planned for
@@ -65,8 +67,13 @@ def _band(value: float, ref: float, band: float) -> int:
     return 0
 
 
+def sparse(obs: Observation, ref: Reference, s: RescheduleSpec) -> bool:
+    """Too few requests observed *and* expected for the window to be evidence either way."""
+    return obs.requests < s.min_requests and ref.rate_rps * obs.window_s < s.min_requests
+
+
 def window_direction(obs: Observation, ref: Reference, s: RescheduleSpec) -> tuple[int, tuple[str, ...]]:
-    """(+1 up / -1 down / 0 in band, the reasons) for one window."""
+    """(+1 up / -1 down / 0 in band, the reasons) for one (non-sparse) window."""
     ups: list[str] = []
     downs: list[str] = []
 
@@ -115,7 +122,7 @@ def detect(observations: Sequence[Observation], reference: Reference, settings: 
     if last_change_t is not None and now - last_change_t < settings.cooldown_s:
         return Detection(Verdict.COOLDOWN, (f"{settings.cooldown_s - (now - last_change_t):.0f} s of cool-down "
                                             f"left",))
-    usable = [o for o in observations if _usable(o, last_change_t)]
+    usable = [o for o in observations if _usable(o, last_change_t) and not sparse(o, reference, settings)]
     if not usable:
         return Detection(Verdict.NO_DATA)
     newest, reasons = window_direction(usable[-1], reference, settings)
@@ -137,4 +144,4 @@ def detect(observations: Sequence[Observation], reference: Reference, settings: 
                      peak_rate_rps=max(o.rate_rps for o in run))
 
 
-__all__ = ["Detection", "Verdict", "detect", "window_direction"]
+__all__ = ["Detection", "Verdict", "detect", "sparse", "window_direction"]
