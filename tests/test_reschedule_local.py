@@ -52,12 +52,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spec(tmp: Path, rate_rps: float) -> Path:
+def _spec(tmp: Path, rate_rps: float, **settings: float) -> Path:
     doc = yaml.safe_load((REPO / "examples" / "local.yaml").read_text())
     doc["quality"]["profile"] = str(REPO / "examples" / "profiles" / "local.csv")
     doc["workload"]["rate_rps"] = rate_rps
     doc["resources"]["local"]["max_replicas"] = 2
-    doc["reschedule"] = SETTINGS
+    doc["reschedule"] = {**SETTINGS, **settings}
     path = tmp / "cascade.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -215,3 +215,41 @@ def test_reschedule_cli_dry_run_prints_and_changes_nothing(home: Path) -> None:
         assert json.loads(store.get("local").plan_json)["stages"][0]["replicas"] == 1
     finally:
         cli(home, "down", "local", timeout=120)
+
+
+def test_step_down_drains_the_removed_replica(home: Path) -> None:
+    """Planned for 0.7 req/s (two replicas per stage), the load falls to 0.05 req/s: after windows_down windows a
+    smaller plan (sized for the peak x down_headroom) is applied; the surplus replica leaves the router first,
+    drains and stops; the kept replicas and the router keep running; no request fails."""
+    port = _free_port()
+    # 15 s windows: one request in a window is 0.067 req/s, so a plan for peak x 1.25 can be a smaller one
+    store, key = _up(home, _spec(home, 0.7, interval_s=15), port)
+    try:
+        before = _pids(store)
+        load = Load(port, key, 0.05).start()
+        history = History(store)
+        deadline = time.monotonic() + 300
+        applied = None
+        while time.monotonic() < deadline and applied is None:
+            applied = next((e for e in history.events("local", 100) if e.step == "applied" and e.kind != "none"),
+                           None)
+            time.sleep(0.5)
+        assert applied is not None, f"no change applied; events: {history.events('local', 100)}"
+        _wait_gone = time.monotonic() + 150
+        while time.monotonic() < _wait_gone and len((store.get("local")).components) > 3:
+            time.sleep(0.5)
+        time.sleep(15)
+        load.stop()
+        print(f"\nstep down: ok {load.ok}, failed {len(load.failed)}; {applied.kind}: {applied.actions}")
+        assert load.failed == [], load.failed[:5]
+        plan1 = store.get("local").plan
+        after = _pids(store)
+        assert sum(s.replicas for s in plan1.stages) < 4
+        assert len(after) == sum(s.replicas for s in plan1.stages) + 1, after
+        assert after["router"] == before["router"] and after["small/0"] == before["small/0"]
+        for name, pid in before.items():
+            if name not in after:
+                assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+    finally:
+        r = cli(home, "down", "local", timeout=120)
+        assert r.returncode == 0, r.stderr

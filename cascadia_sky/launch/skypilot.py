@@ -76,8 +76,10 @@ class SkyApi:
         import_sky()
 
     def _task(self, cfg: dict[str, Any], secrets: dict[str, str]) -> Any:
+        import copy
+
         sky = import_sky()
-        task = sky.Task.from_yaml_config(cfg)
+        task = sky.Task.from_yaml_config(copy.deepcopy(cfg))   # SkyPilot pops keys (e.g. `service`) from its input
         present = {k: v for k, v in secrets.items() if v}
         if present:
             task.update_secrets(present)
