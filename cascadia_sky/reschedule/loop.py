@@ -117,7 +117,7 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     spec = _spec_of(rec.spec_path, name)
     progress(f"{det.describe()}; re-planning")
     rp = replan(plan, spec, det.target, det.peak_rate_rps, min_gain=settings.min_gain,
-                down_headroom=settings.down_headroom)
+                down_headroom=settings.down_headroom, less_load=det.verdict is Verdict.DRIFT_DOWN)
     result.replan = rp
     result.actions = decide(rec, rp.plan) if rp.worth_it else []
     result.kind = change_kind(result.actions)

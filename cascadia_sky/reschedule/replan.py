@@ -68,7 +68,7 @@ def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
     from cascadia_sky.catalog import get_gpu
     from cascadia_sky.perf.local import local_open_loop
     from cascadia_sky.planner.candidates import estimate
-    from cascadia_sky.planner.deploy import Candidate
+    from cascadia_sky.planner.deploy import Candidate, DeployProblem
     from cascadia_sky.planner.planner import DeploymentLevel, build_context
     from cascadia_sky.planner.route import objective_j
     from cascadia_sky.planner.verify import evaluate
@@ -77,7 +77,6 @@ def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
     level = DeploymentLevel(ctx)
     theta = tuple(float(s.threshold) for s in plan.stages[:-1] if s.threshold is not None)
     out = ctx.train.evaluate(list(theta))
-    problem = level.problem(theta)
     chosen = []
     for i, (st, sp) in enumerate(zip(ctx.stages, plan.stages)):
         reach = float(out.reach[i])
@@ -88,7 +87,10 @@ def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
         p95 = est.e2e_p95_s if est is not None and est.stable else math.inf
         chosen.append(Candidate(stage=i, gpu_type=sp.gpu_type, tp=sp.tp, pp=sp.pp, replicas=sp.replicas,
                                 gpus=sp.gpus, p95_latency_s=p95, usd_per_hour=sp.usd_per_hour, key=f"current{i}"))
-    latency = evaluate(problem, chosen).latency_s
+    obj = spec.objective
+    problem = DeployProblem(candidates=tuple((c,) for c in chosen), shares=tuple(float(r) for r in out.reach),
+                            mode="cloud", objective=obj.latency, goal=obj.goal, slo_p95_s=obj.slo_p95_s)
+    latency = evaluate(problem, chosen).latency_s   # only the current deployment is estimated, no candidates
     quality = float(np.asarray(out.quality))
     return objective_j(latency, quality, ctx.q_min, ctx.z1, ctx.z2, plan.solver.mu_s), latency
 
@@ -98,16 +100,19 @@ def _shrinks(current: Plan, new: Plan) -> bool:
 
 
 def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: float | None, *,
-           min_gain: float, down_headroom: float) -> Replan:
-    """Plan for the observed workload and judge the result against the current plan on that workload."""
+           min_gain: float, down_headroom: float, less_load: bool = False) -> Replan:
+    """Plan for the observed workload and judge the result against the current plan on that workload.
+
+    `less_load` (the detector saw the load fall): plan for peak x down_headroom at once; otherwise plan for the
+    peak, and again for peak x down_headroom only when that plan would still remove replicas."""
     from cascadia_sky.planner.planner import make_plan
     from cascadia_sky.planner.route import objective_j
 
     t0 = time.perf_counter()
     peak = max(peak_rate_rps or target.rate_rps, target.rate_rps, _MIN_RATE_RPS)
-    rate = peak
+    rate = peak * down_headroom if less_load else peak
     new = make_plan(observed_spec(spec, target, rate))
-    if _shrinks(current, new) and down_headroom > 1:
+    if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
         new = make_plan(observed_spec(spec, target, rate))
     new = new.model_copy(update={"launch": current.launch})
