@@ -116,8 +116,12 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     assert det.target is not None
     spec = _spec_of(rec.spec_path, name)
     progress(f"{det.describe()}; re-planning")
+    same_lengths = all(o is None or not r or r / (1 + settings.length_band) <= o <= r * (1 + settings.length_band)
+                       for o, r in ((det.target.input_p50, reference.input_p50),
+                                    (det.target.output_p50, reference.output_p50)))
     rp = replan(plan, spec, det.target, det.peak_rate_rps, min_gain=settings.min_gain,
-                down_headroom=settings.down_headroom, less_load=det.verdict is Verdict.DRIFT_DOWN)
+                down_headroom=settings.down_headroom, less_load=det.verdict is Verdict.DRIFT_DOWN,
+                same_lengths=same_lengths)
     result.replan = rp
     result.actions = decide(rec, rp.plan) if rp.worth_it else []
     result.kind = change_kind(result.actions)
@@ -150,6 +154,14 @@ def watch(name: str, *, apply: bool = True, store: StateStore | None = None, pas
           progress: Callable[[str], None] = lambda msg: None) -> None:
     """Run a pass every `reschedule.interval_s` (of the deployment's current plan) until `stop()` or `passes`."""
     store = store or StateStore()
+    rec = store.get(name)
+    if rec is not None and rec.spec_path.endswith((".yaml", ".yml")) and Path(rec.spec_path).is_file():
+        from cascadia_sky.reschedule.replan import warm_up
+
+        try:   # the performance model's curves for the planned lengths, so a rate-only re-plan is fast
+            progress(f"warm start: planned {rec.spec_path} once in {warm_up(_spec_of(rec.spec_path, name)):.1f} s")
+        except CascadiaError as exc:
+            progress(f"warm start skipped: {exc}")
     done = 0
     while not stop() and (passes is None or done < passes):
         t0 = time.monotonic()

@@ -95,26 +95,70 @@ def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
     return objective_j(latency, quality, ctx.q_min, ctx.z1, ctx.z2, plan.solver.mu_s), latency
 
 
+# --- warm start ---------------------------------------------------------------------------------------------
+# Most of a plan's time goes into the performance model's latency curves (per stage and replica shape, for the
+# stage's request lengths). When only the rate (or the reach) drifted, the lengths are those the current plan was
+# made for, so the curves of that plan are reused: the re-plan is the threshold search and the MILPs alone. The
+# cache lives in the process (the watcher): `warm_up` fills it once at start, each re-plan refreshes it.
+
+_WARM: dict[str, tuple[dict, dict]] = {}   # spec identity -> (lengths by key, curves by lengths key)
+
+
+def _identity(spec: CascadeSpec) -> str:
+    import json
+
+    data = spec.model_dump(mode="json", exclude={"workload", "reschedule"})
+    return json.dumps([data, str(spec.source)], sort_keys=True)
+
+
+def _plan(spec: CascadeSpec, key: str, reuse: bool) -> Plan:
+    """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache."""
+    from cascadia_sky.planner.planner import DeploymentLevel, make_plan
+
+    made: list[DeploymentLevel] = []
+
+    def factory(ctx):  # type: ignore[no-untyped-def]
+        level = DeploymentLevel(ctx)
+        if reuse and key in _WARM:
+            lengths, curves = _WARM[key]
+            level._lengths.update(lengths)
+            level._curves.update(curves)
+        made.append(level)
+        return level
+
+    plan = make_plan(spec, level_factory=factory)
+    _WARM[key] = (dict(made[0]._lengths), dict(made[0]._curves))
+    return plan
+
+
+def warm_up(spec: CascadeSpec) -> float:
+    """Plan the spec once to fill the warm cache (what `watch` does at start); returns the seconds it took."""
+    t0 = time.perf_counter()
+    _plan(spec, _identity(spec), reuse=False)
+    return time.perf_counter() - t0
+
+
 def _shrinks(current: Plan, new: Plan) -> bool:
     return any(n.replicas < c.replicas or n.gpus < c.gpus for c, n in zip(current.stages, new.stages))
 
 
 def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: float | None, *,
-           min_gain: float, down_headroom: float, less_load: bool = False) -> Replan:
+           min_gain: float, down_headroom: float, less_load: bool = False, same_lengths: bool = False) -> Replan:
     """Plan for the observed workload and judge the result against the current plan on that workload.
 
     `less_load` (the detector saw the load fall): plan for peak x down_headroom at once; otherwise plan for the
-    peak, and again for peak x down_headroom only when that plan would still remove replicas."""
-    from cascadia_sky.planner.planner import make_plan
+    peak, and again for peak x down_headroom only when that plan would still remove replicas. `same_lengths` (no
+    length drift): reuse the warm cache's lengths and latency curves (see above)."""
     from cascadia_sky.planner.route import objective_j
 
     t0 = time.perf_counter()
+    key = _identity(spec)
     peak = max(peak_rate_rps or target.rate_rps, target.rate_rps, _MIN_RATE_RPS)
     rate = peak * down_headroom if less_load else peak
-    new = make_plan(observed_spec(spec, target, rate))
+    new = _plan(observed_spec(spec, target, rate), key, same_lengths)
     if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
-        new = make_plan(observed_spec(spec, target, rate))
+        new = _plan(observed_spec(spec, target, rate), key, same_lengths)
     new = new.model_copy(update={"launch": current.launch})
     cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate))
     p = new.predicted
@@ -149,4 +193,4 @@ def _deployment_key(plan: Plan) -> tuple:
     return tuple((s.name, s.gpu_type, s.tp, s.pp, s.replicas, s.instance_type, s.threshold) for s in plan.stages)
 
 
-__all__ = ["Replan", "current_objective", "observed_spec", "replan"]
+__all__ = ["Replan", "current_objective", "observed_spec", "replan", "warm_up"]
