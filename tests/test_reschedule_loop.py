@@ -55,3 +55,24 @@ def test_pass_dry_run_then_apply(fake_sky: RecordingSkyApi, tmp_path: Path) -> N
     assert r.detection.verdict.value == "cooldown"
     lines = history_lines("deepseek", store)
     assert any(line.startswith(f"last change ({steps[-1][1]})") for line in lines), lines
+
+
+def test_an_interrupted_apply_is_resumed(fake_sky: RecordingSkyApi, tmp_path: Path) -> None:
+    """`applying` recorded, then the process died before `up` finished: the next --apply pass runs `up` of the
+    recorded plan (idempotent) and records `applied`."""
+    from cascadia_sky.reschedule.history import Event
+
+    store = StateStore(tmp_path)
+    plan = example_plan("deepseek").with_launch(backend="skyserve", ready_timeout_s=30)
+    launcher.up(launcher.Target(plan, SPEC), store=store)
+    stages = list(plan.stages)
+    stages[1] = stages[1].model_copy(update={"replicas": stages[1].replicas + 1})
+    wanted = plan.model_copy(update={"stages": stages})
+    History(store).record(Event("deepseek", 1.0, "applying", "scale", "test", "scale stage medium",
+                                wanted.to_json(), ""))
+    r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(plan.workload_rate_rps, plan), now=2.0)
+    assert store.get("deepseek").plan.stage("medium").replicas == stages[1].replicas
+    assert ("serve_update", "deepseek-medium") in fake_sky.ops()
+    events = History(store).events("deepseek")
+    assert (events[-1].step, events[-1].reason) == ("applied", "resumed: test")
+    assert r.detection.verdict.value == "cooldown"      # the resumed change starts the cool-down

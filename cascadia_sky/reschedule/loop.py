@@ -22,6 +22,7 @@ from cascadia_sky.reschedule.detect import Detection, Verdict, detect
 from cascadia_sky.reschedule.history import Event, History, now_s
 from cascadia_sky.reschedule.observe import Observation, fetch_stats, observation_from_stats, spec_reference
 from cascadia_sky.reschedule.replan import Replan, replan
+from cascadia_sky.spec import CascadeSpec
 
 _COST_ORDER = {"update_router": "router", "launch_router": "router", "scale_stage": "scale",
                "launch_stage": "relaunch", "update_stage": "relaunch", "remove_stage": "relaunch"}
@@ -68,7 +69,7 @@ class PassResult:
         return "\n".join(lines)
 
 
-def _spec_of(record_spec_path: str, name: str):  # -> CascadeSpec
+def _spec_of(record_spec_path: str, name: str) -> CascadeSpec:
     from cascadia_sky.spec import load_spec
 
     if not record_spec_path or record_spec_path.endswith(".json") or not Path(record_spec_path).is_file():
@@ -95,8 +96,9 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     now = now_s() if now is None else now
     pending = history.unfinished(name)
     if pending is not None and apply:   # an interrupted apply: finish it (up of the recorded plan is idempotent)
-        from cascadia_sky.planner.plan import parse_plan
         import json
+
+        from cascadia_sky.planner.plan import parse_plan
 
         resumed = parse_plan(json.loads(pending.plan_json), "the interrupted re-schedule's plan")
         up(Target(resumed, rec.spec_path), store=store, progress=progress)
