@@ -114,6 +114,14 @@ def http_post(url: str, doc: Any, headers: dict[str, str] | None = None,
         return 0, None
 
 
+def engine_idle(url: str) -> bool:
+    """True when the engine at `url` has no request in progress (llama.cpp's /slots). Engines without that route
+    count as busy: a caller drains them until its deadline."""
+    code, body = http_get(url + "/slots")
+    return code == 200 and isinstance(body, list) and not any(
+        isinstance(s, dict) and s.get("is_processing") for s in body)
+
+
 def log_tail(path: str, n_chars: int) -> str:
     """The last characters of a log file ('' when unreadable)."""
     try:

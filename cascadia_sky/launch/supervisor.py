@@ -37,7 +37,7 @@ from cascadia_sky.constants import (
     RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
 )
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
-from cascadia_sky.launch.procs import http_get, http_post, process_start
+from cascadia_sky.launch.procs import engine_idle, http_get, http_post, process_start
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.launch.tasks import router_config
 from cascadia_sky.planner.plan import Plan
@@ -234,7 +234,7 @@ class Supervisor:
         if now < self.next_drain_poll.get(comp.name, 0.0):
             return False
         self.next_drain_poll[comp.name] = now + RESCHEDULE_DRAIN_POLL_SECONDS
-        return _idle(comp.url)
+        return engine_idle(comp.url)
 
     def _start(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
         """Start one component; its pid, port and log are recorded right after the fork, before any wait."""
@@ -302,14 +302,6 @@ class Supervisor:
 
     def _on_signal(self, *_: Any) -> None:
         self.stopping = True
-
-
-def _idle(url: str) -> bool:
-    """True when the engine has no request in progress (llama.cpp's /slots; vLLM-like engines without it count
-    as busy until the drain deadline)."""
-    code, body = http_get(url + "/slots")
-    return code == 200 and isinstance(body, list) and not any(
-        isinstance(s, dict) and s.get("is_processing") for s in body)
 
 
 def _answers(kind: str, url: str) -> bool:
