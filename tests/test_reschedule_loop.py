@@ -38,6 +38,7 @@ def test_pass_dry_run_then_apply(fake_sky: RecordingSkyApi, tmp_path: Path) -> N
         r = reschedule_pass("deepseek", store=store, stats=_stats(rate * 1.6, plan), now=t + 60 * k)
     assert r.detection.verdict.value == "drift_up" and r.replan is not None and r.replan.worth_it
     assert r.actions and not r.applied and store.get("deepseek").plan_json == plan.to_json()
+    assert "would do" in r.describe() and "cost: " in r.describe()
     n = len(fake_sky.calls)
     # apply: the next pass (still drifted) records `applying`, then `up`s the new plan
     r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(rate * 1.6, plan), now=t + 60 * (windows + 1))

@@ -28,6 +28,18 @@ _COST_ORDER = {"update_router": "router", "launch_router": "router", "scale_stag
                "launch_stage": "relaunch", "update_stage": "relaunch", "remove_stage": "relaunch"}
 
 
+# What each kind of step costs while it runs, and how long it takes (shown with the decision).
+STEP_COST = {
+    "router": "router config swap: atomic, no restart, in-flight requests finish on the old config (< 1 s)",
+    "scale": "new replicas start beside the running ones and join when ready (local: seconds; SkyServe: "
+             "provisioning + weights, minutes); surplus ones are drained first (up to "
+             "RESCHEDULE_DRAIN_TIMEOUT_SECONDS)",
+    "relaunch": "a stage's engines are replaced (SkyServe: blue/green, the old version serves until the new one "
+                "is ready; GPUs for both while it runs; minutes)",
+    "none": "nothing",
+}
+
+
 def change_kind(actions: list[Action]) -> str:
     """The costliest kind of step among the actions: none < router < scale < relaunch."""
     kinds = {_COST_ORDER.get(a.op, "relaunch") for a in actions}
@@ -64,6 +76,7 @@ class PassResult:
         if self.actions:
             lines.append(f"  {'applied' if self.applied else 'would do'} ({self.kind}): "
                          + "; ".join(a.describe() for a in self.actions))
+            lines.append(f"  cost: {STEP_COST.get(self.kind, '')}")
         if self.message:
             lines.append(f"  {self.message}")
         return "\n".join(lines)
@@ -180,4 +193,4 @@ def watch(name: str, *, apply: bool = True, store: StateStore | None = None, pas
             time.sleep(min(0.5, interval))
 
 
-__all__ = ["PassResult", "change_kind", "reschedule_pass", "watch"]
+__all__ = ["PassResult", "STEP_COST", "change_kind", "reschedule_pass", "watch"]
