@@ -494,6 +494,37 @@ def status(
         print(json.dumps(status_json(views), indent=2))
         return
     console.print(*status_report(views), sep="\n")
+    if name is not None:
+        from cascadia_sky.reschedule.history import history_lines
+
+        for line in history_lines(name):
+            console.print(line, highlight=False, markup=False)
+
+
+@app.command()
+def reschedule(
+    name: str = typer.Argument(..., metavar="NAME", help="The deployment (see `cascadia status`)."),
+    apply: bool = _flag("--apply", help="Act on the decision (default: print what would be done)."),
+) -> None:
+    """One re-schedule pass: read the router's live window, detect drift, re-plan, print (or --apply) the change."""
+    from cascadia_sky.reschedule.loop import reschedule_pass
+
+    result = reschedule_pass(name, apply=apply, progress=lambda m: err_console.print(m, highlight=False))
+    console.print(result.describe(), highlight=False, markup=False)
+
+
+@app.command()
+def watch(
+    name: str = typer.Argument(..., metavar="NAME", help="The deployment (see `cascadia status`)."),
+    dry_run: bool = _flag("--dry-run", help="Advisory: log decisions, change nothing."),
+    passes: int = typer.Option(None, "--passes", min=1, help="Stop after this many passes (default: until Ctrl-C)."),
+) -> None:
+    """Re-schedule in a loop, one pass every reschedule.interval_s of the deployment's plan."""
+    from cascadia_sky.reschedule.loop import watch as run_watch
+
+    run_watch(name, apply=not dry_run, passes=passes,
+              report=lambda r: console.print(r.describe(), highlight=False, markup=False),
+              progress=lambda m: err_console.print(m, highlight=False))
 
 
 @app.command()

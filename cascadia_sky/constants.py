@@ -135,3 +135,20 @@ CALIBRATE_JUDGE_SCALE = 10.0               # the rubric's scale: 0..this, normal
 CALIBRATE_EMPTY_ANSWER_SCORE = -1e9        # an empty answer's -inf score as written in the profile (finite, lowest)
 CALIBRATE_QUALITY_FLOOR_FRACTION = 0.05    # the prompt count a warning names uses p kept in [this, 1 - this]
 PLANNER_QUALITY_CONFIDENCE = 0.9            # default quality.confidence: the target holds at this one-sided level
+
+# --- re-scheduling (defaults of the spec's `reschedule:` section; docs/reschedule.md argues each) ---------------
+RESCHEDULE_INTERVAL_SECONDS = 60.0           # one observation window (SkyServe/Knative decide on 60 s of requests)
+RESCHEDULE_WINDOWS = 3                       # consecutive out-of-band windows before an upward change
+RESCHEDULE_WINDOWS_DOWN = 6                  # ... before a downward change (asymmetric: SkyServe 300 s up/1200 s down)
+RESCHEDULE_RATE_BAND_FRACTION = 0.25         # drift: rate outside [R / (1 + b), R * (1 + b)] of the planned rate R
+RESCHEDULE_LENGTH_BAND_FRACTION = 0.30       # drift: input/output p50 length outside the same band around the plan's
+RESCHEDULE_REACH_BAND_POINTS = 0.10          # drift: a stage's reach (share of requests) moved by more than this
+RESCHEDULE_MIN_REQUESTS = 20                 # a window with fewer requests says nothing (it neither drifts nor resets)
+RESCHEDULE_COOLDOWN_SECONDS = 300.0          # no decision this long after a change (new replicas warm up, stats refill)
+RESCHEDULE_MIN_GAIN_FRACTION = 0.10          # apply a new plan only when its J beats the current plan's by this much
+RESCHEDULE_DOWN_HEADROOM_FACTOR = 1.25       # a scale-down must hold the observed peak rate x this (Dynamo: 1 / 0.8)
+RESCHEDULE_HISTORY_ROWS = 10                 # `cascadia status NAME` shows this many re-schedule events
+RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router gets this long to finish (SkyServe)
+RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
+LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
+LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

@@ -17,7 +17,22 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cascadia_sky.constants import LAUNCH_ROUTER_PORT, PLANNER_QUALITY_CONFIDENCE, SKY_VLLM_VERSION
+from cascadia_sky.constants import (
+    LAUNCH_ROUTER_PORT,
+    LOCAL_MAX_REPLICAS,
+    PLANNER_QUALITY_CONFIDENCE,
+    RESCHEDULE_COOLDOWN_SECONDS,
+    RESCHEDULE_DOWN_HEADROOM_FACTOR,
+    RESCHEDULE_INTERVAL_SECONDS,
+    RESCHEDULE_LENGTH_BAND_FRACTION,
+    RESCHEDULE_MIN_GAIN_FRACTION,
+    RESCHEDULE_MIN_REQUESTS,
+    RESCHEDULE_RATE_BAND_FRACTION,
+    RESCHEDULE_REACH_BAND_POINTS,
+    RESCHEDULE_WINDOWS,
+    RESCHEDULE_WINDOWS_DOWN,
+    SKY_VLLM_VERSION,
+)
 from cascadia_sky.errors import CascadiaError, SpecError, raise_problems
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "cascade.schema.json"
@@ -165,6 +180,9 @@ class LocalSpec(_Strict):
     (infra.backend clusters with infra.targets, e.g. [slurm/mycluster])."""
 
     threads: int = Field(1, ge=1, le=256, description="CPU threads per engine.")
+    max_replicas: int = Field(1, ge=1, le=LOCAL_MAX_REPLICAS,
+                              description="Most engines (replicas) per stage the planner may give a stage; more "
+                                          "replicas only when the load needs them. Default 1: one engine per stage.")
 
 
 class ResourcesSpec(_Strict):
@@ -207,6 +225,45 @@ class InfraSpec(_Strict):
                              description="The router's port (local backend: on 127.0.0.1).")
 
 
+# --- re-scheduling ---------------------------------------------------------------------------
+
+class RescheduleSpec(_Strict):
+    """Follow the live traffic: observe the router's /stats every `interval_s`, and when the workload leaves the
+    band around what the plan was made for for `windows` consecutive windows, re-plan and apply the difference
+    (docs/reschedule.md argues every default)."""
+
+    enabled: bool = Field(False, description="Run the re-schedule loop beside the deployment (local backend: in "
+                                             "its supervisor). `cascadia watch NAME` runs it by hand.")
+    interval_s: float = Field(RESCHEDULE_INTERVAL_SECONDS, ge=1, le=3600,
+                              description="One observation window in seconds (also the router's /stats window).")
+    windows: int = Field(RESCHEDULE_WINDOWS, ge=1, le=100,
+                         description="Consecutive out-of-band windows before an upward change (more load).")
+    windows_down: int = Field(RESCHEDULE_WINDOWS_DOWN, ge=1, le=200,
+                              description="Consecutive out-of-band windows before a downward change (less load).")
+    rate_band: float = Field(RESCHEDULE_RATE_BAND_FRACTION, gt=0, le=10,
+                             description="Drift when the arrival rate leaves [R/(1+b), R*(1+b)] around the plan's R.")
+    length_band: float = Field(RESCHEDULE_LENGTH_BAND_FRACTION, gt=0, le=10,
+                               description="Same band for the median input and output lengths.")
+    reach_band: float = Field(RESCHEDULE_REACH_BAND_POINTS, gt=0, le=1,
+                              description="Drift when a stage's reach (share of requests) moves by more than this.")
+    min_requests: int = Field(RESCHEDULE_MIN_REQUESTS, ge=1,
+                              description="A window with fewer requests is not evidence either way.")
+    cooldown_s: float = Field(RESCHEDULE_COOLDOWN_SECONDS, ge=0,
+                              description="No new change this long after one was applied.")
+    min_gain: float = Field(RESCHEDULE_MIN_GAIN_FRACTION, ge=0, lt=1,
+                            description="Apply a new plan only when its objective J is below the current plan's "
+                                        "(re-evaluated on the observed workload) by this fraction.")
+    down_headroom: float = Field(RESCHEDULE_DOWN_HEADROOM_FACTOR, ge=1, le=10,
+                                 description="A plan with fewer replicas must hold the observed peak rate times this.")
+
+    @model_validator(mode="after")
+    def _down_slower(self) -> "RescheduleSpec":
+        if self.windows_down < self.windows:
+            raise ValueError("reschedule.windows_down must be >= reschedule.windows (scale down more slowly "
+                             "than up, or a constant load can flip-flop)")
+        return self
+
+
 # --- the whole file --------------------------------------------------------------------------
 
 class CascadeSpec(_Strict):
@@ -221,6 +278,8 @@ class CascadeSpec(_Strict):
     objective: ObjectiveSpec = Field(default_factory=ObjectiveSpec)
     resources: ResourcesSpec
     infra: InfraSpec = Field(default_factory=InfraSpec, description="How `cascadia up` launches the plan.")
+    reschedule: RescheduleSpec = Field(default_factory=RescheduleSpec,
+                                       description="Re-plan when the live traffic drifts (off by default).")
 
     _source: Path | None = PrivateAttr(None)
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -687,4 +746,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["CascadeSpec", "StageSpec", "QualitySpec", "WorkloadSpec", "ObjectiveSpec", "ResourcesSpec",
-           "LocalSpec", "InfraSpec", "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types", "LOCAL_DEVICE"]
+           "LocalSpec", "InfraSpec", "RescheduleSpec", "load_spec", "parse_spec", "check_spec", "json_schema", "allowed_gpu_types", "LOCAL_DEVICE"]

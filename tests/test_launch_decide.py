@@ -54,10 +54,14 @@ def test_changes_map_to_the_smallest_action() -> None:
     rec = _recorded(plan)
     new = _with_stage(plan, 0, threshold=-0.1)             # routing only: router update, no relaunch
     assert [(a.op, a.stage) for a in decide(rec, new)] == [("update_router", "")]
-    new = _with_stage(plan, 1, replicas=plan.stages[1].replicas + 1)   # deployment change: that stage only
+    new = _with_stage(plan, 1, replicas=plan.stages[1].replicas + 1)   # replica count only: scale that stage
+    acts = decide(rec, new)
+    assert [(a.op, a.stage) for a in acts] == [("scale_stage", "medium")]
+    assert f"replicas {plan.stages[1].replicas} -> {plan.stages[1].replicas + 1}" in acts[0].reason
+    new = _with_stage(plan, 1, tp=plan.stages[1].tp * 2)                 # new engines: relaunch that stage only
     acts = decide(rec, new)
     assert [(a.op, a.stage) for a in acts] == [("update_stage", "medium")]
-    assert "replicas 2 -> 3" in acts[0].reason
+    assert f"tp {plan.stages[1].tp} -> {plan.stages[1].tp * 2}" in acts[0].reason
     new = _with_stage(plan, 0, threshold=-0.3)             # a dropped stage goes, the router is re-pointed
     new = new.model_copy(update={"stages": [new.stages[0], new.stages[2]]})
     assert {(a.op, a.stage) for a in decide(rec, new)} == {("remove_stage", "medium"), ("update_router", "")}

@@ -70,7 +70,7 @@ def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
     assert again.actions == () and [op for op, _ in fake.ops()].count("serve_up") == 4
 
     stages = list(plan.stages)
-    stages[1] = stages[1].model_copy(update={"replicas": 3})
+    stages[1] = stages[1].model_copy(update={"replicas": stages[1].replicas + 1})
     changed = plan.model_copy(update={"stages": stages})
     launcher.up(_target(changed, "skyserve"), store=store, confirm=lambda *a: True)
     assert ("serve_update", "deepseek-medium") in fake.ops() and ("serve_update", "deepseek-router") in fake.ops()

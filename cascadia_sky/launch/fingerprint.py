@@ -21,7 +21,12 @@ LAUNCH_ROUTER_KEYS = affected_fields(LaunchSettings, "router")
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_plain).encode()).hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    """Nested plan models (the launch section's reschedule settings) as their JSON form."""
+    return obj.model_dump(mode="json")
 
 
 def _pick(model: Any, keys: tuple[str, ...]) -> dict[str, Any]:

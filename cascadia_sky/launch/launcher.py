@@ -1,8 +1,9 @@
 """The launcher decides; backends act.
 
 `decide(record, plan)` is a pure function from the recorded deployment (or None) and a plan to a list of actions:
-launch a stage that is not there (or was left pending by an interrupted `up`), update a stage whose deployment
-changed (model, GPU type, TP/PP, replicas, placement), remove a stage the plan dropped, launch the router or
+launch a stage that is not there (or was left pending by an interrupted `up`), update a stage whose engines
+changed (model, GPU type, TP/PP, placement), scale a stage whose replica count alone changed (the running
+replicas stay; new ones are added, surplus ones drained), remove a stage the plan dropped, launch the router or
 update it when routing changed (thresholds, scorer, served names). The same plan twice gives no actions, which is
 what makes `up` idempotent. `up`, `status` and `down` wire the decision to a backend and to the state store.
 """
@@ -47,8 +48,10 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
             changed = engine_changes(old_plan, plan, stage.name)
             actions.append(Action("update_stage", stage.name,
                                   f"changed: {changed}" if changed else "deployment changed"))
-        elif any(c.phase in _UNSTARTED for c in comps):
+        elif any(c.phase in _UNSTARTED for c in comps if c.desired == "running"):
             actions.append(Action("launch_stage", stage.name, "resume (not started or failed before)"))
+        elif (now := _recorded_replicas(comps, old_plan, stage.name)) != stage.replicas:
+            actions.append(Action("scale_stage", stage.name, f"replicas {now} -> {stage.replicas}"))
     names = {s.name for s in plan.serving()}
     for name in recorded:
         if name not in names:
@@ -60,6 +63,17 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
     elif router.phase in _UNSTARTED:
         actions.append(Action("launch_router", "", "resume (not started or failed before)"))
     return actions
+
+
+def _recorded_replicas(comps: list[Any], old_plan: Plan | None, stage: str) -> int:
+    """Replicas a stage runs now: its running per-replica components (local, clusters), else the recorded plan's
+    count (a SkyServe service is one component for all its replicas)."""
+    per_replica = [c for c in comps if c.kind in ("engine", "cluster") and c.desired == "running"]
+    if per_replica:
+        return len(per_replica)
+    if old_plan is not None and any(s.name == stage for s in old_plan.stages):
+        return old_plan.stage(stage).replicas
+    return len(comps)
 
 
 # --- what to launch ----------------------------------------------------------------------------

@@ -96,6 +96,32 @@ def http_get(url: str, headers: dict[str, str] | None = None,
         return 0, None
 
 
+def http_post(url: str, doc: Any, headers: dict[str, str] | None = None,
+              timeout_s: float = LAUNCH_HEALTH_TIMEOUT_SECONDS) -> tuple[int, Any]:
+    """POST a JSON document once: (status, parsed JSON or None); (0, None) when nothing answers."""
+    req = urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            body = resp.read()
+            try:
+                return resp.status, json.loads(body)
+            except ValueError:
+                return resp.status, None
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+
+
+def engine_idle(url: str, api_key: str = "") -> bool:
+    """True when the engine at `url` has no request in progress (llama.cpp's /slots, asked with the stage's engine
+    key). Engines without that route count as busy: a caller drains them until its deadline."""
+    code, body = http_get(url + "/slots", {"Authorization": f"Bearer {api_key}"} if api_key else None)
+    return code == 200 and isinstance(body, list) and not any(
+        isinstance(s, dict) and s.get("is_processing") for s in body)
+
+
 def log_tail(path: str, n_chars: int) -> str:
     """The last characters of a log file ('' when unreadable)."""
     try:

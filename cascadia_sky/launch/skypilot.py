@@ -53,7 +53,8 @@ class SkyApiProtocol(Protocol):
 
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str: ...
 
-    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None: ...
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
+                     mode: str = "rolling") -> None: ...
 
     def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]: ...
 
@@ -77,8 +78,10 @@ class SkyApi:
         import_sky()
 
     def _task(self, cfg: dict[str, Any], secrets: dict[str, str]) -> Any:
+        import copy
+
         sky = import_sky()
-        task = sky.Task.from_yaml_config(cfg)
+        task = sky.Task.from_yaml_config(copy.deepcopy(cfg))   # SkyPilot pops keys (e.g. `service`) from its input
         present = {k: v for k, v in secrets.items() if v}
         if present:
             task.update_secrets(present)
@@ -92,13 +95,16 @@ class SkyApi:
         _, endpoint = sky.stream_and_get(sky.serve.up(task, service))
         return _url(endpoint)
 
-    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None:
-        """Roll a changed stage out (`sky serve update`, rolling: no dropped requests)."""
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
+                     mode: str = "rolling") -> None:
+        """Roll a changed stage out (`sky serve update`): `rolling` (replica count: replicas reused) or
+        `blue_green` (new engines: traffic switches when the new version is ready). No dropped requests."""
         sky = import_sky()
         from sky.serve import serve_utils
 
         task = self._task(cfg, secrets)
-        sky.stream_and_get(sky.serve.update(task, service, mode=serve_utils.UpdateMode.ROLLING))
+        sky.serve.validate_service_task(task, pool=False)
+        sky.stream_and_get(sky.serve.update(task, service, mode=serve_utils.UpdateMode(mode)))
 
     def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]:
         """{service: {"status", "endpoint", "replicas": [status, ...]}} for the services that exist."""

@@ -7,6 +7,13 @@ before waiting on them), marks them ready when they answer, restarts a crashed o
 the router's config stays valid), fails one that crashed too often or was not ready in time (with its last log
 lines), starts the router once every engine is ready, and stops anything marked `desired = stopped`. SIGTERM (what
 `cascadia down` sends) stops every child and exits. It exits by itself when its deployment row disappears.
+
+Changes to a running deployment never restart the router: a new routing fingerprint (thresholds) and a change of
+the ready replicas are pushed through the router's admin API as one atomic config swap (requests in flight finish
+on the config they started with). A replica is added to the router once it answers; a replica to be removed is
+first taken out of the router, then drained (until the engine reports no request in progress, at most
+RESCHEDULE_DRAIN_TIMEOUT_SECONDS), then stopped. With `reschedule.enabled` in the plan the supervisor also runs
+one re-schedule pass every `reschedule.interval_s` (cascadia_sky/reschedule/loop.py) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -25,10 +33,12 @@ from cascadia_sky.constants import (
     LAUNCH_MAX_RESTARTS,
     LAUNCH_POLL_INTERVAL_SECONDS,
     LAUNCH_RESTART_BACKOFF_SECONDS,
+    RESCHEDULE_DRAIN_POLL_SECONDS,
+    RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
 )
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
 from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
-from cascadia_sky.launch.procs import http_get, process_start
+from cascadia_sky.launch.procs import engine_idle, http_get, http_post, process_start
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.launch.tasks import router_config
 from cascadia_sky.planner.plan import Plan
@@ -39,6 +49,7 @@ class _Child:
     proc: EngineProcess
     fingerprint: str
     started: float
+    listen: tuple[str, int] | None = None     # the router's address (a change needs a restart, not a swap)
 
 
 class Supervisor:
@@ -51,6 +62,11 @@ class Supervisor:
         self.not_before: dict[str, float] = {}   # restart back-off
         self.stopping = False
         self._plan: tuple[str, Plan] | None = None   # the recorded plan, parsed once per change
+        self.router_endpoints: dict[str, list[str]] = {}   # what the live router balances over
+        self.watcher: subprocess.Popen[bytes] | None = None   # `python -m cascadia_sky.reschedule NAME`
+        self.watcher_not_before = 0.0
+        self.draining: dict[str, float] = {}    # engine component -> drain deadline (monotonic)
+        self.next_drain_poll: dict[str, float] = {}
 
     def plan(self, rec: DeploymentRecord) -> Plan:
         """The deployment's recorded plan (typed; re-read only when `up` recorded another)."""
@@ -75,6 +91,8 @@ class Supervisor:
         router = rec.component("router")
         if router is not None:
             self._reconcile(rec, router, engines)
+            self._sync_router(rec, router, engines)
+            self._keep_watcher(rec, router)
         rec = self.store.get(self.name)
         if rec is not None and rec.phase == "launching" and rec.components and all(
                 c.phase == "ready" for c in rec.components):
@@ -84,13 +102,17 @@ class Supervisor:
     def _reconcile(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
         child = self.children.get(comp.name)
         if comp.desired == "stopped":
+            if comp.kind == "engine" and not self._drained(comp):
+                return
             self._stop(comp.name)
+            self.draining.pop(comp.name, None)
             self.store.delete_component(self.name, comp.name)
             return
         if comp.phase == "failed":
             self._stop(comp.name)
             return
-        if child is not None and child.fingerprint != comp.fingerprint:  # the plan changed this component
+        if child is not None and child.fingerprint != comp.fingerprint and not (
+                comp.kind == "router" and child.listen == self._listen(rec)):  # a router at its address is swapped
             self._stop(comp.name)
             child = None
         now = time.monotonic()
@@ -124,6 +146,97 @@ class Supervisor:
                                             message=f"not ready after {timeout:g} s; last lines of "
                                                     f"{child.proc.log_path}:\n{tail}")
 
+    # --- changes without a restart: router swap, drain -------------------------------------------------------
+
+    def _listen(self, rec: DeploymentRecord) -> tuple[str, int]:
+        launch = self.plan(rec).launch
+        return launch.router_host, launch.router_port
+
+    def _admin_key_file(self) -> Path:
+        """The router's admin key (hot swap), made once per deployment, mode 0600, read only by this process."""
+        import secrets as _secrets
+
+        path = self.store.deployment_dir(self.name) / "admin_key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"csk-admin-{_secrets.token_urlsafe(24)}\n")
+        return path
+
+    def _wanted_endpoints(self, engines: list[ComponentRecord]) -> dict[str, list[str]]:
+        """Per stage, the engines that should get traffic: running, ready and not draining. A stage with none
+        ready keeps what the router has (never a stage without endpoints)."""
+        out: dict[str, list[str]] = {}
+        for e in engines:
+            if e.desired == "running" and e.phase == "ready" and e.url:
+                out.setdefault(e.stage, []).append(e.url)
+        for stage, urls in self.router_endpoints.items():
+            if not out.get(stage):
+                keep = [u for u in urls if any(e.url == u and e.desired == "running" for e in engines)]
+                out[stage] = keep or urls
+        return {k: sorted(v) for k, v in out.items()}
+
+    def _sync_router(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
+        """Push a new routing config or replica set to the running router (atomic swap, no restart)."""
+        child = self.children.get(comp.name)
+        if child is None or comp.phase != "ready" or not child.proc.alive():
+            return
+        wanted = self._wanted_endpoints(engines)
+        if wanted == self.router_endpoints and child.fingerprint == comp.fingerprint:
+            return
+        doc = router_config(self.plan(rec), wanted, self._key_env(self.plan(rec))[0])
+        key = self._admin_key_file().read_text().strip()
+        code, _ = http_post(child.proc.url + "/admin/config", doc, {"Authorization": f"Bearer {key}"})
+        if code == 200:
+            self.router_endpoints = wanted
+            child.fingerprint = comp.fingerprint
+            self.store.update_component(self.name, comp.name, message="")
+        else:
+            self.store.update_component(self.name, comp.name, message=f"config swap refused ({code}); retrying")
+
+    def _keep_watcher(self, rec: DeploymentRecord, router: ComponentRecord) -> None:
+        """With reschedule.enabled, the re-schedule loop runs as a child once the router is ready (restarted if it
+        exits, at most once per interval); it is stopped with everything else."""
+        settings = self.plan(rec).launch.reschedule
+        running = self.watcher is not None and self.watcher.poll() is None
+        if not settings.enabled:
+            if running:
+                self._stop_watcher()
+            return
+        if running or router.phase != "ready" or time.monotonic() < self.watcher_not_before:
+            return
+        log = self.store.deployment_dir(self.name) / "logs" / "reschedule.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            self.watcher = subprocess.Popen([sys.executable, "-m", "cascadia_sky.reschedule", self.name],
+                                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.watcher_not_before = time.monotonic() + settings.interval_s
+
+    def _stop_watcher(self) -> None:
+        if self.watcher is not None and self.watcher.poll() is None:
+            self.watcher.terminate()
+            try:
+                self.watcher.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.watcher.kill()
+                self.watcher.wait()
+        self.watcher = None
+
+    def _drained(self, comp: ComponentRecord) -> bool:
+        """A replica to remove: out of the router first, then idle (or out of time), then it may stop."""
+        if any(comp.url in urls for urls in self.router_endpoints.values()) and "router" in self.children:
+            return False   # _sync_router takes it out first
+        now = time.monotonic()
+        if comp.name not in self.draining:
+            self.draining[comp.name] = now + RESCHEDULE_DRAIN_TIMEOUT_SECONDS
+            self.store.update_component(self.name, comp.name, phase="stopping", message="draining")
+        if now >= self.draining[comp.name] or not comp.url or comp.name not in self.children:
+            return True
+        if now < self.next_drain_poll.get(comp.name, 0.0):
+            return False
+        self.next_drain_poll[comp.name] = now + RESCHEDULE_DRAIN_POLL_SECONDS
+        return engine_idle(comp.url, read_engine_keys(self.store.deployment_dir(self.name)).get(comp.stage, ""))
+
     def _start(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
         """Start one component; its pid, port and log are recorded right after the fork, before any wait."""
         log_dir = self.store.deployment_dir(self.name) / "logs"
@@ -136,7 +249,8 @@ class Supervisor:
         except Exception as exc:  # a missing model package, an unreadable plan: fail this component, keep going
             self.store.update_component(self.name, comp.name, phase="failed", message=f"cannot start: {exc}")
             return
-        self.children[comp.name] = _Child(proc, comp.fingerprint, time.monotonic())
+        self.children[comp.name] = _Child(proc, comp.fingerprint, time.monotonic(),
+                                          self._listen(rec) if comp.kind == "router" else None)
         self.store.update_component(self.name, comp.name, phase="restarting" if comp.restarts else "starting",
                                     pid=proc.proc.pid, pid_start=process_start(proc.proc.pid), port=port,
                                     url=proc.url, log_path=str(proc.log_path), started_at=time.time())
@@ -155,13 +269,20 @@ class Supervisor:
         for e in engines:
             if e.desired == "running":
                 endpoints.setdefault(e.stage, []).append(e.url)
-        keys = read_engine_keys(self.store.deployment_dir(self.name))
-        names = {s.name: engine_key_env(s.name) for s in plan.serving() if s.name in keys}
+        endpoints = {k: sorted(v) for k, v in endpoints.items()}
+        names, keys = self._key_env(plan)
         path = self.store.deployment_dir(self.name) / "router.json"
         path.write_text(json.dumps(router_config(plan, endpoints, names), indent=2) + "\n")
         argv = [sys.executable, "-m", "router", "--config", str(path), "--host", plan.launch.router_host,
-                "--port", str(port), "--api-keys-file", rec.api_key_file]
+                "--port", str(port), "--api-keys-file", rec.api_key_file,
+                "--admin-key-file", str(self._admin_key_file())]
+        self.router_endpoints = endpoints
         return spawn("router", rec.name, argv, port, log_dir, env={names[s]: keys[s] for s in names})
+
+    def _key_env(self, plan: Plan) -> tuple[dict[str, str], dict[str, str]]:
+        """({stage: the router's variable for its engine key}, {stage: key}) for the stages served."""
+        keys = read_engine_keys(self.store.deployment_dir(self.name))
+        return {s.name: engine_key_env(s.name) for s in plan.serving() if s.name in keys}, keys
 
     def _stop(self, name: str) -> None:
         child = self.children.pop(name, None)
@@ -169,7 +290,9 @@ class Supervisor:
             child.proc.stop()
 
     def stop_all(self) -> None:
-        """Router first (no request reaches a stopped engine), then the engines; rows say `stopped`."""
+        """The watcher, then the router (no request reaches a stopped engine), then the engines; rows say
+        `stopped`."""
+        self._stop_watcher()
         for name in sorted(self.children, key=lambda n: n != "router"):
             self._stop(name)
             self.store.update_component(self.name, name, phase="stopped", pid=None, pid_start=None)

@@ -213,7 +213,10 @@ def router_config(plan: Plan, endpoints: dict[str, list[str]],
     serving = {s.name for s in plan.serving()}
     data["stages"] = [s for s in data["stages"] if s["name"] in serving]   # idle stages get no replicas: skipped
     data["stages"][-1]["threshold"] = None                                 # ... so the last one served answers all
-    return RouterConfig.from_plan(data, endpoints, upstream_api_key_env=key_env or {}).model_dump()
+    default_windows = RouterConfig.model_fields["stats_windows_s"].get_default(call_default_factory=True)
+    windows = sorted({*default_windows, max(1, round(plan.launch.reschedule.interval_s))})
+    return RouterConfig.from_plan(data, endpoints, upstream_api_key_env=key_env or {},
+                                  stats_windows_s=windows).model_dump()
 
 
 def write_router_config(plan: Plan, endpoints: dict[str, list[str]], path: Path,

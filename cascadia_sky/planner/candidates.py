@@ -262,14 +262,23 @@ def pool_candidates(stage: StageSetup, gpu_type: str, pool_gpus: int, rate_rps: 
     return pool_table(stage, gpu_type, pool_gpus, lengths, curves).candidates(rate_rps)
 
 
-def local_candidates(stage: StageSetup, rate_rps: float, lengths: LengthDist) -> tuple[Candidate, ...]:
-    """A local stage has one way to run: one CPU engine on this machine."""
+def local_candidates(stage: StageSetup, rate_rps: float, lengths: LengthDist,
+                     max_replicas: int = 1) -> tuple[Candidate, ...]:
+    """A local stage runs as 1..max_replicas CPU engines on this machine, the load split evenly. Like cloud
+    candidates, replicas stop being added once one more improves p95 by less than LOCAL_REPLICA_GAIN_FRACTION, so
+    the fastest candidate is also the smallest that the load needs (an idle engine costs a core)."""
+    from cascadia_sky.constants import LOCAL_REPLICA_GAIN_FRACTION
     from cascadia_sky.perf.local import local_open_loop
     from cascadia_sky.spec import LOCAL_DEVICE
 
-    est = local_open_loop(stage.model, rate_rps, lengths)
-    return (Candidate(stage=stage.index, gpu_type=LOCAL_DEVICE, tp=1, pp=1, replicas=1, gpus=1,
-                      p95_latency_s=_p95(est), usd_per_hour=0.0, key=f"s{stage.index}_{LOCAL_DEVICE}_r1"),)
+    out: list[Candidate] = []
+    for r in range(1, max_replicas + 1):
+        p95 = _p95(local_open_loop(stage.model, rate_rps / r, lengths))
+        if out and not p95 < out[-1].p95_latency_s * (1 - LOCAL_REPLICA_GAIN_FRACTION):
+            break
+        out.append(Candidate(stage=stage.index, gpu_type=LOCAL_DEVICE, tp=1, pp=1, replicas=r, gpus=r,
+                             p95_latency_s=p95, usd_per_hour=0.0, key=f"s{stage.index}_{LOCAL_DEVICE}_r{r}"))
+    return tuple(out)
 
 
 def _instances(tp: int, pp: int, offer: Offer, replicas: int) -> int | None:

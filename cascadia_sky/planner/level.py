@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cascadia_sky.catalog import get_gpu, offers
-from cascadia_sky.constants import DEPLOY_TAIL_FRACTION
+from cascadia_sky.constants import DEPLOY_TAIL_FRACTION, PLANNER_LENGTH_SAMPLES, PLANNER_SEED
 from cascadia_sky.perf import LengthDist
 from cascadia_sky.planner.candidates import Burst, StageTable, cloud_table, local_candidates, pool_table
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, solve
@@ -35,6 +35,22 @@ def tail_weight(reach: np.ndarray, alpha: float) -> np.ndarray:
     if alpha <= 0:
         return (reach > 0).astype(float)
     return np.minimum(1.0, reach / alpha)
+
+
+def _subsample(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return a if a.size <= n else rng.choice(a, size=n, replace=False)
+
+
+def stage_lengths(ctx: PlanningContext, stage: int) -> LengthDist:
+    """Request lengths at one stage (see the module docstring): independent of the thresholds."""
+    rng = np.random.default_rng(PLANNER_SEED + stage)
+    w = ctx.workload
+    if w.output_tokens.size:
+        idx = _subsample(np.arange(w.n), PLANNER_LENGTH_SAMPLES, rng)
+        return LengthDist(w.input_tokens[idx], w.output_tokens[idx])
+    outs = ctx.train.output_tokens[:, stage]
+    n = min(PLANNER_LENGTH_SAMPLES, max(outs.size, 1) * 4)
+    return LengthDist(rng.choice(w.input_tokens, size=n), rng.choice(outs, size=n))
 
 
 class DeploymentLevel:
@@ -81,9 +97,8 @@ class DeploymentLevel:
         return True
 
     def lengths(self, stage: int, reach: float | None = None, outputs: np.ndarray | None = None) -> LengthDist:
-        """Request lengths at a stage; they do not depend on the thresholds (see `planner.stage_lengths`)."""
+        """Request lengths at a stage; they do not depend on the thresholds (see `stage_lengths`)."""
         if stage not in self._lengths:
-            from cascadia_sky.planner.planner import stage_lengths
             self._lengths[stage] = stage_lengths(self.ctx, stage)
         return self._lengths[stage]
 
@@ -108,7 +123,8 @@ class DeploymentLevel:
             rate = self.ctx.workload.rate_rps * reach
             table = self.table(stage)
             if table is None:
-                self._cands[key] = local_candidates(self.ctx.stages[stage], rate, self.lengths(stage))
+                self._cands[key] = local_candidates(self.ctx.stages[stage], rate, self.lengths(stage),
+                                                    self.res.local.max_replicas)
             else:
                 self._cands[key] = tuple(c for c in table.candidates(rate) if math.isfinite(c.p95_latency_s))
         return self._cands[key]

@@ -33,12 +33,14 @@ from cascadia_sky.constants import (
     SKY_VLLM_VERSION,
 )
 from cascadia_sky.errors import SpecError
+from cascadia_sky.spec import RescheduleSpec
 
 if TYPE_CHECKING:
     from cascadia_sky.spec import CascadeSpec
 
 ENGINE = {"affects": "engine"}   # a change relaunches the stage's engines
 ROUTER = {"affects": "router"}   # a change updates the router (no engine relaunch)
+SCALE = {"affects": "scale"}     # a change adds or drains replicas; the stage's other replicas keep running
 
 
 class _Frozen(BaseModel):
@@ -60,7 +62,8 @@ class StagePlan(_Frozen):
     gpus: int = Field(description="tp * pp * replicas")
     tp: int = Field(json_schema_extra=ENGINE)
     pp: int = Field(json_schema_extra=ENGINE)
-    replicas: int = Field(json_schema_extra=ENGINE)
+    replicas: int = Field(description="Data-parallel copies. A change scales the stage (replicas added or drained); "
+                                      "the others keep running.", json_schema_extra=SCALE)
     cloud: str | None = Field(None, json_schema_extra=ENGINE)
     region: str | None = Field(None, json_schema_extra=ENGINE)
     instance_type: str | None = Field(None, json_schema_extra=ENGINE)
@@ -162,6 +165,11 @@ class LaunchSettings(_Frozen):
                              json_schema_extra=ROUTER)
     ready_timeout_s: float = Field(LAUNCH_READY_TIMEOUT_SECONDS, gt=0,
                                    description="Seconds a component may take to become ready.")
+    reschedule: RescheduleSpec = Field(default_factory=RescheduleSpec,
+                                       description="The spec's reschedule section: whether the re-schedule loop "
+                                                   "runs beside the deployment, and its windows and bands (the "
+                                                   "router's /stats reports a window of interval_s).",
+                                       json_schema_extra=ROUTER)
 
 
 def launch_settings(spec: CascadeSpec) -> LaunchSettings:
@@ -174,7 +182,7 @@ def launch_settings(spec: CascadeSpec) -> LaunchSettings:
         vllm_version=infra.vllm_version,
         engine_threads=spec.resources.local.threads if spec.resources.local is not None else 1,
         router_host=LAUNCH_ROUTER_HOST_SERVICE if backend == "skyserve" else LAUNCH_ROUTER_HOST_LOCAL,
-        router_port=infra.router_port)
+        router_port=infra.router_port, reschedule=spec.reschedule)
 
 
 def affected_fields(model: type[BaseModel], what: str) -> tuple[str, ...]:

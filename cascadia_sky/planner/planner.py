@@ -56,7 +56,7 @@ from cascadia_sky.planner.exact import (
     threshold_space,
 )
 from cascadia_sky.planner.latency import request_latency
-from cascadia_sky.planner.level import DeploymentLevel
+from cascadia_sky.planner.level import DeploymentLevel, stage_lengths
 from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan, launch_settings
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search, objective_j
 from cascadia_sky.quality import QualityProfile, load_profile
@@ -124,22 +124,6 @@ def build_context(spec: CascadeSpec, target_override: float | None = None) -> Pl
         q_min = spec.quality.relative_target * z1
     return PlanningContext(spec=spec, stages=stages, profile=profile, train=train, holdout_idx=hold_idx,
                            workload=workload_from_spec(spec), q_min=q_min, z1=z1, z2=z2)
-
-
-def _subsample(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    return a if a.size <= n else rng.choice(a, size=n, replace=False)
-
-
-def stage_lengths(ctx: PlanningContext, stage: int) -> LengthDist:
-    """Request lengths at one stage (see the module docstring): independent of the thresholds."""
-    rng = np.random.default_rng(PLANNER_SEED + stage)
-    w = ctx.workload
-    if w.output_tokens.size:
-        idx = _subsample(np.arange(w.n), PLANNER_LENGTH_SAMPLES, rng)
-        return LengthDist(w.input_tokens[idx], w.output_tokens[idx])
-    outs = ctx.train.output_tokens[:, stage]
-    n = min(PLANNER_LENGTH_SAMPLES, max(outs.size, 1) * 4)
-    return LengthDist(rng.choice(w.input_tokens, size=n), rng.choice(outs, size=n))
 
 
 # --- the whole planner ------------------------------------------------------------------------
@@ -326,7 +310,7 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
         if c.replicas == 0:
             est = None
         elif spec.resources.local is not None:
-            est = local_open_loop(st.model, rate, lengths)
+            est = local_open_loop(st.model, rate / c.replicas, lengths)   # the load split over the engines
         else:
             est = estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths)
         estimates.append(est)

@@ -98,8 +98,9 @@ class RecordingSkyApi:
         self.services[service] = {"polls": 0, "endpoint": f"http://10.0.0.{len(self.services) + 1}:{self._port}"}
         return self.services[service]["endpoint"]
 
-    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> None:
-        self.calls.append(("serve_update", service, {"task": cfg, "secret_names": sorted(secrets)}))
+    def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
+                     mode: str = "rolling") -> None:
+        self.calls.append(("serve_update", service, {"task": cfg, "secret_names": sorted(secrets), "mode": mode}))
         self.services[service]["polls"] = 0
 
     def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]:

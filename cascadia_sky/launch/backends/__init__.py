@@ -49,8 +49,8 @@ def get_backend(name: str) -> Backend:
 
 @dataclass(frozen=True)
 class Action:
-    """One step the launcher decided. `op` is one of launch_stage, update_stage, remove_stage, launch_router,
-    update_router; `stage` names the plan stage ("" for the router); `reason` says why (shown by `up`)."""
+    """One step the launcher decided. `op` is one of launch_stage, update_stage (engines change: relaunch or
+    blue/green), scale_stage (only the replica count changes), remove_stage, launch_router, update_router; `stage` names the plan stage ("" for the router); `reason` says why (shown by `up`)."""
 
     op: str
     stage: str = ""

@@ -49,7 +49,7 @@ class LocalBackend:
         plan = ctx.plan
         port = plan.launch.router_port
         for action in actions:
-            if action.op in ("launch_stage", "update_stage"):
+            if action.op in ("launch_stage", "update_stage", "scale_stage"):
                 stage = plan.stage(action.stage)
                 fp = stage_fingerprint(plan, stage)
                 for r in range(stage.replicas):
@@ -62,11 +62,15 @@ class LocalBackend:
                         replica=r, fingerprint=fp, port=old.port if old else None))
                 for c in rec.components:
                     if c.stage == action.stage and c.kind == "engine" and c.replica >= stage.replicas:
-                        ctx.store.update_component(ctx.name, c.name, desired="stopped")
+                        ctx.store.update_component(ctx.name, c.name, desired="stopped")  # drained, then stopped
             elif action.op == "remove_stage":
                 for c in rec.components:
                     if c.stage == action.stage:
                         ctx.store.update_component(ctx.name, c.name, desired="stopped")
+            elif action.op == "update_router" and rec.component("router") is not None:
+                # the running router is told (the supervisor hot-swaps its config, or restarts it when its
+                # address changed); its pid, port and phase stay recorded
+                ctx.store.update_component(ctx.name, "router", fingerprint=router_fingerprint(plan))
             elif action.op in ("launch_router", "update_router"):
                 ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
                                                         fingerprint=router_fingerprint(plan), port=port))

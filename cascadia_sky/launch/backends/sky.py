@@ -18,6 +18,8 @@ from typing import Any
 
 from cascadia_sky.constants import (
     LAUNCH_LOG_TAIL_CHARS,
+    RESCHEDULE_DRAIN_POLL_SECONDS,
+    RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
     SKY_HEALTH_POLL_INTERVAL_SECONDS,
     SKY_JOB_LOG_TAIL_LINES,
     SKY_POLL_INTERVAL_SECONDS,
@@ -33,7 +35,7 @@ from cascadia_sky.launch.backends.supervised import (
 )
 from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
-from cascadia_sky.launch.procs import http_get, same_process
+from cascadia_sky.launch.procs import engine_idle, http_get, same_process
 from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, check_tasks
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.planner.plan import Plan
@@ -49,7 +51,12 @@ from cascadia_sky.launch.tasks import (
     write_router_config,
 )
 
-_STAGE_OPS = ("launch_stage", "update_stage", "remove_stage")
+_STAGE_OPS = ("launch_stage", "update_stage", "scale_stage", "remove_stage")
+# `sky serve update` mode per kind of change: a new replica count changes only the service section, so a rolling
+# update reuses the running replicas (no relaunch); new engines (GPU type, TP/PP, model) come up beside the old
+# version and traffic switches only when enough are ready (blue/green), so a threshold calibrated for one latency
+# never serves a mix of versions.
+UPDATE_MODES = {"scale_stage": "rolling", "update_stage": "blue_green"}
 _JOB_ENDED = ("SUCCEEDED", "CANCELLED", "FAILED")   # SkyPilot job states after which the engine will not answer
 
 
@@ -159,10 +166,11 @@ class SkyServeBackend(_SkyBase):
         if stage.name in keys:
             secrets = {**secrets, engine_key_secret(stage): keys[stage.name]}
         self._service(ctx, action.stage, action.stage, stage_task(ctx.plan, stage), secrets,
-                      update=action.op == "update_stage", fingerprint=stage_fingerprint(ctx.plan, stage))
+                      update=action.op in UPDATE_MODES, fingerprint=stage_fingerprint(ctx.plan, stage),
+                      mode=UPDATE_MODES.get(action.op, "rolling"))
 
     def _service(self, ctx: LaunchContext, comp: str, stage: str, cfg: dict[str, Any], secrets: dict[str, str],
-                 *, update: bool, fingerprint: str = "") -> str:
+                 *, update: bool, fingerprint: str = "", mode: str = "rolling") -> str:
         """Create (or update) one service and wait for READY; recorded before SkyPilot is called."""
         service = str(cfg["name"])
         ctx.store.put_component(ComponentRecord(
@@ -172,7 +180,7 @@ class SkyServeBackend(_SkyBase):
         ctx.progress(f"{service}: {'updating' if update else 'starting'} (SkyServe)")
         existing = self.api.serve_status([service]).get(service)
         if existing is not None and update:
-            self.api.serve_update(cfg, service, secrets)
+            self.api.serve_update(cfg, service, secrets, mode)
             url = existing["endpoint"]
         elif existing is not None:  # an interrupted `up` had created it already
             url = existing["endpoint"]
@@ -232,20 +240,63 @@ class ClustersBackend(_SkyBase):
         secrets = secret_values()
         keys = read_engine_keys(ctx.directory)
         jobs = []
+        surplus: list[ComponentRecord] = []
         rec = ctx.record()
         for a in actions:
             if a.op == "remove_stage":
                 jobs += [(a, c.replica) for c in rec.components if c.stage == a.stage]
             elif a.op in ("launch_stage", "update_stage"):
                 jobs += [(a, r) for r in range(ctx.plan.stage(a.stage).replicas)]
+            elif a.op == "scale_stage":  # only the missing replicas launch; surplus ones drain, the rest keep running
+                want = ctx.plan.stage(a.stage).replicas
+                have = {c.replica for c in rec.components if c.stage == a.stage and c.kind == "cluster"}
+                jobs += [(Action("launch_stage", a.stage, a.reason), r) for r in range(want) if r not in have]
+                surplus += [c for c in rec.components if c.stage == a.stage and c.kind == "cluster"
+                            and c.replica >= want]
         self._run_parallel(jobs, lambda job: self._replica(job[0], job[1], ctx, secrets, keys),
                            label=lambda job: f"{job[0].stage}/{job[1]}")
         port = ctx.plan.launch.router_port
-        ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
-                                                fingerprint=router_fingerprint(ctx.plan), port=port))
+        if ctx.record().component("router") is not None:   # the supervisor swaps the running router's config
+            ctx.store.update_component(ctx.name, "router", fingerprint=router_fingerprint(ctx.plan))
+        else:
+            ctx.store.put_component(ComponentRecord(deployment=ctx.name, name="router", kind="router",
+                                                    fingerprint=router_fingerprint(ctx.plan), port=port))
         ctx.store.update(ctx.name, endpoint=f"http://{ctx.plan.launch.router_host}:{port}/v1")
         ensure_supervisor(ctx)
+        self._drain(ctx, surplus)
         wait_until_ready(ctx, self.observe)
+
+    def _drain(self, ctx: LaunchContext, surplus: list[ComponentRecord]) -> None:
+        """Surplus replicas: out of the router (the supervisor swaps its config), then idle or out of time, then
+        their clusters go. No request is sent to a replica after it is downed."""
+        if not surplus:
+            return
+        for c in surplus:
+            ctx.store.update_component(ctx.name, c.name, desired="stopped", phase="stopping", message="draining")
+        urls = {c.url for c in surplus if c.url}
+        stage_of = {c.url: c.stage for c in surplus if c.url}
+        keys = read_engine_keys(ctx.directory)
+        deadline = time.monotonic() + RESCHEDULE_DRAIN_TIMEOUT_SECONDS
+        key_file = ctx.directory / "admin_key"
+        router = f"http://{ctx.plan.launch.router_host}:{ctx.plan.launch.router_port}"
+        while time.monotonic() < deadline:
+            headers = {"Authorization": f"Bearer {key_file.read_text().strip()}"} if key_file.exists() else {}
+            code, body = http_get(router + "/admin/config", headers)
+            live = {u for s in (body or {}).get("config", {}).get("stages", []) for u in s.get("endpoints", [])} \
+                if code == 200 and isinstance(body, dict) else urls
+            if not live & urls:
+                break
+            time.sleep(RESCHEDULE_DRAIN_POLL_SECONDS)
+        pending = set(urls)
+        while pending and time.monotonic() < deadline:
+            pending = {u for u in pending if not engine_idle(u, keys.get(stage_of[u], ""))}
+            if pending:
+                time.sleep(RESCHEDULE_DRAIN_POLL_SECONDS)
+        for c in surplus:
+            ctx.progress(f"{c.handle}: drained; taking it down")
+            if c.handle in self.api.cluster_status([c.handle]):
+                self.api.cluster_down(c.handle)
+            ctx.store.delete_component(ctx.name, c.name)
 
     def _replica(self, action: Action, replica: int, ctx: LaunchContext, secrets: dict[str, str],
                  keys: dict[str, str]) -> None:

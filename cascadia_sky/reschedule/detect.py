@@ -1,0 +1,147 @@
+"""Detect: is the live workload still the one the plan was made for? A pure function of a series of observations,
+the reference workload, the settings, the clock and the time of the last change.
+
+- A window is *out of band* when its rate leaves [R/(1+b), R*(1+b)], a later stage's reach moves by more than the
+  reach band, or a median length leaves its band. Up (more load: any signal up) wins over down.
+- Drift is `windows` consecutive windows out of band upwards, or `windows_down` (more) downwards: growing is urgent,
+  shrinking is not (SkyServe waits 300 s up / 1200 s down; Knative never shrinks in a burst).
+- A window with fewer than `min_requests` requests tells only its rate (lengths and reach need samples), and
+  only when the plan expected at least `min_requests` in it: when both the observed and the expected counts are
+  that small the window is *sparse* (Poisson noise, not evidence) and neither drifts nor resets the count.
+- Windows that began before the last change measured the old deployment and are ignored; no verdict at all during
+  the cool-down.
+- The workload to re-plan for (`Detection.target`) is the mean of the drifted windows, with their peak rate beside
+  it: the re-planner sizes a smaller deployment for peak x down_headroom (the load of the replicas it removes
+  must fit on the ones it keeps), and the *reference* after the change is the observed mean, so a constant load
+  sits in the middle of the new band and cannot flip-flop between two plans.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from cascadia_sky.reschedule.observe import Observation, Reference
+from cascadia_sky.spec import RescheduleSpec
+
+
+class Verdict(str, Enum):
+    """What the detector concluded."""
+
+    STEADY = "steady"            # the newest usable window is inside the band
+    WATCHING = "watching"        # out of band, but not for enough consecutive windows yet
+    NO_DATA = "no_data"          # no usable (non-sparse) window since the last change
+    COOLDOWN = "cooldown"        # a change was applied less than cooldown_s ago
+    DRIFT_UP = "drift_up"        # sustained: more load (rate, reach or lengths) than planned for
+    DRIFT_DOWN = "drift_down"    # sustained: less load than planned for
+
+
+@dataclass(frozen=True)
+class Detection:
+    verdict: Verdict
+    reasons: tuple[str, ...] = ()
+    windows_out: int = 0         # consecutive out-of-band windows in the newest direction
+    windows_needed: int = 0
+    target: Reference | None = None   # the observed workload (mean over the drifted windows)
+    peak_rate_rps: float | None = None
+
+    @property
+    def drift(self) -> bool:
+        return self.verdict in (Verdict.DRIFT_UP, Verdict.DRIFT_DOWN)
+
+    def describe(self) -> str:
+        if self.verdict in (Verdict.STEADY, Verdict.NO_DATA, Verdict.COOLDOWN):
+            return self.verdict.value
+        why = "; ".join(self.reasons)
+        return f"{self.verdict.value} ({self.windows_out}/{self.windows_needed} windows): {why}"
+
+
+def _band(value: float, ref: float, band: float) -> int:
+    """+1 above the band, -1 below, 0 inside (multiplicative band: symmetric in log space)."""
+    if value > ref * (1 + band):
+        return 1
+    if value < ref / (1 + band):
+        return -1
+    return 0
+
+
+def sparse(obs: Observation, ref: Reference, s: RescheduleSpec) -> bool:
+    """Too few requests observed *and* expected for the window to be evidence either way."""
+    return obs.requests < s.min_requests and ref.rate_rps * obs.window_s < s.min_requests
+
+
+def window_direction(obs: Observation, ref: Reference, s: RescheduleSpec) -> tuple[int, tuple[str, ...]]:
+    """(+1 up / -1 down / 0 in band, the reasons) for one (non-sparse) window."""
+    ups: list[str] = []
+    downs: list[str] = []
+
+    def note(d: int, text: str) -> None:
+        (ups if d > 0 else downs).append(text)
+
+    d = _band(obs.rate_rps, ref.rate_rps, s.rate_band) if ref.rate_rps > 0 else (1 if obs.rate_rps > 0 else 0)
+    if d:
+        note(d, f"rate {obs.rate_rps:.3g}/s vs planned {ref.rate_rps:.3g}/s")
+    if obs.requests >= s.min_requests:
+        for i, (o, r) in enumerate(zip(obs.reach(), ref.reach)):
+            if i and abs(o - r) > s.reach_band:
+                note(1 if o > r else -1, f"{obs.stages[i].name} reach {o:.2f} vs {r:.2f}")
+        for label, o, r in (("input p50", obs.input_p50, ref.input_p50), ("output p50", obs.output_p50,
+                                                                        ref.output_p50)):
+            if o is not None and r:
+                d = _band(o, r, s.length_band)
+                if d:
+                    note(d, f"{label} {o:.0f} vs {r:.0f} tokens")
+    if ups:
+        return 1, tuple(ups)
+    if downs:
+        return -1, tuple(downs)
+    return 0, ()
+
+
+def _usable(obs: Observation, since: float | None) -> bool:
+    return since is None or obs.t - obs.window_s >= since
+
+
+def _mean_reference(drifted: Sequence[Observation], ref: Reference, s: RescheduleSpec) -> Reference:
+    rich = [o for o in drifted if o.requests >= s.min_requests] or list(drifted)
+    reach = tuple(statistics.fmean(o.reach()[i] for o in rich) for i in range(len(ref.reach)))
+    ins = [o.input_p50 for o in rich if o.input_p50 is not None]
+    outs = [o.output_p50 for o in rich if o.output_p50 is not None]
+    newest = rich[-1]
+    return Reference(rate_rps=statistics.fmean(o.rate_rps for o in drifted), reach=reach,
+                     input_p50=statistics.median(ins) if ins else ref.input_p50,
+                     output_p50=statistics.median(outs) if outs else ref.output_p50,
+                     input_q=newest.input_q or ref.input_q, output_q=newest.output_q or ref.output_q)
+
+
+def detect(observations: Sequence[Observation], reference: Reference, settings: RescheduleSpec, now: float,
+           last_change_t: float | None = None) -> Detection:
+    """The verdict on a series of observations (oldest first). Pure: reads only its arguments."""
+    if last_change_t is not None and now - last_change_t < settings.cooldown_s:
+        return Detection(Verdict.COOLDOWN, (f"{settings.cooldown_s - (now - last_change_t):.0f} s of cool-down "
+                                            f"left",))
+    usable = [o for o in observations if _usable(o, last_change_t) and not sparse(o, reference, settings)]
+    if not usable:
+        return Detection(Verdict.NO_DATA)
+    newest, reasons = window_direction(usable[-1], reference, settings)
+    if newest == 0:
+        return Detection(Verdict.STEADY)
+    needed = settings.windows if newest > 0 else settings.windows_down
+    run: list[Observation] = []
+    for obs in reversed(usable):
+        if window_direction(obs, reference, settings)[0] != newest:
+            break
+        run.append(obs)
+        if len(run) == needed:
+            break
+    run.reverse()
+    if len(run) < needed:
+        return Detection(Verdict.WATCHING, reasons, len(run), needed)
+    return Detection(Verdict.DRIFT_UP if newest > 0 else Verdict.DRIFT_DOWN, reasons, len(run), needed,
+                     target=_mean_reference(run, reference, settings),
+                     peak_rate_rps=max(o.rate_rps for o in run))
+
+
+__all__ = ["Detection", "Verdict", "detect", "sparse", "window_direction"]

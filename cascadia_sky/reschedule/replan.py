@@ -1,0 +1,196 @@
+"""Re-plan: the same cascade, quality profile and resources, for the workload that is actually arriving.
+
+The spec is copied with its workload replaced by the observed one (rate, and empirical length distributions from
+the router's quantiles; output lengths stay the profile's when the spec left them to it) and planned again with
+the real planner. The new plan is worth applying only when its objective beats the *current* plan re-evaluated on
+the same observed workload (same thresholds and deployment, latency from the performance model) by `min_gain`:
+otherwise noise alone would relaunch stages. A plan sized for less load is made for the window's peak rate times
+`down_headroom`, so the replicas it keeps carry the load of those it removes (Dynamo #9294's N/(N-1) check).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from cascadia_sky.planner.plan import Plan
+from cascadia_sky.reschedule.observe import Reference, empirical
+from cascadia_sky.spec import CascadeSpec
+
+
+_MIN_RATE_RPS = 1e-3   # a spec's rate must be positive; an idle window plans for one request in ~17 minutes
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A candidate plan and why it is (or is not) worth applying."""
+
+    plan: Plan                    # the new plan (launch section copied from the current plan)
+    planned_rate_rps: float       # the rate it was made for (peak x headroom when shrinking)
+    current_objective: float      # the current plan on the observed workload (inf: it cannot carry it)
+    new_objective: float
+    worth_it: bool
+    reason: str
+    wall_s: float
+
+
+def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> CascadeSpec:
+    """A copy of the spec whose workload is the observed one."""
+    w = spec.workload
+    ins = ({"dist": "empirical", "values": empirical(target.input_q)} if target.input_q else None)
+    outs = ({"dist": "empirical", "values": empirical(target.output_q)}
+            if target.output_q and (w.output_tokens is not None or w.trace is not None) else None)
+    if ins is None:  # no lengths observed: keep the spec's (a trace's lengths as an empirical distribution)
+        if w.trace is not None:
+            from cascadia_sky.planner.planner import workload_from_spec
+
+            wl = workload_from_spec(spec)
+            ins = {"dist": "empirical", "values": [int(x) for x in wl.input_tokens]}
+            outs = outs or {"dist": "empirical", "values": [int(x) for x in wl.output_tokens]}
+        else:
+            ins = w.input_tokens.model_dump() if w.input_tokens is not None else None
+            outs = outs or (w.output_tokens.model_dump() if w.output_tokens is not None else None)
+    workload = {"rate_rps": rate_rps, "input_tokens": ins}
+    if outs is not None:
+        workload["output_tokens"] = outs
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["workload"] = workload
+    new = CascadeSpec.model_validate(data)
+    new._source = spec.source  # relative paths (the profile) resolve as in the original
+    return new
+
+
+def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
+    """(J, L) of the current plan's thresholds and deployment on `spec`'s workload (the observed one)."""
+    import numpy as np
+
+    from cascadia_sky.catalog import get_gpu
+    from cascadia_sky.perf.local import local_open_loop
+    from cascadia_sky.planner.candidates import estimate
+    from cascadia_sky.planner.deploy import Candidate, DeployProblem
+    from cascadia_sky.planner.planner import DeploymentLevel, build_context
+    from cascadia_sky.planner.route import objective_j
+    from cascadia_sky.planner.verify import evaluate
+
+    ctx = build_context(spec)
+    level = DeploymentLevel(ctx)
+    theta = tuple(float(s.threshold) for s in plan.stages[:-1] if s.threshold is not None)
+    out = ctx.train.evaluate(list(theta))
+    chosen = []
+    for i, (st, sp) in enumerate(zip(ctx.stages, plan.stages)):
+        reach = float(out.reach[i])
+        rate = ctx.workload.rate_rps * reach
+        lengths = level.lengths(i, reach, out.stage_output_tokens[i])
+        est = (local_open_loop(st.model, rate / sp.replicas, lengths) if spec.resources.local is not None
+               else estimate(st, get_gpu(sp.gpu_type), sp.tp, sp.pp, sp.replicas, rate, lengths))
+        p95 = est.e2e_p95_s if est is not None and est.stable else math.inf
+        chosen.append(Candidate(stage=i, gpu_type=sp.gpu_type, tp=sp.tp, pp=sp.pp, replicas=sp.replicas,
+                                gpus=sp.gpus, p95_latency_s=p95, usd_per_hour=sp.usd_per_hour, key=f"current{i}"))
+    obj = spec.objective
+    problem = DeployProblem(candidates=tuple((c,) for c in chosen), shares=tuple(float(r) for r in out.reach),
+                            mode="cloud", objective=obj.latency, goal=obj.goal, slo_p95_s=obj.slo_p95_s)
+    latency = evaluate(problem, chosen).latency_s   # only the current deployment is estimated, no candidates
+    quality = float(np.asarray(out.quality))
+    return objective_j(latency, quality, ctx.q_min, ctx.z1, ctx.z2, plan.solver.mu_s), latency
+
+
+# --- warm start ---------------------------------------------------------------------------------------------
+# Most of a plan's time goes into the performance model's latency curves (per stage and replica shape, for the
+# stage's request lengths). When only the rate (or the reach) drifted, the lengths are those the current plan was
+# made for, so the curves of that plan are reused: the re-plan is the threshold search and the MILPs alone. The
+# cache lives in the process (the watcher): `warm_up` fills it once at start, each re-plan refreshes it.
+
+_WARM: dict[str, tuple[dict, dict]] = {}   # spec identity -> (lengths by key, curves by lengths key)
+
+
+def _identity(spec: CascadeSpec) -> str:
+    import json
+
+    data = spec.model_dump(mode="json", exclude={"workload", "reschedule"})
+    return json.dumps([data, str(spec.source)], sort_keys=True)
+
+
+def _plan(spec: CascadeSpec, key: str, reuse: bool) -> Plan:
+    """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache."""
+    from cascadia_sky.planner.planner import DeploymentLevel, make_plan
+
+    made: list[DeploymentLevel] = []
+
+    def factory(ctx):  # type: ignore[no-untyped-def]
+        level = DeploymentLevel(ctx)
+        if reuse and key in _WARM:
+            lengths, curves = _WARM[key]
+            level._lengths.update(lengths)
+            level._curves.update(curves)
+        made.append(level)
+        return level
+
+    plan = make_plan(spec, level_factory=factory)
+    _WARM[key] = (dict(made[0]._lengths), dict(made[0]._curves))
+    return plan
+
+
+def warm_up(spec: CascadeSpec) -> float:
+    """Plan the spec once to fill the warm cache (what `watch` does at start); returns the seconds it took."""
+    t0 = time.perf_counter()
+    _plan(spec, _identity(spec), reuse=False)
+    return time.perf_counter() - t0
+
+
+def _shrinks(current: Plan, new: Plan) -> bool:
+    return any(n.replicas < c.replicas or n.gpus < c.gpus for c, n in zip(current.stages, new.stages))
+
+
+def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: float | None, *,
+           min_gain: float, down_headroom: float, less_load: bool = False, same_lengths: bool = False) -> Replan:
+    """Plan for the observed workload and judge the result against the current plan on that workload.
+
+    `less_load` (the detector saw the load fall): plan for peak x down_headroom at once; otherwise plan for the
+    peak, and again for peak x down_headroom only when that plan would still remove replicas. `same_lengths` (no
+    length drift): reuse the warm cache's lengths and latency curves (see above)."""
+    from cascadia_sky.planner.route import objective_j
+
+    t0 = time.perf_counter()
+    key = _identity(spec)
+    peak = max(peak_rate_rps or target.rate_rps, target.rate_rps, _MIN_RATE_RPS)
+    rate = peak * down_headroom if less_load else peak
+    new = _plan(observed_spec(spec, target, rate), key, same_lengths)
+    if not less_load and _shrinks(current, new) and down_headroom > 1:
+        rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
+        new = _plan(observed_spec(spec, target, rate), key, same_lengths)
+    new = new.model_copy(update={"launch": current.launch})
+    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate))
+    p = new.predicted
+    new_j = objective_j(p.p95_latency_s, p.quality, p.quality_target, p.quality_all_last, p.quality_all_first,
+                        current.solver.mu_s)
+    same = _deployment_key(new) == _deployment_key(current)
+    if same:
+        worth, why = False, "the re-plan gives the deployment that runs"
+    elif spec.objective.goal == "min-cost":
+        feasible = current.slo_p95_s is None or cur_l <= current.slo_p95_s
+        worth = (not feasible) or new.predicted.usd_per_hour < current.predicted.usd_per_hour * (1 - min_gain)
+        why = (f"current plan misses the SLO on the observed load (p95 {cur_l:.3g} s)" if not feasible else
+               f"$/h {current.predicted.usd_per_hour:.4g} -> {new.predicted.usd_per_hour:.4g}")
+    elif _shrinks(current, new) and not _grows(current, new):
+        # less hardware: worth it when the smaller deployment is not worse than the current one by more than
+        # min_gain on the (headroom) load it was sized for
+        worth = math.isfinite(new_j) and new_j <= cur_j * (1 + min_gain)
+        why = f"fewer replicas; J {cur_j:.4g} -> {new_j:.4g} at {rate:.3g} req/s (peak x {down_headroom:g})"
+    else:
+        worth = not math.isfinite(cur_j) or new_j < cur_j * (1 - min_gain)
+        why = f"J {cur_j:.4g} -> {new_j:.4g} on the observed {target.rate_rps:.3g} req/s"
+    if not worth and not same:
+        why += f" (gain below {min_gain:.0%}: not applied)" if "fewer" not in why else " (not applied)"
+    return Replan(new, rate, cur_j, new_j, worth, why, time.perf_counter() - t0)
+
+
+def _grows(current: Plan, new: Plan) -> bool:
+    return any(n.replicas > c.replicas or n.gpus > c.gpus for c, n in zip(current.stages, new.stages))
+
+
+def _deployment_key(plan: Plan) -> tuple:
+    return tuple((s.name, s.gpu_type, s.tp, s.pp, s.replicas, s.instance_type, s.threshold) for s in plan.stages)
+
+
+__all__ = ["Replan", "current_objective", "observed_spec", "replan", "warm_up"]
