@@ -134,9 +134,15 @@ def test_secrets_are_never_rendered_and_reach_only_the_task_object(sky, monkeypa
     cfg = stage_task(plan, plan.stages[0])
     assert "hf_do_not_leak_123" not in to_yaml(cfg)
     assert cfg["secrets"] == {"HF_TOKEN": None, "VLLM_API_KEY": None}   # values only at launch, never rendered
-    task = SkyApi()._task(cfg, {"HF_TOKEN": os.environ["HF_TOKEN"]})   # what serve_up hands to SkyPilot
-    assert task.secrets["HF_TOKEN"].get_secret_value() == "hf_do_not_leak_123"
-    assert "hf_do_not_leak_123" not in repr(task.to_yaml_config(use_user_specified_yaml=True))  # SkyPilot's logs
+    task = SkyApi()._task(cfg, {"HF_TOKEN": os.environ["HF_TOKEN"], "VLLM_API_KEY": "cek-engine-key-456"})
+    assert task.secrets["HF_TOKEN"].get_secret_value() == "hf_do_not_leak_123"   # what serve_up hands to SkyPilot
+    assert task.secrets["VLLM_API_KEY"].get_secret_value() == "cek-engine-key-456"
+    text = repr(task.to_yaml_config(use_user_specified_yaml=True))                # what SkyPilot logs
+    assert "hf_do_not_leak_123" not in text and "cek-engine-key-456" not in text
+    # A null secret left in the task is a reference SkyPilot 0.14 wants a managed secrets provider to resolve; its
+    # launch fails without one ("No value available for secret(s)"), so none may be left, given or not.
+    assert task.managed_secret_refs == []
+    assert SkyApi()._task(cfg, {}).managed_secret_refs == []
 
 
 def test_vllm_args_follow_precision() -> None:

@@ -78,10 +78,19 @@ class SkyApi:
         import_sky()
 
     def _task(self, cfg: dict[str, Any], secrets: dict[str, str]) -> Any:
+        """The SkyPilot task with its secrets' values attached to the task object only. The rendered task lists
+        its secrets with null values (documentation, and what the dry run shows); SkyPilot 0.14 reads a null secret
+        as a reference that a managed secrets provider must resolve at launch and refuses the launch without one,
+        so the nulls are dropped here and the values given through `update_secrets` (never in the task's YAML)."""
         import copy
 
         sky = import_sky()
-        task = sky.Task.from_yaml_config(copy.deepcopy(cfg))   # SkyPilot pops keys (e.g. `service`) from its input
+        cfg = copy.deepcopy(cfg)                                 # SkyPilot pops keys (e.g. `service`) from its input
+        declared = cfg.pop("secrets", None) or {}
+        inline = {k: v for k, v in declared.items() if v is not None}
+        if inline:
+            cfg["secrets"] = inline
+        task = sky.Task.from_yaml_config(cfg)
         present = {k: v for k, v in secrets.items() if v}
         if present:
             task.update_secrets(present)
