@@ -318,7 +318,9 @@ async def stats(request: Request) -> Response:
 async def get_config(request: Request) -> Response:
     _auth_admin(request)
     rt: Runtime = request.app.state.runtime
-    return JSONResponse({"version": rt.version, "config": rt.config.model_dump(mode="json")})
+    # model_dump_json writes a -inf threshold as "-Infinity" (RouterConfig's ser_json_inf_nan); JSONResponse would fail
+    return Response(f'{{"version": {rt.version}, "config": {rt.config.model_dump_json()}}}',
+                    media_type="application/json")
 
 
 @api.post("/admin/config")

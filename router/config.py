@@ -63,7 +63,9 @@ class EarlyDecision(BaseModel):
 class StageConfig(BaseModel):
     """One stage of the cascade."""
 
-    model_config = ConfigDict(extra="forbid")
+    # A threshold of -inf (accept every answer: the next stage gets no traffic) is written as "-Infinity" in JSON
+    # (which has no infinity) and read back as -inf, so GET /admin/config and a swap of it round-trip.
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
     name: str = Field(min_length=1, description="stage name; also a model name that pins a request to this stage")
     model: str = Field("", description="the model's Hugging Face id (informational)")
     served_model_name: str = Field(min_length=1, description="the name the engine serves the model under")
@@ -110,7 +112,7 @@ class StageConfig(BaseModel):
 class RouterConfig(BaseModel):
     """The whole router config. Frozen in use: a hot swap replaces it, never edits it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="strings")
     schema_version: int = ROUTER_CONFIG_SCHEMA_VERSION
     name: str = Field(min_length=1, description="the cascade's model name, as clients send it")
     stages: list[StageConfig] = Field(min_length=1)

@@ -32,16 +32,16 @@ def test_pass_dry_run_then_apply(fake_sky: RecordingSkyApi, tmp_path: Path) -> N
     # in band: steady, nothing recorded but the observation
     r = reschedule_pass("deepseek", store=store, stats=_stats(rate * 1.1, plan), now=t)
     assert r.detection.verdict.value == "steady" and r.replan is None
-    # 1.6x the rate for `windows` windows: drift, re-plan; dry run acts on nothing
+    # 2.5x the rate (the exact planner sizes for bursts: 1.6x still fits the running deployment) for `windows` windows: drift, re-plan; dry run acts on nothing
     windows = plan.launch.reschedule.windows
     for k in range(1, windows + 1):
-        r = reschedule_pass("deepseek", store=store, stats=_stats(rate * 1.6, plan), now=t + 60 * k)
+        r = reschedule_pass("deepseek", store=store, stats=_stats(rate * 2.5, plan), now=t + 60 * k)
     assert r.detection.verdict.value == "drift_up" and r.replan is not None and r.replan.worth_it
     assert r.actions and not r.applied and store.get("deepseek").plan_json == plan.to_json()
     assert "would do" in r.describe() and "cost: " in r.describe()
     n = len(fake_sky.calls)
     # apply: the next pass (still drifted) records `applying`, then `up`s the new plan
-    r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(rate * 1.6, plan), now=t + 60 * (windows + 1))
+    r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(rate * 2.5, plan), now=t + 60 * (windows + 1))
     assert r.applied
     steps = [(e.step, e.kind) for e in History(store).events("deepseek")]
     assert steps[-2:] == [("applying", r.kind), ("applied", r.kind)]
@@ -52,7 +52,7 @@ def test_pass_dry_run_then_apply(fake_sky: RecordingSkyApi, tmp_path: Path) -> N
         if a.op in ("scale_stage", "update_stage"):
             assert modes[f"deepseek-{a.stage}"] == ("rolling" if a.op == "scale_stage" else "blue_green")
     # cool-down: the next pass decides nothing
-    r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(rate * 1.6, plan), now=t + 60 * (windows + 2))
+    r = reschedule_pass("deepseek", apply=True, store=store, stats=_stats(rate * 2.5, plan), now=t + 60 * (windows + 2))
     assert r.detection.verdict.value == "cooldown"
     lines = history_lines("deepseek", store)
     assert any(line.startswith(f"last change ({steps[-1][1]})") for line in lines), lines

@@ -28,8 +28,8 @@ def test_replan_judges_against_the_current_plan_on_the_observed_load() -> None:
     w = workload_from_spec(spec)
     iq = tuple((q, float(np.quantile(w.input_tokens, q))) for q in Q)
     oq = tuple((q, float(np.quantile(w.output_tokens, q))) for q in Q)
-    obs = observed_spec(spec, Reference(ref.rate_rps * 1.6, ref.reach, input_q=iq, output_q=oq), ref.rate_rps * 1.6)
-    assert obs.workload.rate_rps == ref.rate_rps * 1.6 and obs.workload.input_tokens.dist == "empirical"
+    obs = observed_spec(spec, Reference(ref.rate_rps * 2.5, ref.reach, input_q=iq, output_q=oq), ref.rate_rps * 2.5)
+    assert obs.workload.rate_rps == ref.rate_rps * 2.5 and obs.workload.input_tokens.dist == "empirical"
     assert obs.resolve(obs.quality.profile).is_file()
     j_now, l_now = current_objective(plan, observed_spec(spec, Reference(ref.rate_rps, ref.reach, input_q=iq,
                                                                           output_q=oq), ref.rate_rps))
@@ -38,8 +38,8 @@ def test_replan_judges_against_the_current_plan_on_the_observed_load() -> None:
     same = replan(plan, spec, Reference(ref.rate_rps, ref.reach), ref.rate_rps, min_gain=0.1, down_headroom=1.25,
                   same_lengths=True)
     assert not same.worth_it and "deployment that runs" in same.reason
-    more = replan(plan, spec, Reference(ref.rate_rps * 1.6, ref.reach), ref.rate_rps * 1.6, min_gain=0.1,
+    more = replan(plan, spec, Reference(ref.rate_rps * 2.5, ref.reach), ref.rate_rps * 2.5, min_gain=0.1,
                   down_headroom=1.25, same_lengths=True)
-    assert more.worth_it and more.new_objective < 0.9 * more.current_objective   # the margin, on 1.6x the load
+    assert more.worth_it and more.new_objective < 0.9 * more.current_objective   # the margin, on 2.5x the load
     assert sum(s.gpus for s in more.plan.stages) == 32 and more.plan.launch == plan.launch
     assert more.wall_s < same.wall_s * 10

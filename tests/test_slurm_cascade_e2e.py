@@ -41,8 +41,8 @@ ENGINE_MODULE = "cascadia_sky.engines.xllamacpp_server"
 UP_TIMEOUT_SECONDS = 1200            # two parallel launches: SkyPilot runtime + engine packages and models from PyPI
 CLI_TIMEOUT_SECONDS = 300            # status / down / SkyPilot calls
 DRAIN_SECONDS = 60                   # Slurm's queue and the node's processes after down; the API server's stop
-# Prompts whose stage-1 confidence (mean token logprob, greedy) is far from the plan's threshold (about -1.59 with
-# the measured local profile): SmolLM2 continues a count at about -0.07 (accepted) and nonsense at about -2.0
+# Prompts whose stage-1 confidence (mean token logprob, greedy) is far from the plan's threshold (about -0.89 on the
+# synthetic local profile): SmolLM2 continues a count at about -0.07 (accepted) and nonsense at about -2.0
 # (escalated to gemma).
 CONFIDENT_PROMPT = "1, 2, 3, 4, 5, 6,"
 DOUBTFUL_PROMPT = "Zorblax quibbled the vexing"
@@ -61,10 +61,13 @@ def _environment(tmp_path: Path, state_dir: Path) -> dict[str, str]:
 
 
 def _spec(tmp_path: Path, alias: str) -> Path:
-    """examples/local-slurm.yaml, aimed at this Slurm cluster's alias (the profile path made absolute)."""
+    """examples/local-slurm.yaml, aimed at this Slurm cluster's alias. Its measured profile says the base gemma model
+    is no better than SmolLM2, so its plan sends nothing to stage 2; this test is about escalation through SkyPilot
+    clusters, so it plans on the synthetic profile of the same models, where stage 2 is better (threshold about
+    -0.89)."""
     data = yaml.safe_load((REPO / "examples" / "local-slurm.yaml").read_text())
     data["infra"]["targets"] = [f"slurm/{alias}"]
-    data["quality"]["profile"] = str(REPO / "examples" / data["quality"]["profile"])
+    data["quality"]["profile"] = str(REPO / "examples" / "profiles" / "local-synthetic.csv")
     path = tmp_path / "local-slurm.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -82,25 +82,17 @@ def _reap(pid: int) -> None:
 def http_get(url: str, headers: dict[str, str] | None = None,
              timeout_s: float = LAUNCH_HEALTH_TIMEOUT_SECONDS) -> tuple[int, Any]:
     """GET a loopback/remote URL once: (status, parsed JSON or None); (0, None) when nothing answers."""
-    req = urllib.request.Request(url, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-            body = resp.read()
-            try:
-                return resp.status, json.loads(body)
-            except ValueError:
-                return resp.status, None
-    except urllib.error.HTTPError as exc:
-        return exc.code, None
-    except (urllib.error.URLError, OSError, ValueError):
-        return 0, None
+    return _http(urllib.request.Request(url, headers=headers or {}), timeout_s)
 
 
 def http_post(url: str, doc: Any, headers: dict[str, str] | None = None,
               timeout_s: float = LAUNCH_HEALTH_TIMEOUT_SECONDS) -> tuple[int, Any]:
     """POST a JSON document once: (status, parsed JSON or None); (0, None) when nothing answers."""
-    req = urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    return _http(urllib.request.Request(url, data=json.dumps(doc).encode(), method="POST",
+                                        headers={"Content-Type": "application/json", **(headers or {})}), timeout_s)
+
+
+def _http(req: urllib.request.Request, timeout_s: float) -> tuple[int, Any]:
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             body = resp.read()

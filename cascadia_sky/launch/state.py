@@ -105,6 +105,25 @@ def _col_sql(cls: type, names: list[str]) -> str:
     return ", ".join(out)
 
 
+@contextmanager
+def transaction(path: Path) -> Iterator[sqlite3.Connection]:
+    """One immediate (write-locking) transaction on the state database, committed on success, rolled back on any
+    error; shared by every table kept there (deployments, components, re-schedule history)."""
+    db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        db.execute("BEGIN IMMEDIATE")
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    finally:
+        db.close()
+
+
 class StateStore:
     """Deployments and their components in `<home>/state.db`. Safe to use from several processes at once."""
 
@@ -119,21 +138,8 @@ class StateStore:
                        "PRIMARY KEY (deployment, name))")
             db.execute(f"PRAGMA user_version = {STATE_SCHEMA_VERSION}")
 
-    @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+    def _connect(self) -> Any:
+        return transaction(self.path)
 
     # --- paths ------------------------------------------------------------------------------
 
@@ -214,4 +220,4 @@ class StateStore:
             db.execute(f"UPDATE {table} SET {sets} WHERE {where}", [*changes.values(), *key])
 
 
-__all__ = ["ComponentRecord", "DeploymentRecord", "StateStore", "state_home"]
+__all__ = ["ComponentRecord", "DeploymentRecord", "StateStore", "state_home", "transaction"]

@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import shlex
+import sys
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,9 @@ def router_config(plan: Plan, endpoints: dict[str, list[str]],
     serving = {s.name for s in plan.serving()}
     data["stages"] = [s for s in data["stages"] if s["name"] in serving]   # idle stages get no replicas: skipped
     data["stages"][-1]["threshold"] = None                                 # ... so the last one served answers all
+    for st in data["stages"][:-1]:   # -inf (accept every answer) travels as the lowest finite number: JSON and the
+        if st["threshold"] in ("-Infinity", float("-inf")):   # router's strict parser take no infinity; an empty
+            st["threshold"] = -sys.float_info.max             # answer (score -inf) still escalates
     default_windows = RouterConfig.model_fields["stats_windows_s"].get_default(call_default_factory=True)
     windows = sorted({*default_windows, max(1, round(plan.launch.reschedule.interval_s))})
     return RouterConfig.from_plan(data, endpoints, upstream_api_key_env=key_env or {},

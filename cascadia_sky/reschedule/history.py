@@ -10,15 +10,12 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from cascadia_sky.constants import RESCHEDULE_HISTORY_ROWS
-from cascadia_sky.launch.state import StateStore
+from cascadia_sky.launch.state import StateStore, transaction
 from cascadia_sky.reschedule.observe import Observation, Reference, StageObservation
 
 _KEEP_OBSERVATIONS = 200   # per deployment; more than any windows_down a spec allows
@@ -48,20 +45,8 @@ class History:
             db.execute("CREATE TABLE IF NOT EXISTS reschedule_events (deployment TEXT, t REAL, step TEXT, "
                        "kind TEXT, reason TEXT, actions TEXT, plan_json TEXT, reference_json TEXT)")
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        try:
-            db.execute("PRAGMA busy_timeout=10000")
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
+    def _db(self) -> Any:
+        return transaction(self.path)
 
     # --- observations ----------------------------------------------------------------------
 
