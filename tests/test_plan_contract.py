@@ -25,6 +25,7 @@ def _normalised(out: str) -> str:
     return re.sub(r"/tmp/cascadia-router-[A-Za-z0-9_]+", "<tmp>", out)
 
 
+@pytest.mark.e2e   # every example planned twice and dry-run twice (minutes): scripts/test.sh runs it in CI
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_up_of_the_plan_file_is_up_of_the_spec(name: str, tmp_path: Path) -> None:
     pytest.importorskip("sky")

@@ -23,7 +23,8 @@ from cascadia_sky.launch.state import StateStore
 from cascadia_sky.reschedule.history import History
 from tests.launch.helpers import REPO, cli, processes_of
 
-pytestmark = [pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="process checks read /proc (Linux)"),
+pytestmark = [pytest.mark.e2e,   # minutes of real load: scripts/test.sh runs the e2e stage in CI
+              pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="process checks read /proc (Linux)"),
               pytest.mark.skipif(__import__("importlib").util.find_spec("xllamacpp") is None,
                                  reason="needs the llama.cpp engines (xllamacpp)")]
 
