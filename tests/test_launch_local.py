@@ -17,6 +17,7 @@ import pytest
 
 from cascadia_sky.launch.procs import http_get, same_process
 from cascadia_sky.launch.state import StateStore
+from tests.launch.helpers import leak_checked_home  # noqa: F401 (the `home` fixture: no process may leak)
 from tests.launch.helpers import REPO, cli, processes_of
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="process checks read /proc (Linux)")
@@ -35,14 +36,6 @@ def _wait(predicate, timeout_s: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-@pytest.fixture
-def home(tmp_path: Path):
-    """An isolated state home; whatever a test leaves running there is stopped and reported as a leak."""
-    yield tmp_path
-    leaked = processes_of(tmp_path)
-    for pid in leaked:
-        os.kill(pid, signal.SIGKILL)
-    assert not leaked, f"processes left behind: {leaked}"
 
 
 def _ask(home: Path, port: int) -> openai.types.chat.ChatCompletion:

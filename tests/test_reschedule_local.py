@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import threading
 import time
@@ -21,7 +20,8 @@ import yaml
 
 from cascadia_sky.launch.state import StateStore
 from cascadia_sky.reschedule.history import History
-from tests.launch.helpers import REPO, cli, processes_of
+from tests.launch.helpers import leak_checked_home  # noqa: F401 (the `home` fixture: no process may leak)
+from tests.launch.helpers import REPO, cli
 
 pytestmark = [pytest.mark.e2e,   # minutes of real load: scripts/test.sh runs the e2e stage in CI
               pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="process checks read /proc (Linux)"),
@@ -37,14 +37,6 @@ SETTINGS = {"enabled": True, "interval_s": INTERVAL_S, "windows": WINDOWS, "wind
             "length_band": 10}
 
 
-@pytest.fixture
-def home(tmp_path: Path):
-    """An isolated state home; whatever a test leaves running there is stopped and reported as a leak."""
-    yield tmp_path
-    leaked = processes_of(tmp_path)
-    for pid in leaked:
-        os.kill(pid, signal.SIGKILL)
-    assert not leaked, f"processes left behind: {leaked}"
 
 
 def _free_port() -> int:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cascadia_sky.planner.plan import Plan
 
@@ -41,6 +45,17 @@ def cli(home: Path, *args: str, timeout: float = 120, absent: tuple[str, ...] = 
     entry = ["-c", _BLOCKING_MAIN.format(blocked=set(absent))] if absent else ["-m", "cascadia_sky.cli"]
     return subprocess.run([sys.executable, *entry, *args], cwd=REPO, env=env, text=True,
                           capture_output=True, timeout=timeout, check=False, **popen)
+
+
+@pytest.fixture(name="home")
+def leak_checked_home(tmp_path: Path) -> Iterator[Path]:
+    """`home` for modules that start real processes (import it there): an isolated state home; whatever a test
+    leaves running there is stopped and reported as a leak."""
+    yield tmp_path
+    leaked = processes_of(tmp_path)
+    for pid in leaked:
+        os.kill(pid, signal.SIGKILL)
+    assert not leaked, f"processes left behind: {leaked}"
 
 
 def processes_of(home: Path) -> list[int]:
