@@ -57,3 +57,15 @@ def test_distributions() -> None:
     assert ln.mean() == pytest.approx(500, rel=0.03)
     emp = sample_lengths("empirical", values=[3, 7], n=1000)
     assert set(emp) == {3, 7}
+
+
+def test_plain_seconds_and_iso_dates_give_the_same_arrivals(tmp_path: Path) -> None:
+    secs = tmp_path / "secs.csv"
+    secs.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023,10,5\n2024.5,20,6\n2030,30,7\n")
+    iso = tmp_path / "iso.csv"
+    iso.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.0000000,10,5\n"
+                   "2023-11-16 18:15:47.5000000,20,6\n2023-11-16 18:15:53.0000000,30,7\n")
+    a, b = load_trace(secs), load_trace(iso)
+    assert list(a.arrival_s) == pytest.approx([0.0, 1.5, 7.0])   # "2023" is seconds here, not a year
+    assert list(b.arrival_s) == pytest.approx([0.0, 1.5, 7.0])
+    assert list(a.input_tokens) == list(b.input_tokens) == [10, 20, 30]

@@ -48,6 +48,7 @@ from cascadia_sky.perf.step import Deployment, StepModel, max_running, step_mode
 _GRID = 48                # B grid points for the open-loop fixed point
 _REQUEST_S = VLLM_REQUEST_OVERHEAD_MS * 1e-3
 _QUANTILE_POINTS = 64     # equal-weight points standing for the e2e distribution in percentile maths
+_QUANTILE_BISECTIONS = 12 # a percentile is found to 1/4096 of its bracket (d's quantile .. d's max + wait tail)
 _CELLS = 16               # quantile bins per length axis when compressing a length distribution
 
 
@@ -290,52 +291,78 @@ def open_loop(dep: Deployment, rate_rps: float, lengths: LengthDist, replicas: i
 
 def open_loop_rates(dep: Deployment, rates_rps: Sequence[float], lengths: LengthDist, *,
                     p95_only: bool = False) -> list[OpenLoopEstimate]:
-    """`open_loop` of one replica at many rates, sharing the rate-independent work (latency curves)."""
+    """`open_loop` of one replica at many rates, sharing the rate-independent work and vectorised over the rates."""
     if any(r < 0 or not math.isfinite(r) for r in rates_rps):
         raise PerfError(f"rates must be finite and >= 0, got {list(rates_rps)}")
-    prep = _prepare(dep, lengths)
-    return [_open_loop_at(prep, float(r), p95_only) for r in rates_rps]
+    return _open_loop_many(_prepare(dep, lengths), np.asarray(rates_rps, dtype=float), p95_only)
 
 
 def _open_loop_at(prep: _Prepared, lam: float, p95_only: bool) -> OpenLoopEstimate:
     """The rate-dependent part of `open_loop` at per-replica rate `lam`."""
+    return _open_loop_many(prep, np.array([lam], dtype=float), p95_only)[0]
+
+
+def _running(prep: _Prepared, lams: np.ndarray) -> np.ndarray:
+    """The running batch B* solving Little's law at each per-replica rate (interpolated on the B grid)."""
+    grid, cap, pp, osl_m = prep.grid, prep.cap, prep.pp, prep.osl_m
+    supply = grid[None, :] * (1.0 - lams[:, None] * prep.ex[None, :] / pp) / prep.t0[None, :]
+    out = np.empty(lams.size)
+    for r, lam in enumerate(lams):
+        stable = prep.max_rate > 0 and lam < prep.max_rate
+        k = int(np.searchsorted(supply[r], lam * osl_m)) if stable else _GRID - 1
+        if k <= 0:
+            out[r] = grid[0]
+        elif k >= _GRID:
+            out[r] = cap
+        else:                  # interpolate the running batch between the grid points around the demand
+            lo, hi = supply[r, k - 1], supply[r, k]
+            frac = float((lam * osl_m - lo) / (hi - lo)) if hi > lo else 1.0
+            out[r] = grid[k - 1] + frac * (grid[k] - grid[k - 1])
+    return out
+
+
+def _open_loop_many(prep: _Prepared, lams: np.ndarray, p95_only: bool) -> list[OpenLoopEstimate]:
+    """`_open_loop_at` for every per-replica rate in `lams` at once (rows = rates, columns = length cells)."""
     sm, pp, isl, osl, w = prep.sm, prep.pp, prep.isl, prep.osl, prep.w
-    osl_m, c_dec, cap, e0, e1 = prep.osl_m, prep.c_dec, prep.cap, prep.e0, prep.e1
-    grid, t0, ex, max_rate = prep.grid, prep.t0, prep.ex, prep.max_rate
-    util = lam / max_rate if max_rate > 0 else math.inf
+    c_dec, cap, e0, e1, max_rate = prep.c_dec, prep.cap, prep.e0, prep.e1, prep.max_rate
+    util = lams / max_rate if max_rate > 0 else np.full(lams.size, math.inf)
     stable = util < 1.0
-    supply = grid * (1.0 - lam * ex / pp) / t0
-    k = int(np.searchsorted(supply, lam * osl_m)) if stable else _GRID - 1
-    if k <= 0:
-        bstar = float(grid[0])
-    elif k >= _GRID:
-        bstar = cap
-    else:                      # interpolate the running batch between the grid points around the demand
-        lo, hi = supply[k - 1], supply[k]
-        frac = float((lam * osl_m - lo) / (hi - lo)) if hi > lo else 1.0
-        bstar = float(grid[k - 1] + frac * (grid[k] - grid[k - 1]))
-    rho = min(lam, max_rate) * (e0 + (e1 - e0) * bstar / cap) / pp
-    tpot = float(sm.step_time(bstar / pp, 0.0, c_dec, 0.0)) / (1.0 - rho)
-    pf, exb = _prefill(sm, bstar / pp, isl, c_dec)
-    if not stable:
-        inf = math.inf
-        return OpenLoopEstimate(inf, inf, tpot, inf, inf, max_rate, util, False, cap)
+    bstar = _running(prep, lams)
+    rho = np.minimum(lams, max_rate) * (e0 + (e1 - e0) * bstar / cap) / pp
+    tpot = np.asarray(sm.step_time(bstar / pp, 0.0, c_dec, 0.0), dtype=float) / (1.0 - rho)
+    pf, exb = _prefill(sm, (bstar / pp)[:, None], isl[None, :], c_dec)
     serv = exb / pp
-    ttft_det = _REQUEST_S + tpot / 2 + pf
-    d = ttft_det + (osl - 1) * tpot
+    ttft_det = _REQUEST_S + tpot[:, None] / 2 + pf
+    d = ttft_det + (osl[None, :] - 1) * tpot[:, None]
     # random waits: prefill queue (p1, m1) and admission to a slot (p2, m2)
-    p1 = rho
-    m1 = float(lam * (w @ serv**2) / (2 * (1 - rho))) / p1 if p1 > 1e-9 else 0.0
-    service = float(w @ d)
-    p2 = util ** math.sqrt(2 * (cap + 1)) if util > 0 else 0.0
-    m2 = service / (cap * (1 - util)) if p2 > 1e-12 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        p1 = np.where(stable, rho, 0.0)
+        m1 = np.where(p1 > 1e-9, lams * ((serv**2) @ w) / (2 * (1 - rho)) / np.where(p1 > 1e-9, p1, 1.0), 0.0)
+        service = d @ w
+        p2 = np.where(stable & (util > 0), np.power(np.where(stable, util, 0.0), math.sqrt(2 * (cap + 1))), 0.0)
+        m2 = np.where(p2 > 1e-12, service / (cap * (1 - np.where(stable, util, 0.0))), 0.0)
     mean_wait = p1 * m1 + p2 * m2
-    ttft_p50 = math.nan if p95_only else _mixture_quantile(ttft_det, w, 0.5, p1, m1, p2, m2)
-    e2e_p50 = math.nan if p95_only else _mixture_quantile(d, w, 0.5, p1, m1, p2, m2)
-    e2e_p95 = _mixture_quantile(d, w, 0.95, p1, m1, p2, m2)
-    return OpenLoopEstimate(ttft_p50_s=ttft_p50, ttft_mean_s=float(w @ ttft_det) + mean_wait, tpot_s=tpot,
-                            e2e_p50_s=e2e_p50, e2e_p95_s=e2e_p95, max_rate_rps=max_rate, utilization=util,
-                            stable=True, running=bstar)
+    ok = np.flatnonzero(stable)
+    e2e_p95 = np.full(lams.size, math.inf)
+    ttft_p50 = np.full(lams.size, math.nan)
+    e2e_p50 = np.full(lams.size, math.nan)
+    if ok.size:
+        sub = (p1[ok], m1[ok], p2[ok], m2[ok])
+        e2e_p95[ok] = _mixture_quantiles(d[ok], w, 0.95, *sub)
+        if not p95_only:
+            ttft_p50[ok] = _mixture_quantiles(ttft_det[ok], w, 0.5, *sub)
+            e2e_p50[ok] = _mixture_quantiles(d[ok], w, 0.5, *sub)
+    out = []
+    for r in range(lams.size):
+        if not stable[r]:
+            inf = math.inf
+            out.append(OpenLoopEstimate(inf, inf, float(tpot[r]), inf, inf, max_rate, float(util[r]), False, cap))
+            continue
+        out.append(OpenLoopEstimate(ttft_p50_s=float(ttft_p50[r]), ttft_mean_s=float(ttft_det[r] @ w + mean_wait[r]),
+                                    tpot_s=float(tpot[r]), e2e_p50_s=float(e2e_p50[r]), e2e_p95_s=float(e2e_p95[r]),
+                                    max_rate_rps=max_rate, utilization=float(util[r]), stable=True,
+                                    running=float(bstar[r])))
+    return out
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
@@ -344,38 +371,86 @@ def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     return float(x[order][min(int(np.searchsorted(cw, q * cw[-1])), x.size - 1)])
 
 
-def _wait_cdf(t: np.ndarray, p1: float, m1: float, p2: float, m2: float) -> np.ndarray:
-    """P(W <= t) for W = X + Y, X = Exp(m1) w.p. p1 else 0, Y = Exp(m2) w.p. p2 else 0 (t >= 0)."""
-    tt = np.maximum(t, 0.0)
-    e1 = np.exp(-tt / m1) if m1 > 0 else np.zeros_like(tt)
-    e2 = np.exp(-tt / m2) if m2 > 0 else np.zeros_like(tt)
-    if m1 > 0 and m2 > 0 and abs(m1 - m2) > 1e-12 * max(m1, m2):
-        both = 1.0 - (m1 * e1 - m2 * e2) / (m1 - m2)
-    else:
-        m = max(m1, m2)
-        both = 1.0 - (1.0 + tt / m) * np.exp(-tt / m) if m > 0 else np.ones_like(tt)
-    cdf = (1 - p1) * (1 - p2) + p1 * (1 - p2) * (1 - e1) + (1 - p1) * p2 * (1 - e2) + p1 * p2 * both
-    return np.where(t >= 0, cdf, 0.0)
+def _wait_cdf(t: np.ndarray, p1: np.ndarray, m1: np.ndarray, p2: np.ndarray, m2: np.ndarray) -> np.ndarray:
+    """P(W <= t) for W = X + Y, X = Exp(m1) w.p. p1 else 0, Y = Exp(m2) w.p. p2 else 0 (t >= 0); the parameters
+    broadcast against t (one set per row)."""
+    return _WaitCdf(p1, m1, p2, m2)(t)
+
+
+class _WaitCdf:
+    """`_wait_cdf` with its parameters folded into 1 - (a1 + g1 t) e^(-t/m1) - (a2 + g2 t) e^(-t/m2): X + Y is a
+    hypo-exponential when m1 != m2 (g = 0), an Erlang-2 when they coincide (g = p1 p2 / m on the larger mean's
+    term); a zero mean makes its exponential vanish. The percentile search evaluates it a dozen times per row."""
+
+    def __init__(self, p1: np.ndarray, m1: np.ndarray, p2: np.ndarray, m2: np.ndarray) -> None:
+        p1, m1, p2, m2 = (np.asarray(x, dtype=float) for x in (p1, m1, p2, m2))
+        pos1, pos2 = m1 > 0, m2 > 0
+        distinct = pos1 & pos2 & (np.abs(m1 - m2) > 1e-12 * np.maximum(m1, m2))
+        both = p1 * p2
+        gap = np.where(distinct, m1 - m2, 1.0)
+        a1 = p1 * (1 - p2) + np.where(distinct, both * m1 / gap, 0.0)
+        a2 = (1 - p1) * p2 - np.where(distinct, both * m2 / gap, 0.0)
+        m = np.maximum(m1, m2)
+        first = ~distinct & (m > 0) & (m1 >= m2)      # the Erlang term rides on e^(-t/m1) ...
+        second = ~distinct & (m > 0) & (m1 < m2)      # ... or on e^(-t/m2)
+        a1, a2 = a1 + np.where(first, both, 0.0), a2 + np.where(second, both, 0.0)
+        inv_m = 1.0 / np.where(m > 0, m, 1.0)
+        self.g1, self.g2 = np.where(first, both * inv_m, 0.0), np.where(second, both * inv_m, 0.0)
+        self.a1, self.a2 = np.where(pos1, a1, 0.0), np.where(pos2, a2, 0.0)
+        self.g1, self.g2 = np.where(pos1, self.g1, 0.0), np.where(pos2, self.g2, 0.0)
+        self.i1, self.i2 = 1.0 / np.where(pos1, m1, 1.0), 1.0 / np.where(pos2, m2, 1.0)
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        tt = np.maximum(t, 0.0)
+        cdf = 1.0 - (self.a1 + self.g1 * tt) * np.exp(-tt * self.i1) - (self.a2 + self.g2 * tt) * np.exp(-tt * self.i2)
+        return np.where(t >= 0, cdf, 0.0)
 
 
 def _mixture_quantile(d: np.ndarray, w: np.ndarray, q: float, p1: float, m1: float, p2: float, m2: float) -> float:
     """The q-quantile of d_i + W over requests i (weights w), W the random wait of `_wait_cdf`."""
-    lo = _weighted_quantile(d, w, q)
-    if p1 * m1 + p2 * m2 <= 1e-9 * max(lo, 1e-9):
-        return lo
-    if d.size > _QUANTILE_POINTS:   # the same distribution as _QUANTILE_POINTS equal-weight points
-        order = np.argsort(d)
-        cum = np.cumsum(w[order])
-        d = np.interp((np.arange(_QUANTILE_POINTS) + 0.5) / _QUANTILE_POINTS * cum[-1], cum, d[order])
-        w = np.full(_QUANTILE_POINTS, 1.0 / _QUANTILE_POINTS)
-    hi = float(d.max()) + (m1 + m2) * (math.log(1.0 / (1.0 - q)) + 2.0) + 1e-9
-    for _ in range(2):          # coarse grid, then a fine grid around the crossing
-        xs = np.linspace(lo, hi, 24)
-        cdf = _wait_cdf(xs[:, None] - d[None, :], p1, m1, p2, m2) @ w
-        k = int(np.searchsorted(cdf, q))
-        if k == 0:
-            return float(xs[0])
-        if k >= xs.size:
-            return float(xs[-1])
-        lo, hi = float(xs[k - 1]), float(xs[k])
-    return hi
+    return float(_mixture_quantiles(np.asarray(d, dtype=float)[None, :], w, q, np.array([p1]), np.array([m1]),
+                                    np.array([p2]), np.array([m2]))[0])
+
+
+def _mixture_quantiles(d: np.ndarray, w: np.ndarray, q: float, p1: np.ndarray, m1: np.ndarray, p2: np.ndarray,
+                       m2: np.ndarray) -> np.ndarray:
+    """`_mixture_quantile` per row of d (rows, cells), each row with its own wait parameters (same weights w)."""
+    rows, cells = d.shape
+    order = np.argsort(d, axis=1)
+    ds = np.take_along_axis(d, order, axis=1)
+    cum = np.cumsum(w[order], axis=1)
+    idx = np.minimum((cum < q * cum[:, -1:]).sum(axis=1), cells - 1)       # searchsorted, row by row
+    lo = ds[np.arange(rows), idx]
+    out = lo.copy()
+    todo = np.flatnonzero(~(p1 * m1 + p2 * m2 <= 1e-9 * np.maximum(lo, 1e-9)))
+    if todo.size == 0:
+        return out
+    ds, cum = ds[todo], cum[todo]
+    if cells > _QUANTILE_POINTS:   # the same distribution as _QUANTILE_POINTS equal-weight points
+        target = (np.arange(_QUANTILE_POINTS) + 0.5) / _QUANTILE_POINTS * cum[:, -1:]
+        j = np.clip((cum[:, :, None] <= target[:, None, :]).sum(axis=1) - 1, 0, cells - 2)
+        c0, c1 = np.take_along_axis(cum, j, axis=1), np.take_along_axis(cum, j + 1, axis=1)
+        v0, v1 = np.take_along_axis(ds, j, axis=1), np.take_along_axis(ds, j + 1, axis=1)
+        frac = np.clip((target - c0) / np.where(c1 > c0, c1 - c0, 1.0), 0.0, 1.0)
+        ds = v0 + frac * (v1 - v0)
+        wt = np.full((todo.size, _QUANTILE_POINTS), 1.0 / _QUANTILE_POINTS)
+    else:
+        wt = np.broadcast_to(w, (todo.size, cells))
+    wait = _WaitCdf(*(x[todo][:, None] for x in (p1, m1, p2, m2)))
+
+    def cdf(x: np.ndarray) -> np.ndarray:     # P(d + W <= x) per row
+        return (wait(x[:, None] - ds) * wt).sum(axis=1)
+
+    lo_t = lo[todo]
+    hi_t = ds.max(axis=1) + (m1[todo] + m2[todo]) * (math.log(1.0 / (1.0 - q)) + 2.0) + 1e-9
+    # bisection on the monotone CDF, every row at once: F(lo) >= q gives lo, F(hi) < q gives hi (neither happens
+    # for a proper bracket), else the upper end of a bracket 2^-_QUANTILE_BISECTIONS of the start
+    at_lo, short = cdf(lo_t) >= q, cdf(hi_t) < q
+    a, b = lo_t.copy(), hi_t.copy()
+    for _ in range(_QUANTILE_BISECTIONS):
+        mid = 0.5 * (a + b)
+        below = cdf(mid) < q
+        a, b = np.where(below, mid, a), np.where(below, b, mid)
+    res = np.where(at_lo, lo_t, np.where(short, hi_t, b))
+    out[todo] = res
+    return out

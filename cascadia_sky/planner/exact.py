@@ -104,10 +104,11 @@ def threshold_space(profile: QualityProfile, confidence: float | None) -> Thresh
             shape = (m0, grids[1].size)
             c2 = _prefix2(k, j, np.ones(n), shape)
             counts = (c2[:, -1:], c2)
+            # prefix sums are linear: one of (q3 - q2) instead of one each
             total = (q[:, 0].sum() - pre1(q[:, 0]) + pre1(q[:, 1]))[:, None] \
-                - _prefix2(k, j, q[:, 1], shape) + _prefix2(k, j, q[:, 2], shape)
+                + _prefix2(k, j, q[:, 2] - q[:, 1], shape)
             total2 = None if confidence is None else (q2[:, 0].sum() - pre1(q2[:, 0]) + pre1(q2[:, 1]))[:, None] \
-                - _prefix2(k, j, q2[:, 1], shape) + _prefix2(k, j, q2[:, 2], shape)
+                + _prefix2(k, j, q2[:, 2] - q2[:, 1], shape)
     counts = tuple(np.rint(c).astype(np.int64) for c in counts)
     quality = np.asarray(total, dtype=float) / n
     bound = quality

@@ -241,17 +241,22 @@ class DeploymentLevel:
         nf = min(n, cap)
         prefix_le = np.minimum.accumulate(prefix, axis=1)
         f_all = np.arange(cap + 1)
-        flat1, flat2 = lev1.reshape(-1), lev2.reshape(-1)
+        # L depends on a vector only through its (stage-1 level, stage-2 level) pair: price each pair once
+        pairs, back = np.unique(lev1.reshape(-1)[todo] * (int(e2.shape[0]) + 1) + lev2.reshape(-1)[todo],
+                                return_inverse=True)
+        flat1, flat2 = pairs // (int(e2.shape[0]) + 1), pairs % (int(e2.shape[0]) + 1)
+        value = np.empty(pairs.size)
         step = max(1, _CHUNK_CELLS // (cap + 1))
-        for a0 in range(0, todo.size, step):
-            t = todo[a0:a0 + step]
+        for a0 in range(0, pairs.size, step):
+            t = slice(a0, a0 + step)
             e = e2[flat2[t]]                                             # (k, cap + 1)
             if n <= cap:
                 exact = op(prefix[flat1[t]][:, n - f_all[: nf + 1]], e[:, : nf + 1]).min(axis=1)
             else:
-                exact = np.full(t.size, math.inf)
+                exact = np.full(e.shape[0], math.inf)
             le = op(prefix_le[flat1[t]][:, cap - f_all], e).min(axis=1)  # min_{g <= cap - f} A[g], then + E[f]
-            out[t] = _choose(exact, le, slo)
+            value[t] = _choose(exact, le, slo)
+        out[todo] = value[back.reshape(-1)]
         return out.reshape(space.shape), int(todo.size)
 
     def relaxed_bound(self, space: ThresholdSpace) -> np.ndarray:
