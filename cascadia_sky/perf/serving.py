@@ -321,8 +321,23 @@ def _running(prep: _Prepared, lams: np.ndarray) -> np.ndarray:
     return out
 
 
-def _open_loop_many(prep: _Prepared, lams: np.ndarray, p95_only: bool) -> list[OpenLoopEstimate]:
-    """`_open_loop_at` for every per-replica rate in `lams` at once (rows = rates, columns = length cells)."""
+@dataclass(frozen=True)
+class _Core:
+    """The open-loop fixed point at each per-replica rate (rows) and the per-cell latencies (columns)."""
+
+    util: np.ndarray
+    stable: np.ndarray
+    bstar: np.ndarray
+    tpot: np.ndarray
+    ttft_det: np.ndarray           # (rates, cells) first token without the random waits
+    d: np.ndarray                  # (rates, cells) end to end without the random waits
+    p1: np.ndarray                 # prefill queue: P(wait), conditional mean
+    m1: np.ndarray
+    p2: np.ndarray                 # admission to a KV slot near the cap
+    m2: np.ndarray
+
+
+def _core(prep: _Prepared, lams: np.ndarray) -> _Core:
     sm, pp, isl, osl, w = prep.sm, prep.pp, prep.isl, prep.osl, prep.w
     c_dec, cap, e0, e1, max_rate = prep.c_dec, prep.cap, prep.e0, prep.e1, prep.max_rate
     util = lams / max_rate if max_rate > 0 else np.full(lams.size, math.inf)
@@ -341,28 +356,73 @@ def _open_loop_many(prep: _Prepared, lams: np.ndarray, p95_only: bool) -> list[O
         service = d @ w
         p2 = np.where(stable & (util > 0), np.power(np.where(stable, util, 0.0), math.sqrt(2 * (cap + 1))), 0.0)
         m2 = np.where(p2 > 1e-12, service / (cap * (1 - np.where(stable, util, 0.0))), 0.0)
-    mean_wait = p1 * m1 + p2 * m2
-    ok = np.flatnonzero(stable)
+    return _Core(util, stable, bstar, tpot, ttft_det, d, p1, m1, p2, m2)
+
+
+def _open_loop_many(prep: _Prepared, lams: np.ndarray, p95_only: bool) -> list[OpenLoopEstimate]:
+    """`_open_loop_at` for every per-replica rate in `lams` at once (rows = rates, columns = length cells)."""
+    w, cap, max_rate = prep.w, prep.cap, prep.max_rate
+    c = _core(prep, lams)
+    mean_wait = c.p1 * c.m1 + c.p2 * c.m2
+    ok = np.flatnonzero(c.stable)
     e2e_p95 = np.full(lams.size, math.inf)
     ttft_p50 = np.full(lams.size, math.nan)
     e2e_p50 = np.full(lams.size, math.nan)
     if ok.size:
-        sub = (p1[ok], m1[ok], p2[ok], m2[ok])
-        e2e_p95[ok] = _mixture_quantiles(d[ok], w, 0.95, *sub)
+        sub = (c.p1[ok], c.m1[ok], c.p2[ok], c.m2[ok])
+        e2e_p95[ok] = _mixture_quantiles(c.d[ok], w, 0.95, *sub)
         if not p95_only:
-            ttft_p50[ok] = _mixture_quantiles(ttft_det[ok], w, 0.5, *sub)
-            e2e_p50[ok] = _mixture_quantiles(d[ok], w, 0.5, *sub)
+            ttft_p50[ok] = _mixture_quantiles(c.ttft_det[ok], w, 0.5, *sub)
+            e2e_p50[ok] = _mixture_quantiles(c.d[ok], w, 0.5, *sub)
     out = []
     for r in range(lams.size):
-        if not stable[r]:
+        if not c.stable[r]:
             inf = math.inf
-            out.append(OpenLoopEstimate(inf, inf, float(tpot[r]), inf, inf, max_rate, float(util[r]), False, cap))
+            out.append(OpenLoopEstimate(inf, inf, float(c.tpot[r]), inf, inf, max_rate, float(c.util[r]), False,
+                                        cap))
             continue
-        out.append(OpenLoopEstimate(ttft_p50_s=float(ttft_p50[r]), ttft_mean_s=float(ttft_det[r] @ w + mean_wait[r]),
-                                    tpot_s=float(tpot[r]), e2e_p50_s=float(e2e_p50[r]), e2e_p95_s=float(e2e_p95[r]),
-                                    max_rate_rps=max_rate, utilization=float(util[r]), stable=True,
-                                    running=float(bstar[r])))
+        out.append(OpenLoopEstimate(ttft_p50_s=float(ttft_p50[r]), ttft_mean_s=float(c.ttft_det[r] @ w + mean_wait[r]),
+                                    tpot_s=float(c.tpot[r]), e2e_p50_s=float(e2e_p50[r]), e2e_p95_s=float(e2e_p95[r]),
+                                    max_rate_rps=max_rate, utilization=float(c.util[r]), stable=True,
+                                    running=float(c.bstar[r])))
     return out
+
+
+@dataclass(frozen=True)
+class RequestSampler:
+    """Latency of individual requests on one replica at several per-replica rates ("levels"): the deterministic
+    part for the request's own lengths (first token, prefill chunks beside the running batch, decode steps) plus
+    independent draws of the two random waits. Sums of these along a request's path give request-level
+    percentiles without assuming a distribution shape."""
+
+    sm: StepModel
+    pp: int
+    c_dec: float
+    max_rate_rps: float
+    core: _Core
+
+    def deterministic(self, level: np.ndarray, isl: np.ndarray, osl: np.ndarray) -> np.ndarray:
+        c = self.core
+        b = c.bstar[level] / self.pp
+        pf, _ = _prefill(self.sm, b, np.maximum(np.asarray(isl, dtype=float), 1.0), self.c_dec)
+        return _REQUEST_S + c.tpot[level] / 2 + pf + (np.maximum(osl, 1.0) - 1) * c.tpot[level]
+
+    def waits(self, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c, n = self.core, np.size(level)
+        x = np.where(rng.random(n) < c.p1[level], rng.exponential(1.0, n) * c.m1[level], 0.0)
+        y = np.where(rng.random(n) < c.p2[level], rng.exponential(1.0, n) * c.m2[level], 0.0)
+        return x + y
+
+    def stable(self, level: np.ndarray) -> np.ndarray:
+        return self.core.stable[level]
+
+
+def request_sampler(dep: Deployment, rates_rps: Sequence[float], lengths: LengthDist) -> RequestSampler:
+    """The `RequestSampler` of one replica at each per-replica rate (Poisson arrivals)."""
+    if any(r < 0 or not math.isfinite(r) for r in rates_rps):
+        raise PerfError(f"rates must be finite and >= 0, got {list(rates_rps)}")
+    prep = _prepare(dep, lengths)
+    return RequestSampler(prep.sm, prep.pp, prep.c_dec, prep.max_rate, _core(prep, np.asarray(rates_rps, float)))
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:

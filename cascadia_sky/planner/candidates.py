@@ -30,7 +30,7 @@ from cascadia_sky.catalog import GpuSpec, Offer, get_gpu
 from cascadia_sky.constants import (
     BURST_SATURATION_FRACTION,
     BURST_WAIT_GRID_POINTS,
-    BURST_WINDOW_SECONDS,
+    BURST_FLUID_WINDOW_SECONDS,
     CLOUD_MAX_REPLICAS,
     CURVE_MIN_HEADROOM_FRACTION,
     CURVE_POINTS,
@@ -148,28 +148,32 @@ class Burst:
     """Pointwise-stationary traffic (see planner/latency.py): window rates as multiples of the mean rate.
 
     `factors`/`weights`: equal-request bins of the window rates (weights = share of requests, summing to 1), where
-    the per-replica queue model is evaluated; `sequence`: every window's factor in time order, for the backlog a
-    window above capacity leaves to the next ones (a fluid queue). Poisson traffic at the mean rate is `steady()`.
+    the per-replica queue model is evaluated; `sequence`: every window's factor in time order; `fine`: the same
+    for the short windows (`BURST_FLUID_WINDOW_SECONDS`) of the fluid queue, the backlog that a burst above capacity
+    leaves to the next windows. Poisson traffic at the mean rate is `steady()`.
     """
 
     factors: np.ndarray
     weights: np.ndarray
     sequence: np.ndarray
+    fine: np.ndarray
 
     @staticmethod
     def steady() -> Burst:
-        return Burst(np.ones(1), np.ones(1), np.ones(0))
+        return Burst(np.ones(1), np.ones(1), np.ones(0), np.ones(0))
 
     @functools.cached_property
     def _wait_curve(self) -> tuple[np.ndarray, np.ndarray]:
         """The fluid wait as a function of utilisation u = rate / capacity alone (it scales out): B' = max(0, B +
         (u f_w - 1) W) in units of capacity x seconds; tabulated once on a fine grid (monotone in u)."""
         u = np.linspace(0.0, 1.0, BURST_WAIT_GRID_POINTS)
-        seq = self.sequence
+        seq = self.fine
         share = seq / seq.sum()
         backlog, total = np.zeros(u.size), np.zeros(u.size)
         for f, w in zip(seq, share, strict=True):
-            nxt = np.maximum(0.0, backlog + (u * f - 1.0) * BURST_WINDOW_SECONDS)
+            if f == 0.0 and not backlog.any():
+                continue
+            nxt = np.maximum(0.0, backlog + (u * f - 1.0) * BURST_FLUID_WINDOW_SECONDS)
             total += w * (backlog + nxt) / 2.0
             backlog = nxt
         return u, total
@@ -177,7 +181,7 @@ class Burst:
     def fluid_wait(self, rates: np.ndarray, capacity: float) -> np.ndarray:
         """Request-weighted mean wait behind the backlog of overloaded windows: B' = max(0, B + (r f_w - c) W),
         a window's requests wait (B + B') / 2c on average (interpolated in utilisation)."""
-        if self.sequence.size == 0 or capacity <= 0:
+        if self.fine.size == 0 or capacity <= 0:
             return np.zeros(np.shape(rates))
         u, wait = self._wait_curve
         return np.interp(np.asarray(rates, dtype=float) / capacity, u, wait)

@@ -1,16 +1,21 @@
 """Request-level latency of a plan: the p95 over *requests*, a mixture over the stage where each one exits.
 
-A request answered by stage k waits for stages 1..k. Each stage's latency is taken as log-normal with the
-performance model's p50 and p95 at its planned rate (comonotone across stages when they serve the same request
-lengths, i.e. with a trace; independent otherwise), so a path's latency is a sum of log-normals and the request-level distribution is the mixture of the paths weighted by the answered shares. Both
-are sampled (fixed seed, `LATENCY_SAMPLES`): the p95 of that mixture is `request_p95_s`; `path_p95_s[k]` is the
-p95 of path k alone.
+A request answered by stage k waits for stages 1..k. Its latency at a GPU stage is the performance model's, per
+request (`perf.serving.RequestSampler`): the deterministic part for the request's own lengths at the stage's
+planned rate (first token, prefill chunks beside the running batch, decode steps) plus independent draws of the
+model's random waits (prefill queue, admission to a KV slot). With a trace every stage of a request sees the same
+lengths (one draw of the request); with profile output lengths each stage draws its own. No distribution shape is
+assumed: a conversation trace's mix of short and long answers makes path latencies bimodal, which a log-normal fit
+of p50 and p95 misses by 20-30 % at the request level. (Local CPU engines keep a log-normal fit of their M/G/1
+model's p50 and p95.) Exit stages are drawn by the answered shares, all sampled with a fixed seed
+(`LATENCY_SAMPLES`): the p95 of that mixture is `request_p95_s`; `path_p95_s[k]` is the p95 of path k alone.
 
 Bursty traffic (a trace): the rate is not constant. Pointwise-stationary model: the trace is cut into windows of
 `BURST_WINDOW_SECONDS`; each window is served as if its own rate held (stage rate = window rate x reach, capped
-just below capacity), and the request-level mixture weighs windows by the requests in them. A window above a
-stage's capacity leaves a backlog that the next windows inherit (a fluid queue, in time order): a window's requests
-wait (B + B') / 2c on top, B and B' the backlog at its start and end, c the capacity. The planner uses the same
+just below capacity), and the request-level mixture weighs windows by the requests in them. A burst above a
+stage's capacity leaves a backlog that the next windows inherit (a fluid queue, in time order, over the shorter
+windows of `BURST_FLUID_WINDOW_SECONDS`: the code trace's bursts last seconds): a short window's requests wait
+(B + B') / 2c on top, B and B' the backlog at its start and end, c the capacity. The planner uses the same
 model for every candidate (`candidates.Burst`), with the window rates binned for speed.
 """
 
@@ -24,6 +29,7 @@ import numpy as np
 
 from cascadia_sky.catalog import get_gpu
 from cascadia_sky.constants import (
+    BURST_FLUID_WINDOW_SECONDS,
     BURST_RATE_BINS,
     BURST_SATURATION_FRACTION,
     BURST_WINDOW_SECONDS,
@@ -32,6 +38,9 @@ from cascadia_sky.constants import (
 )
 from cascadia_sky.perf.local import local_open_loop
 from cascadia_sky.planner.candidates import Burst, estimate, estimate_rates
+from cascadia_sky.errors import PerfError
+from cascadia_sky.perf.serving import RequestSampler, request_sampler
+from cascadia_sky.perf.step import Deployment
 from cascadia_sky.planner.deploy import Candidate
 
 if TYPE_CHECKING:
@@ -87,7 +96,8 @@ def trace_burst(arrival_s: np.ndarray, mean_rate_rps: float) -> Burst:
             factors.append(float(np.average(windows[order][sel], weights=weights[order][sel])) / mean)
             shares.append(float(weights[order][sel].sum()))
     w = np.asarray(shares)
-    return Burst(np.asarray(factors), w / w.sum(), windows / mean)
+    fine = window_rates(arrival_s, BURST_FLUID_WINDOW_SECONDS)
+    return Burst(np.asarray(factors), w / w.sum(), windows / mean, fine / max(float(fine.mean()), 1e-12))
 
 
 def _lognormal(p50: np.ndarray, p95: np.ndarray, z: np.ndarray) -> np.ndarray:
@@ -139,6 +149,45 @@ def _mixture_p95(lat: np.ndarray, answered: Sequence[float], rng: np.random.Gene
     return (float(np.quantile(req, 0.95)) if np.isfinite(req).all() else math.inf), path_p95
 
 
+def _sampler(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate,
+             rates: np.ndarray) -> RequestSampler | None:
+    """The performance model's per-request latency of a GPU stage at each total stage rate (None: it cannot serve)."""
+    st = ctx.stages[stage]
+    dep = Deployment(model=st.model, gpu=get_gpu(c.gpu_type), tp=c.tp, pp=c.pp, precision=st.precision)
+    try:
+        return request_sampler(dep, [float(r) / c.replicas for r in rates], level.lengths(stage))
+    except PerfError:
+        return None
+
+
+def _request_lengths(ctx: PlanningContext, level: DeploymentLevel, stage: int, shared: np.ndarray | None,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) tokens of each latency sample at a stage: the trace's requests (one draw for every stage of
+    a request), else draws from the stage's own lengths (output lengths from the profile, per stage)."""
+    w = ctx.workload
+    if shared is not None:
+        return w.input_tokens[shared].astype(float), w.output_tokens[shared].astype(float)
+    lengths = level.lengths(stage)
+    k = rng.choice(lengths.input_tokens.size, size=LATENCY_SAMPLES, p=lengths.weights)
+    return lengths.input_tokens[k], lengths.output_tokens[k]
+
+
+def _stage_samples(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate, rates: np.ndarray,
+                   at: np.ndarray, shared: np.ndarray | None, rng: np.random.Generator,
+                   z: np.ndarray) -> np.ndarray:
+    """One latency sample per request: at rate level `at[n]` (an index into `rates`), for its lengths. GPU stages
+    use the performance model per request; local engines their log-normal fit (p50 and p95 of the M/G/1 model)."""
+    if ctx.spec.resources.local is not None:
+        p50, p95 = _stage_percentiles(ctx, level, stage, c, rates)
+        return _lognormal(p50[at], p95[at], z)
+    sampler = _sampler(ctx, level, stage, c, rates)
+    if sampler is None:
+        return np.full(at.size, math.inf)
+    isl, osl = _request_lengths(ctx, level, stage, shared, rng)
+    lat = sampler.deterministic(at, isl, osl) + sampler.waits(at, rng)
+    return np.where(sampler.stable(at), lat, math.inf)
+
+
 def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequence[Candidate],
                     answered: Sequence[float]) -> RequestLatency:
     """Request-level p95 under Poisson arrivals and, with a trace, under its windows (module docstring)."""
@@ -146,24 +195,27 @@ def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequen
     n_st = len(chosen)
     rate = ctx.workload.rate_rps
     reach = np.cumsum(np.asarray(answered, dtype=float)[::-1])[::-1]
-    # a trace gives every stage the same request lengths, and lengths drive most of a stage's latency spread: the
-    # stages of one request are then comonotone (one draw for all); profile lengths differ by stage (independent)
-    shared = ctx.workload.output_tokens.size > 0
-    z = np.repeat(rng.standard_normal((1, LATENCY_SAMPLES)), n_st, axis=0) if shared else \
+    # a trace gives every stage of a request the same lengths (one draw of the request for all stages); profile
+    # lengths differ by stage (independent draws)
+    shared = rng.integers(ctx.workload.n, size=LATENCY_SAMPLES) if ctx.workload.output_tokens.size > 0 else None
+    z = np.repeat(rng.standard_normal((1, LATENCY_SAMPLES)), n_st, axis=0) if shared is not None else \
         rng.standard_normal((n_st, LATENCY_SAMPLES))
     lat = np.zeros((n_st, LATENCY_SAMPLES))
+    zero = np.zeros(LATENCY_SAMPLES, dtype=np.intp)
     for i, c in enumerate(chosen):
         if c.replicas == 0 or reach[i] <= 0:
             continue
-        p50, p95 = _stage_percentiles(ctx, level, i, c, np.array([rate * reach[i]]))
-        lat[i] = _lognormal(p50, p95, z[i])
+        lat[i] = _stage_samples(ctx, level, i, c, np.array([rate * reach[i]]), zero, shared, rng, z[i])
     poisson, paths = _mixture_p95(lat, answered, rng)
     arrivals = ctx.workload.arrival_s
     if arrivals is None or arrivals.size < 2:
         return RequestLatency(poisson, paths, None, [None] * n_st, None)
     burst = trace_burst(arrivals, rate)
-    seq = burst.sequence
-    window = rng.choice(seq.size, size=LATENCY_SAMPLES, p=seq / seq.sum())     # each sample's window
+    seq, fine = burst.sequence, burst.fine
+    # each sample is a request of the trace: its short window (weighted by the requests in it) and the long window
+    # that contains it
+    short = rng.choice(fine.size, size=LATENCY_SAMPLES, p=fine / fine.sum())
+    window = np.minimum((short * BURST_FLUID_WINDOW_SECONDS // BURST_WINDOW_SECONDS).astype(np.intp), seq.size - 1)
     lat_b = np.zeros((n_st, LATENCY_SAMPLES))
     stage_p95: list[float | None] = []
     for i, c in enumerate(chosen):
@@ -172,17 +224,16 @@ def request_latency(ctx: PlanningContext, level: DeploymentLevel, chosen: Sequen
             continue
         stage_rate = rate * reach[i]
         cap = _capacity(ctx, level, i, c)
-        # the queue model at the window's own rate (capped just below capacity) ...
+        # the queue model at the long window's own rate (capped just below capacity) ...
         levels = np.unique(np.minimum(seq * stage_rate, BURST_SATURATION_FRACTION * cap))
-        p50, p95 = _stage_percentiles(ctx, level, i, c, levels)
         at = np.searchsorted(levels, np.minimum(seq * stage_rate, BURST_SATURATION_FRACTION * cap))
-        # ... plus the backlog that overloaded windows leave behind (a fluid queue, in time order)
-        backlog, wait = 0.0, np.zeros(seq.size)
-        for k, f in enumerate(seq):
-            nxt = max(0.0, backlog + (stage_rate * f - cap) * BURST_WINDOW_SECONDS)
+        # ... plus the backlog that bursts above capacity leave behind (a fluid queue over short windows, in order)
+        backlog, wait = 0.0, np.zeros(fine.size)
+        for k, f in enumerate(fine):
+            nxt = max(0.0, backlog + (stage_rate * f - cap) * BURST_FLUID_WINDOW_SECONDS)
             wait[k] = (backlog + nxt) / (2.0 * cap) if cap > 0 else math.inf
             backlog = nxt
-        lat_b[i] = _lognormal(p50[at][window], p95[at][window], z[i]) + wait[window]
+        lat_b[i] = _stage_samples(ctx, level, i, c, levels, at[window], shared, rng, z[i]) + wait[short]
         stage_p95.append(float(np.quantile(lat_b[i], 0.95)) if np.isfinite(lat_b[i]).all() else math.inf)
     bursty, _ = _mixture_p95(lat_b, answered, rng)
     return RequestLatency(poisson, paths, bursty, stage_p95, burstiness(arrivals))
