@@ -93,5 +93,6 @@ def engine_key_env(stage: str) -> str:
     return "CASCADIA_ENGINE_KEY_" + re.sub(r"[^A-Z0-9]", "_", stage.upper())
 
 
-__all__ = ["ADMIN_KEY_FILE", "API_KEY_FILE", "ensure_admin_key", "ENGINE_API_KEY_ENV", "ENGINE_KEYS_FILE", "VLLM_API_KEY_ENV", "engine_key_env",
-           "ensure_api_key", "ensure_engine_keys", "key_file_mode", "read_engine_keys"]
+__all__ = ["ADMIN_KEY_FILE", "API_KEY_FILE", "ENGINE_API_KEY_ENV", "ENGINE_KEYS_FILE", "VLLM_API_KEY_ENV",
+           "engine_key_env", "ensure_admin_key", "ensure_api_key", "ensure_engine_keys", "key_file_mode",
+           "read_engine_keys"]
