@@ -304,3 +304,20 @@ def test_skyserve_watcher_launch_apply_read_back_and_down(fake_sky: RecordingSky
 
     msg = launcher.down("deepseek", store=store)
     assert "deepseek-watch" in msg and fake_sky.clusters == {} and fake_sky.services == {}
+
+
+def test_dry_run_checks_the_watcher_task_with_skypilot(tmp_path, monkeypatch) -> None:
+    """`up --dryrun` of a SkyServe cascade with reschedule.enabled: the watcher's task is one of the tasks SkyPilot's
+    own parser and optimizer check (CPU only: not priced from the GPU catalogs)."""
+    pytest.importorskip("sky")
+    from cascadia_sky.planner.planner import make_plan
+    from cascadia_sky.spec import load_spec
+
+    spec = _watched_spec(tmp_path)
+    plan = make_plan(load_spec(spec))
+    res = launcher.up(launcher.Target(plan, spec), store=StateStore(tmp_path / "home"), dryrun=True)
+    items = {i["name"]: i for i in res.dryrun.items}
+    watch = items["deepseek-watch"]
+    assert "re-schedule watcher" in watch["kind"] and "python -m cascadia_sky.reschedule.remote" in watch["task"]
+    assert watch["choice"].startswith("not priced")
+    assert [a.op for a in res.actions][-1] == "launch_watcher"
