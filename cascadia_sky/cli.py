@@ -489,6 +489,14 @@ def status(
     from cascadia_sky.launch.launcher import status as launch_status
     from cascadia_sky.launch.report import status_json, status_report
 
+    if name is not None:   # a SkyServe cascade's watcher runs remotely: read what it did first
+        from cascadia_sky.reschedule.remote import pull
+
+        try:
+            pull(name)
+        except CascadiaError as exc:
+            err_console.print(f"[yellow]the re-schedule watcher's log could not be read: {exc}[/yellow]",
+                              highlight=False)
     views = launch_status(name)
     if as_json:
         print(json.dumps(status_json(views), indent=2))

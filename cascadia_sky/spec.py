@@ -232,8 +232,10 @@ class RescheduleSpec(_Strict):
     band around what the plan was made for for `windows` consecutive windows, re-plan and apply the difference
     (docs/reschedule.md argues every default)."""
 
-    enabled: bool = Field(False, description="Run the re-schedule loop beside the deployment (local backend: in "
-                                             "its supervisor). `cascadia watch NAME` runs it by hand.")
+    enabled: bool = Field(False, description="Run the re-schedule loop beside the deployment's router (local and "
+                                             "clusters: in the supervisor; skyserve: a CPU cluster beside the router "
+                                             "service, which needs a SkyPilot API server it can reach). `cascadia "
+                                             "watch NAME` runs it by hand.")
     interval_s: float = Field(RESCHEDULE_INTERVAL_SECONDS, ge=1, le=3600,
                               description="One observation window in seconds (also the router's /stats window).")
     windows: int = Field(RESCHEDULE_WINDOWS, ge=1, le=100,

@@ -50,7 +50,8 @@ def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
     calls = {name: info for op, name, info in fake.calls if op == "serve_up"}
     assert calls["deepseek-small"]["secret_names"] == ["HF_TOKEN", "VLLM_API_KEY"]   # its engine key: vLLM --api-key
     assert calls["deepseek-router"]["secret_names"] == ["CASCADIA_ENGINE_KEY_LARGE", "CASCADIA_ENGINE_KEY_MEDIUM",
-                                                        "CASCADIA_ENGINE_KEY_SMALL", "CASCADIA_ROUTER_API_KEYS"]
+                                                        "CASCADIA_ENGINE_KEY_SMALL", "CASCADIA_ROUTER_ADMIN_KEY",
+                                                        "CASCADIA_ROUTER_API_KEYS"]
     keys = json.loads((store.deployment_dir("deepseek") / "engine_keys.json").read_text())
     assert len(set(keys.values())) == 3                                                # one key per stage
     assert oct((store.deployment_dir("deepseek") / "engine_keys.json").stat().st_mode & 0o777) == "0o600"
@@ -73,7 +74,8 @@ def test_skyserve_up_status_update_down(fake, tmp_path, monkeypatch) -> None:
     stages[1] = stages[1].model_copy(update={"replicas": stages[1].replicas + 1})
     changed = plan.model_copy(update={"stages": stages})
     launcher.up(_target(changed, "skyserve"), store=store, confirm=lambda *a: True)
-    assert ("serve_update", "deepseek-medium") in fake.ops() and ("serve_update", "deepseek-router") in fake.ops()
+    assert ("serve_update", "deepseek-medium") in fake.ops()          # the router's config is the same: untouched
+    assert ("serve_update", "deepseek-router") not in fake.ops()
     assert [op for op, _ in fake.ops()].count("serve_up") == 4
 
     msg = launcher.down("deepseek", store=store)

@@ -18,6 +18,7 @@ from cascadia_sky.constants import ENGINE_API_KEY_ENV
 from cascadia_sky.errors import LaunchError
 
 API_KEY_FILE = "api_key"
+ADMIN_KEY_FILE = "admin_key"                      # the router's admin key (POST /admin/config: hot swaps)
 ENGINE_KEYS_FILE = "engine_keys.json"
 VLLM_API_KEY_ENV = "VLLM_API_KEY"                 # what vLLM reads its --api-key from
 
@@ -46,6 +47,12 @@ def _private_file(path: Path, content: Callable[[], str], progress: Callable[[st
 def ensure_api_key(directory: Path, progress: Callable[[str], None] = lambda msg: None) -> Path:
     """The router's API key file, created once per deployment and checked on every `up`. Never printed."""
     return _private_file(directory / API_KEY_FILE, lambda: f"csk-{secrets.token_urlsafe(24)}\n", progress)
+
+
+def ensure_admin_key(directory: Path, progress: Callable[[str], None] = lambda msg: None) -> Path:
+    """The router's admin key file (config swaps), created once per deployment; held by whoever swaps the config
+    (the local supervisor, `up`, the re-schedule watcher). Never printed."""
+    return _private_file(directory / ADMIN_KEY_FILE, lambda: f"csk-admin-{secrets.token_urlsafe(24)}\n", progress)
 
 
 def key_file_mode(path: str | Path) -> str:
@@ -86,5 +93,6 @@ def engine_key_env(stage: str) -> str:
     return "CASCADIA_ENGINE_KEY_" + re.sub(r"[^A-Z0-9]", "_", stage.upper())
 
 
-__all__ = ["API_KEY_FILE", "ENGINE_API_KEY_ENV", "ENGINE_KEYS_FILE", "VLLM_API_KEY_ENV", "engine_key_env",
-           "ensure_api_key", "ensure_engine_keys", "key_file_mode", "read_engine_keys"]
+__all__ = ["ADMIN_KEY_FILE", "API_KEY_FILE", "ENGINE_API_KEY_ENV", "ENGINE_KEYS_FILE", "VLLM_API_KEY_ENV",
+           "engine_key_env", "ensure_admin_key", "ensure_api_key", "ensure_engine_keys", "key_file_mode",
+           "read_engine_keys"]

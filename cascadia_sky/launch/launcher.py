@@ -4,7 +4,8 @@
 launch a stage that is not there (or was left pending by an interrupted `up`), update a stage whose engines
 changed (model, GPU type, TP/PP, placement), scale a stage whose replica count alone changed (the running
 replicas stay; new ones are added, surplus ones drained), remove a stage the plan dropped, launch the router or
-update it when routing changed (thresholds, scorer, served names). The same plan twice gives no actions, which is
+update it when routing changed (thresholds, scorer, served names), launch or remove the re-schedule watcher of a
+SkyServe cascade (reschedule.enabled). The same plan twice gives no actions, which is
 what makes `up` idempotent. `up`, `status` and `down` wire the decision to a backend and to the state store.
 """
 
@@ -23,6 +24,7 @@ from cascadia_sky.launch.keys import ensure_api_key, ensure_engine_keys
 from cascadia_sky.launch.procs import process_start, same_process
 from cascadia_sky.launch.state import DeploymentRecord, StateStore
 from cascadia_sky.launch.status import ComponentStatus, DeploymentStatus, derive_deployment
+from cascadia_sky.launch.watcher import wants_watcher
 from cascadia_sky.planner.plan import Plan
 
 _UNSTARTED = ("pending", "failed", "stopped", "stopping")
@@ -35,7 +37,7 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
     for comp in record.components if record is not None else ():
         if comp.kind == "router":
             router = comp
-        else:
+        elif comp.kind != "watcher":
             recorded.setdefault(comp.stage, []).append(comp)
     old_plan = record.plan if record is not None and record.plan_json else None
     actions: list[Action] = []
@@ -62,6 +64,10 @@ def decide(record: DeploymentRecord | None, plan: Plan) -> list[Action]:
         actions.append(Action("update_router", "", "routing changed (thresholds, scorer, stage names, port)"))
     elif router.phase in _UNSTARTED:
         actions.append(Action("launch_router", "", "resume (not started or failed before)"))
+    watcher = wants_watcher(record, plan.launch.reschedule.enabled, plan.launch.backend)
+    if watcher:
+        actions.append(Action(f"{watcher}_watcher", "", "reschedule.enabled" if watcher == "launch"
+                              else "reschedule not enabled any more"))
     return actions
 
 
@@ -143,6 +149,9 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
         raise UserInputError(f"deployment {name!r} runs on backend {record.backend!r}, not {backend!r}; "
                              f"run `cascadia down {name}` first")
     impl = get_backend(backend)
+    if record is not None and not dryrun and hasattr(impl, "sync"):   # a remote watcher may have changed it
+        impl.sync(record, store)
+        record = store.get(name)
     actions = decide(record, plan)
     ctx = LaunchContext(store=store, plan=plan, backend=backend, progress=progress)
     if dryrun:

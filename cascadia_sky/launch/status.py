@@ -109,7 +109,7 @@ def derive_deployment(obs: DeploymentObservation) -> tuple[DeploymentStatus, dic
     router_ok = all(s is ComponentStatus.READY for c, s in comps.items() if _kind(obs, c) == "router")
     stages: dict[str, bool] = {}
     for c in obs.components:
-        if c.kind != "router":
+        if c.kind not in ("router", "watcher"):
             stages[c.stage] = stages.get(c.stage, False) or comps[c.name] is ComponentStatus.READY
     serving = router_ok and all(stages.values())
     if serving or obs.owner_alive:

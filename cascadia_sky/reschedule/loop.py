@@ -25,7 +25,8 @@ from cascadia_sky.reschedule.replan import Replan, replan
 from cascadia_sky.spec import CascadeSpec
 
 _COST_ORDER = {"update_router": "router", "launch_router": "router", "scale_stage": "scale",
-               "launch_stage": "relaunch", "update_stage": "relaunch", "remove_stage": "relaunch"}
+               "launch_stage": "relaunch", "update_stage": "relaunch", "remove_stage": "relaunch",
+               "launch_watcher": "router", "remove_watcher": "router"}
 
 
 # What each kind of step costs while it runs, and how long it takes (shown with the decision).

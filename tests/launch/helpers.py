@@ -92,7 +92,7 @@ class RecordingSkyApi:
     named in `fail_setup` start nothing and their job fails in setup (with `setup_log` as its log)."""
 
     def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False,
-                 fail_setup: tuple[str, ...] = (), setup_log: str = "") -> None:
+                 fail_setup: tuple[str, ...] = (), setup_log: str = "", routers: bool = False) -> None:
         self.calls: list[tuple[str, str, Any]] = []
         self.services: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, Any] = {}
@@ -101,22 +101,45 @@ class RecordingSkyApi:
         self.engines = engines
         self.fail_setup = fail_setup
         self.setup_log = setup_log
-        self._port = 30000
+        self.routers = routers      # a router service is a real router process on loopback (its task's config)
+        self.logs: dict[str, str] = {}   # job logs of clusters that run no engine (the re-schedule watcher)
 
     def check(self) -> None:
         self.calls.append(("check", "", None))
 
+    def _endpoint(self, name: str, cfg: dict[str, Any], secrets: dict[str, str]) -> dict[str, Any]:
+        """A service's endpoint on loopback: a real router process (`routers`), else a port held bound but not
+        listening (connections are refused at once; nothing else can take it; nothing leaves the machine)."""
+        import socket
+
+        if self.routers and name.endswith("-router"):
+            from cascadia_sky.engines.process import free_port, spawn
+
+            port = free_port()
+            argv = [sys.executable, "-m", "router", "--config", cfg["file_mounts"]["~/cascadia/router.json"],
+                    "--host", "127.0.0.1", "--port", str(port)]
+            proc = spawn("router", name, argv, port, Path(os.environ["CASCADIA_HOME"]) / "fake-sky-logs",
+                         env={k: v for k, v in secrets.items() if v})
+            return {"endpoint": proc.url, "proc": proc}
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        return {"endpoint": f"http://127.0.0.1:{sock.getsockname()[1]}", "sock": sock}
+
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
         assert service not in self.services, f"serve up of an existing service {service}"
         self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets)}))
-        self._port += 1
-        self.services[service] = {"polls": 0, "endpoint": f"http://10.0.0.{len(self.services) + 1}:{self._port}"}
+        self.services[service] = {"polls": 0, **self._endpoint(service, cfg, secrets)}
         return self.services[service]["endpoint"]
 
     def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
                      mode: str = "rolling") -> None:
         self.calls.append(("serve_update", service, {"task": cfg, "secret_names": sorted(secrets), "mode": mode}))
-        self.services[service]["polls"] = 0
+        svc = self.services[service]
+        svc["polls"] = 0
+        if svc.get("proc") is not None:   # the router's new version: a new process with the new config
+            svc["proc"].stop()
+            svc.update({k: v for k, v in self._endpoint(service, cfg, secrets).items() if k != "endpoint"})
+            svc["endpoint"] = svc["proc"].url
 
     def serve_status(self, services: list[str]) -> dict[str, dict[str, Any]]:
         out = {}
@@ -127,18 +150,31 @@ class RecordingSkyApi:
             svc["polls"] += 1
             status = "FAILED" if name in self.fail else "READY" if svc["polls"] > self.ready_after else \
                 "REPLICA_INIT"
+            if status == "READY" and svc.get("proc") is not None:   # a real router: READY once it answers
+                from cascadia_sky.launch.procs import http_get
+
+                status = "READY" if http_get(svc["endpoint"] + "/health")[0] == 200 else "REPLICA_INIT"
+                assert svc["proc"].alive(), svc["proc"].log_tail()
             out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": [status]}
         return out
 
     def serve_down(self, services: list[str]) -> None:
         self.calls.append(("serve_down", ",".join(services), None))
         for name in services:
-            self.services.pop(name, None)
+            svc = self.services.pop(name, None) or {}
+            if svc.get("proc") is not None:
+                svc["proc"].stop()
+            if svc.get("sock") is not None:
+                svc["sock"].close()
 
     def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
         from cascadia_sky.engines import start_bundled
 
-        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port}))
+        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port, "secrets": dict(secrets)}))
+        if "DEPLOYMENT" in cfg["envs"]:   # the re-schedule watcher: no engine; its job log is `logs[cluster]`
+            self.clusters[cluster] = None
+            self.logs.setdefault(cluster, "")
+            return f"http://127.0.0.1:{port}"
         if cluster in self.fail_setup:
             self.clusters[cluster] = None
             return f"http://127.0.0.1:{port}"
@@ -157,9 +193,14 @@ class RecordingSkyApi:
     def job_status(self, cluster: str) -> str:
         self.calls.append(("job_status", cluster, None))
         engine = self.clusters[cluster]
+        if cluster in self.logs:
+            return "RUNNING"
         return "FAILED_SETUP" if engine is None else "RUNNING" if engine.alive() else "FAILED"
 
     def job_log_tail(self, cluster: str, lines: int) -> str:
+        self.calls.append(("job_log_tail", cluster, None))
+        if cluster in self.logs:
+            return "\n".join(self.logs[cluster].splitlines()[-lines:])
         engine = self.clusters[cluster]
         return self.setup_log if engine is None else engine.log_tail()
 
@@ -169,6 +210,7 @@ class RecordingSkyApi:
     def cluster_down(self, cluster: str) -> None:
         self.calls.append(("cluster_down", cluster, None))
         engine = self.clusters.pop(cluster)
+        self.logs.pop(cluster, None)
         if engine is not None:
             engine.stop()
 

@@ -10,6 +10,7 @@ configured with the stages' endpoints.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,8 +35,8 @@ from cascadia_sky.launch.backends.supervised import (
     wait_until_ready,
 )
 from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
-from cascadia_sky.launch.keys import engine_key_env, read_engine_keys
-from cascadia_sky.launch.procs import engine_idle, http_get, same_process
+from cascadia_sky.launch.keys import engine_key_env, ensure_admin_key, read_engine_keys
+from cascadia_sky.launch.procs import engine_idle, http_get, http_post, same_process
 from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, check_tasks
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
 from cascadia_sky.planner.plan import Plan
@@ -48,7 +49,21 @@ from cascadia_sky.launch.tasks import (
     stage_port,
     stage_task,
     to_yaml,
+    watcher_task,
     write_router_config,
+)
+from cascadia_sky.launch.watcher import (
+    ADMIN_KEY_ENV,
+    IN_WATCHER_ENV,
+    STATE_LOG_LINES,
+    WATCHER_COMPONENT,
+    check_reachable_api_server,
+    import_state,
+    parse_state_lines,
+    plan_digest,
+    watcher_cluster,
+    watcher_secrets,
+    write_bundle,
 )
 
 _STAGE_OPS = ("launch_stage", "update_stage", "scale_stage", "remove_stage")
@@ -112,6 +127,11 @@ class _SkyBase:
                 cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"))
                 items.append({"name": cfg["name"], "kind": "service", "task": to_yaml(cfg), "_copies": 1})
                 tasks.append({"name": cfg["name"], "config": cfg, "service": True, "cpu_only": True})
+                if ctx.plan.launch.reschedule.enabled:   # the re-schedule watcher beside the router
+                    cfg = watcher_task(ctx.plan, Path(tmp))
+                    items.append({"name": cfg["name"], "kind": "cluster (re-schedule watcher)",
+                                  "task": to_yaml(cfg), "_copies": 1})
+                    tasks.append({"name": cfg["name"], "config": cfg, "service": False, "cpu_only": True})
             checked = check_tasks(tasks, dryrun_clouds(ctx.plan))
         notes = []
         for item, res in zip(items, checked):
@@ -138,22 +158,98 @@ class SkyServeBackend(_SkyBase):
 
     def preflight(self, ctx: LaunchContext) -> None:
         self.api.check()
+        if ctx.plan.launch.reschedule.enabled and not os.environ.get(IN_WATCHER_ENV):
+            check_reachable_api_server()
 
     def execute(self, actions: list[Action], ctx: LaunchContext) -> None:
         secrets = secret_values()
         keys = read_engine_keys(ctx.directory)
+        admin = ensure_admin_key(ctx.directory)
         stage_actions = [a for a in actions if a.op in _STAGE_OPS]
         self._run_parallel(stage_actions, lambda a: self._stage(a, ctx, secrets, keys))
         rec = ctx.record()
+        router = rec.component("router")
         if stage_actions or any(a.op in ("launch_router", "update_router") for a in actions):
             endpoints = {c.stage: [c.url] for c in rec.components if c.kind == "service" and c.url}
             key_env = {s.name: engine_key_env(s.name) for s in ctx.plan.serving() if s.name in keys}
-            path = write_router_config(ctx.plan, endpoints, ctx.directory / "router.json", key_env)
-            cfg = router_task(ctx.plan, path)
-            key = Path(rec.api_key_file).read_text().strip()
-            router_secrets = {"CASCADIA_ROUTER_API_KEYS": key, **{key_env[s]: keys[s] for s in key_env}}
-            url = self._service(ctx, "router", "", cfg, router_secrets, update=rec.component("router") is not None)
-            ctx.store.update(ctx.name, endpoint=url.rstrip("/") + "/v1")
+            path = ctx.directory / "router.json"
+            before = path.read_text() if path.is_file() else ""
+            write_router_config(ctx.plan, endpoints, path, key_env)
+            same_stages = not any(a.op in ("launch_stage", "remove_stage", "launch_router") for a in actions)
+            if router is not None and router.phase == "ready" and same_stages and (
+                    path.read_text() == before or self._swap(ctx, path, admin)):
+                ctx.store.update_component(ctx.name, "router", fingerprint=router_fingerprint(ctx.plan))
+            else:   # a new router, new stages (the router needs their keys' variables), or the swap was refused
+                cfg = router_task(ctx.plan, path)
+                key = Path(rec.api_key_file).read_text().strip()
+                router_secrets = {"CASCADIA_ROUTER_API_KEYS": key, ADMIN_KEY_ENV: admin.read_text().strip(),
+                                  **{key_env[s]: keys[s] for s in key_env}}
+                url = self._service(ctx, "router", "", cfg, router_secrets, update=router is not None)
+                ctx.store.update(ctx.name, endpoint=url.rstrip("/") + "/v1")
+        self._watcher(actions, ctx, secrets)
+
+    def _swap(self, ctx: LaunchContext, path: Path, admin: Path) -> bool:
+        """The running router takes the new config through its admin API (atomic; requests in flight finish on the
+        old one; no restart, no SkyServe update). False when it refuses or does not answer (the caller then rolls
+        the router service out with the new config)."""
+        import json
+
+        base = ctx.record().endpoint.removesuffix("/v1")
+        code, body = http_post(base + "/admin/config", json.loads(path.read_text()),
+                               {"Authorization": f"Bearer {admin.read_text().strip()}"})
+        if code == 200:
+            ctx.progress(f"{ctx.name}-router: new config swapped in through its admin API (no restart)")
+            return True
+        why = (body or {}).get("error", {}).get("message", "") if isinstance(body, dict) else ""
+        ctx.progress(f"{ctx.name}-router: config swap refused ({code or 'no answer'}{': ' + why if why else ''}); "
+                     f"rolling the router service out instead")
+        return False
+
+    def _watcher(self, actions: list[Action], ctx: LaunchContext, secrets: dict[str, str]) -> None:
+        """Launch, relaunch (any other change: its bundle must hold the new plan) or remove the re-schedule
+        watcher. Inside the watcher (its own changes) nothing happens here."""
+        if os.environ.get(IN_WATCHER_ENV):
+            return
+        rec = ctx.record()
+        have = rec.component(WATCHER_COMPONENT)
+        cluster = watcher_cluster(ctx.name)
+        if any(a.op == "remove_watcher" for a in actions) or (have is not None and not
+                                                              ctx.plan.launch.reschedule.enabled):
+            self._watcher_down(rec, ctx.store)
+            return
+        if have is None and not any(a.op == "launch_watcher" for a in actions):
+            return
+        if have is not None:
+            ctx.progress(f"{cluster}: relaunching with the new plan")
+            self._watcher_down(rec, ctx.store)
+        ctx.store.put_component(ComponentRecord(
+            deployment=ctx.name, name=WATCHER_COMPONENT, kind="watcher", phase="starting", handle=cluster,
+            started_at=time.time(), fingerprint=plan_digest(ctx.plan.to_json())))
+        bundle = write_bundle(ctx.store, ctx.name, rec.spec_path, ctx.directory / "watch-bundle")
+        cfg = watcher_task(ctx.plan, bundle)
+        ctx.progress(f"{cluster}: launching the re-schedule watcher (sky.launch)")
+        self.api.cluster_launch(cfg, cluster, watcher_secrets(ctx.directory, secrets), 0)
+        ctx.store.update_component(ctx.name, WATCHER_COMPONENT, phase="ready")
+
+    def _watcher_down(self, rec: DeploymentRecord, store: StateStore) -> list[str]:
+        have = rec.component(WATCHER_COMPONENT)
+        if have is None:
+            return []
+        store.update_component(rec.name, WATCHER_COMPONENT, phase="stopping")
+        gone = [have.handle] if have.handle in self.api.cluster_status([have.handle]) else []
+        if gone:
+            self.api.cluster_down(have.handle)
+        store.delete_component(rec.name, WATCHER_COMPONENT)
+        return gone
+
+    def sync(self, record: DeploymentRecord, store: StateStore) -> list[dict[str, Any]]:
+        """The running watcher's newest state (its job log) into this machine's record; the state lines read."""
+        have = record.component(WATCHER_COMPONENT)
+        if have is None or have.handle not in self.api.cluster_status([have.handle]):
+            return []
+        states = parse_state_lines(self.api.job_log_tail(have.handle, STATE_LOG_LINES))
+        import_state(store, record, states)
+        return [s for s in states if s.get("base") == have.fingerprint]
 
     def _stage(self, action: Action, ctx: LaunchContext, secrets: dict[str, str], keys: dict[str, str]) -> None:
         service = f"{ctx.name}-{action.stage}"
@@ -206,17 +302,27 @@ class SkyServeBackend(_SkyBase):
         return str(url)
 
     def observe(self, record: DeploymentRecord) -> DeploymentObservation:
-        handles = [c.handle for c in record.components if c.handle]
+        handles = [c.handle for c in record.components if c.handle and c.kind != "watcher"]
         info = self.api.serve_status(handles) if handles else {}
-        comps = tuple(ComponentObservation(c.name, c.kind, c.stage, c.phase,
-                                           remote=(info.get(c.handle) or {}).get("status", "")) for c in record.components)
-        return DeploymentObservation(record.phase, record.phase == "up", comps)
+        comps = [ComponentObservation(c.name, c.kind, c.stage, c.phase,
+                                      remote=(info.get(c.handle) or {}).get("status", ""))
+                 for c in record.components if c.kind != "watcher"]
+        watcher = record.component(WATCHER_COMPONENT)
+        if watcher is not None:   # the cluster, and whether its job (the loop) still runs
+            remote = self.api.cluster_status([watcher.handle]).get(watcher.handle, "")
+            if remote == "UP" and watcher.phase == "ready":
+                job = self.api.job_status(watcher.handle)
+                remote = f"FAILED (its job: {job})" if job.startswith(_JOB_ENDED) else remote
+            comps.append(ComponentObservation(watcher.name, watcher.kind, "", watcher.phase, remote=remote))
+        return DeploymentObservation(record.phase, record.phase == "up", tuple(comps))
 
     def teardown(self, record: DeploymentRecord, store: StateStore) -> list[str]:
-        handles = [c.handle for c in record.components if c.handle]
+        """The watcher first (it must not change what is being taken down), then every service."""
+        stopped = self._watcher_down(record, store)
+        handles = [c.handle for c in record.components if c.handle and c.kind != "watcher"]
         existing = [h for h in handles if h in self.api.serve_status(handles)] if handles else []
         self.api.serve_down(existing)
-        return existing
+        return stopped + existing
 
 
 class ClustersBackend(_SkyBase):
