@@ -65,7 +65,9 @@ class DeploymentLevel:
         self._solved: dict[tuple[float, ...], DeployResult] = {}
         self._offers = []
         if self.res.cloud is not None:
-            self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
+            excluded = set(self.res.cloud.exclude_offers)   # offers SkyPilot found no capacity for (`up` re-plans)
+            self._offers = [o for o in offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
+                            if f"{o.cloud}/{o.region}/{o.instance_type}" not in excluded]
         self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
                        if self.res.cloud is not None else {})
         self.caps: dict[str, float] = {}       # quota: auto: EC2 vCPU caps per region, family and purchase option

@@ -92,7 +92,10 @@ class RecordingSkyApi:
     named in `fail_setup` start nothing and their job fails in setup (with `setup_log` as its log)."""
 
     def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False,
-                 fail_setup: tuple[str, ...] = (), setup_log: str = "") -> None:
+                 fail_setup: tuple[str, ...] = (), setup_log: str = "",
+                 no_capacity: Any = (), preempted: tuple[str, ...] = ()) -> None:
+        self.no_capacity = no_capacity   # offers (cloud/region/instance_type), or a predicate, with no capacity
+        self.preempted = preempted       # services one of whose spot replicas SkyServe reports PREEMPTED
         self.calls: list[tuple[str, str, Any]] = []
         self.services: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, Any] = {}
@@ -106,11 +109,35 @@ class RecordingSkyApi:
     def check(self) -> None:
         self.calls.append(("check", "", None))
 
+    def provision(self, cfg: dict[str, Any]) -> tuple[str | None, list[Exception]]:
+        """What SkyPilot's provisioner does with a task's offers: try them in order (`resources.ordered`, else the
+        one pinned offer); an offer without capacity fails with SkyPilot's own ResourcesUnavailableError (as its
+        cloud provisioners raise it) and the next is tried. Returns (the offer that came up or None, the failover
+        history of real SkyPilot exceptions)."""
+        from sky import exceptions
+
+        res = cfg["resources"]
+        entries = res.get("ordered") or [{"infra": res.get("infra", ""), "instance_type": res.get("instance_type", "")}]
+        history: list[Exception] = []
+        for entry in entries:
+            key = f"{entry['infra']}/{entry['instance_type']}"
+            short = self.no_capacity(key) if callable(self.no_capacity) else key in self.no_capacity
+            if not short:
+                return key, history
+            history.append(exceptions.ResourcesUnavailableError(
+                f"Failed to acquire resources in {entry['infra']} for {entry['instance_type']}: "
+                "InsufficientInstanceCapacity (fake)"))
+        return None, history
+
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
         assert service not in self.services, f"serve up of an existing service {service}"
-        self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets)}))
+        # what SkyServe's controller does for each replica (the router's CPU replica always finds room)
+        offer, history = self.provision(cfg) if cfg["resources"].get("accelerators") else ("", [])
+        self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets), "offer": offer,
+                                                 "failover_history": history}))
         self._port += 1
-        self.services[service] = {"polls": 0, "endpoint": f"http://10.0.0.{len(self.services) + 1}:{self._port}"}
+        self.services[service] = {"polls": 0, "endpoint": f"http://10.0.0.{len(self.services) + 1}:{self._port}",
+                                  "offer": offer}
         return self.services[service]["endpoint"]
 
     def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
@@ -125,9 +152,13 @@ class RecordingSkyApi:
             if svc is None:
                 continue
             svc["polls"] += 1
+            if svc.get("offer", "") is None:   # no replica could be provisioned on any offer (SkyServe's state)
+                out[name] = {"status": "FAILED", "endpoint": svc["endpoint"], "replicas": ["FAILED_PROVISION"]}
+                continue
             status = "FAILED" if name in self.fail else "READY" if svc["polls"] > self.ready_after else \
                 "REPLICA_INIT"
-            out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": [status]}
+            replicas = [status, "PREEMPTED"] if name in self.preempted and status == "READY" else [status]
+            out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": replicas}
         return out
 
     def serve_down(self, services: list[str]) -> None:
@@ -138,7 +169,15 @@ class RecordingSkyApi:
     def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
         from cascadia_sky.engines import start_bundled
 
-        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port}))
+        offer, history = self.provision(cfg) if cfg["resources"].get("accelerators") else ("", [])
+        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port, "offer": offer,
+                                                       "failover_history": history}))
+        if offer is None:   # SkyPilot's own error after its failover: every offer failed
+            from sky import exceptions
+
+            raise exceptions.ResourcesUnavailableError(
+                f"Failed to provision all possible launchable resources ({len(history)} tried).",
+                failover_history=history)
         if cluster in self.fail_setup:
             self.clusters[cluster] = None
             return f"http://127.0.0.1:{port}"
