@@ -132,7 +132,7 @@ class RecordingSkyApi:
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
         assert service not in self.services, f"serve up of an existing service {service}"
         # what SkyServe's controller does for each replica (the router's CPU replica always finds room)
-        offer, history = self.provision(cfg) if cfg["resources"].get("accelerators") else ("", [])
+        offer, history = self.provision(cfg) if cfg.get("resources", {}).get("accelerators") else ("", [])
         self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets), "offer": offer,
                                                  "failover_history": history}))
         self._port += 1
@@ -169,7 +169,7 @@ class RecordingSkyApi:
     def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
         from cascadia_sky.engines import start_bundled
 
-        offer, history = self.provision(cfg) if cfg["resources"].get("accelerators") else ("", [])
+        offer, history = self.provision(cfg) if cfg.get("resources", {}).get("accelerators") else ("", [])
         self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port, "offer": offer,
                                                        "failover_history": history}))
         if offer is None:   # SkyPilot's own error after its failover: every offer failed
