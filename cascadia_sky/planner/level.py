@@ -16,6 +16,7 @@ import numpy as np
 from cascadia_sky.catalog import get_gpu, offers
 from cascadia_sky.constants import DEPLOY_TAIL_FRACTION, PLANNER_LENGTH_SAMPLES, PLANNER_SEED
 from cascadia_sky.perf import LengthDist
+from cascadia_sky.rtt import rtt_table
 from cascadia_sky.planner.candidates import Burst, StageTable, cloud_table, local_candidates, pool_table
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, solve
 from cascadia_sky.planner.exact import ThresholdSpace
@@ -144,7 +145,7 @@ class DeploymentLevel:
             return DeployProblem(mode="cloud", **common)
         return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
                              caps={**{gpu_key(t): float(q) for t, q in self.quotas.items()}, **self.caps},
-                             **common)
+                             rtt_s=rtt_table(), same_region=self.res.cloud.single_region, **common)
 
     def reach_of(self, thresholds: tuple[float, ...]) -> tuple[float, ...]:
         out = self.ctx.train.evaluate(list(thresholds))

@@ -96,6 +96,10 @@ class StagePlan(_Frozen):
         None, description="p95 latency of a request answered by this stage (it waited for every stage up to it).")
     bursty_p95_latency_s: float | None = Field(
         None, description="This stage's p95 under the trace's short-window rates (pointwise-stationary model).")
+    rtt_s: float = Field(0.0, description="Round trip between the router (in the first stage's region) and this "
+                                          "stage's region, added to every request that reaches it (catalogs/rtt.csv; "
+                                          "0 in the same region or when unknown). Counted in p95_latency_s of the "
+                                          "plan and in path_p95_latency_s; not in the request-level p95.")
     offers: list[OfferChoice] = Field(
         default_factory=list,
         description="Cloud plans: the chosen offer first, then the equivalent ones (same GPU type and instance size, "

@@ -68,7 +68,7 @@ from cascadia_sky.planner.plan import (
     launch_settings,
 )
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search, objective_j
-from cascadia_sky.planner.verify import gpu_key
+from cascadia_sky.planner.verify import gpu_key, round_trips
 from cascadia_sky.quality import QualityProfile, load_profile
 from cascadia_sky.spec import CascadeSpec, allowed_gpu_types
 from cascadia_sky.workload import Workload, load_trace, sample_lengths
@@ -326,6 +326,8 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
         estimates.append(est)
     latency = request_latency(ctx, level, dep.chosen, [float(a) for a in out.answered])
     bands = _failover_offers(ctx, level, dep)
+    rtts = (round_trips(level.problem_at(tuple(float(r) for r in out.reach)), dep.chosen)
+            if spec.resources.cloud is not None else (0.0,) * len(dep.chosen))
     for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
         reach = float(out.reach[i])
         est = estimates[i]
@@ -342,8 +344,8 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
             e2e_p50_s=est.e2e_p50_s if est else None, ttft_p50_s=est.ttft_p50_s if est else None,
             tpot_s=est.tpot_s if est else None, max_rate_rps_per_replica=est.max_rate_rps if est else None,
             utilization=est.utilization if est else None, binding=binding.get(i, ""),
-            path_p95_latency_s=latency.path_p95_s[i], bursty_p95_latency_s=latency.bursty_stage_p95_s[i],
-            offers=bands[i]))
+            path_p95_latency_s=(None if latency.path_p95_s[i] is None else latency.path_p95_s[i] + sum(rtts[:i + 1])),
+            bursty_p95_latency_s=latency.bursty_stage_p95_s[i], rtt_s=rtts[i], offers=bands[i]))
     holdout_q = (ctx.profile.evaluate(theta, ctx.holdout_idx).quality if ctx.holdout_idx.size else None)
     conf = spec.quality.confidence
     lower = _quality_bound(ctx, theta, conf) if conf else None
