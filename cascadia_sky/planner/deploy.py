@@ -464,9 +464,15 @@ def _solve_lexicographic(problem: DeployProblem, cands: tuple[tuple[Candidate, .
     chosen = _extract(m)
     best_primary = objective_values(problem, chosen)[0]
     m.prob += (primary <= tie_bound(best_primary), "tie_break_bound")
-    if _run_cbc(m, tie_break, deadline - time.perf_counter(), problem.gap, warm=True) in (
+    # CBC's warm start returned fractional "optimal" values on models with round-trip variables: no warm start
+    # there, and a tie-break answer is kept only when it checks out (else the primary's answer stands)
+    warm = not (problem.rtt_s or problem.same_region)
+    if _run_cbc(m, tie_break, deadline - time.perf_counter(), problem.gap, warm=warm) in (
             DeployStatus.OPTIMAL, DeployStatus.FEASIBLE):
-        chosen = _extract(m)
+        second = _extract(m)
+        if not violations(problem, second, pool_relaxed=pool_le) and \
+                objective_values(problem, second)[0] <= tie_bound(best_primary):
+            chosen = second
     return status, chosen, reported
 
 
