@@ -41,10 +41,10 @@ from cascadia_sky.constants import (
 from cascadia_sky.errors import PlanError
 from cascadia_sky.planner.verify import (
     PlanMetrics,
-    place_of,
     binding_stages,
     evaluate,
     objective_values,
+    place_of,
     stage_weights,
     tie_bound,
     uses_of,

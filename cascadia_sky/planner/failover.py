@@ -62,7 +62,7 @@ def equivalent_offers(chosen: Sequence[Candidate], offers: Sequence[Offer], *, b
             if budget_usd_per_hour is not None and not within(total_usd - c.usd_per_hour + price,
                                                               budget_usd_per_hour):
                 continue
-            uses = {**({f"gpu:{c.gpu_type}": float(c.gpus)}),
+            uses = {f"gpu:{c.gpu_type}": float(c.gpus),
                     **(offer_uses(o, c.instances or 0) if offer_uses is not None else {})}
             if any(not within(others.get(k, 0.0) + uses.get(k, 0.0), cap) for k, cap in caps.items()):
                 continue

@@ -170,8 +170,8 @@ def price_problems(name: str, stage: StagePlan, res: dict[str, Any], copies: int
     fix = "re-plan (`cascadia plan`) so that the plan and SkyPilot read the same catalogs"
     per_node = res.get("usd_per_hour_per_node")
     if per_node is None:
-        return [f"{name}: SkyPilot prices no offer for it ({res.get('choice') or 'no choice'}); the plan's price is "
-                f"${stage.usd_per_hour:.4f}/h; {fix}"]
+        return [(f"{name}: SkyPilot prices no offer for it ({res.get('choice') or 'no choice'}); the plan's price "
+                 f"is ${stage.usd_per_hour:.4f}/h; {fix}")]
     out = []
     where = (str(res.get("cloud", "")).lower(), res.get("region"), res.get("instance_type"))
     if where != (stage.cloud, stage.region, stage.instance_type) or off(stage.usd_per_hour, per_node * copies):
