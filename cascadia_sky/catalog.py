@@ -595,11 +595,13 @@ def cheapest_offers(clouds: Iterable[str] | None = None, gpu_types: Iterable[str
     return list(best.values())
 
 
-def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None) -> list[Path]:
+def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None,
+                           exclude: Iterable[str] | None = None) -> list[Path]:
     """Write `<dest>/<cloud>/vms.csv` and `<dest>/common/accelerators.csv` (SkyPilot's v8 cache layout).
 
     Point dest at `<home>/.sky/catalogs/v8`. Files without a `.meta/*.md5` are never refreshed by SkyPilot.
-    Other files SkyPilot reads (e.g. aws/images.csv) are the launcher's business.
+    Other files SkyPilot reads (e.g. aws/images.csv) are the launcher's business. `exclude` names offers
+    (cloud/region/instance_type) whose rows are left out (a GCP offer: its GPU rows in that region).
     """
     names = [_check_cloud(c) for c in cloud_names] if cloud_names is not None else _cloud_names()
     written: list[Path] = []
@@ -609,7 +611,11 @@ def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None)
             accelerators.setdefault(offer.gpu, set()).add(SKYPILOT_CLOUD_NAMES[name])
         target = dest / name / "vms.csv"
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(offer_csv_path(name), target)
+        dropped = {tuple(k.split("/")[1:]) for k in exclude or () if k.split("/")[0] == name}
+        if dropped:
+            _copy_without(name, offer_csv_path(name), target, dropped)
+        else:
+            shutil.copyfile(offer_csv_path(name), target)
         written.append(target)
     common = dest / "common" / "accelerators.csv"
     common.parent.mkdir(parents=True, exist_ok=True)
@@ -620,3 +626,22 @@ def write_skypilot_catalog(dest: Path, cloud_names: Iterable[str] | None = None)
             writer.writerow([gpu, repr(sorted(accelerators[gpu]))])
     written.append(common)
     return written
+
+
+def _copy_without(cloud: str, source: Path, target: Path, dropped: set[tuple[str, ...]]) -> None:
+    """Copy an offers CSV without the rows of the dropped (region, instance type) offers. GCP prices a GPU apart
+    from its host VM: its offer is the GPU row (an empty InstanceType) whose host is that instance type."""
+    gpu_offers = {(o.region, o.gpu, o.gpus) for o in _offers_at(str(catalog_dir()), cloud)
+                  if (o.region, o.instance_type) in dropped} if cloud == "gcp" else set()
+    index = _gpu_index(str(catalog_dir()))
+    with source.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = [row for row in reader if (row["Region"], row["InstanceType"]) not in dropped
+                and not (not row["InstanceType"] and row.get("AcceleratorName") and (
+                    row["Region"], index.get(_key(row["AcceleratorName"])),
+                    int(float(row["AcceleratorCount"] or 0))) in gpu_offers)]
+    with target.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -43,6 +43,9 @@ DEPLOY_TIE_TOL_REL = 1e-7             # primary objective within this of the opt
 # --- planner: candidates and threshold search ------------------------------------------------
 CLOUD_MAX_REPLICAS = 32               # most replicas of one stage considered in cloud mode
 CLOUD_REPLICA_GAIN_FRACTION = 0.01    # stop adding replicas once one more improves p95 by less than this
+FAILOVER_PRICE_BAND_FRACTION = 0.03   # equivalent offers: a stage's $/h on them within +this of the chosen offer
+FAILOVER_MAX_OFFERS = 8               # at most this many offers per stage in its failover list (chosen one first)
+FAILOVER_MAX_REPLANS = 3              # `up`: re-plans after SkyPilot found no capacity in a stage's whole band
 CURVE_POINTS = 32                     # utilisation grid points per replica-shape latency curve
 CURVE_MIN_HEADROOM_FRACTION = 1e-3    # the grid reaches utilisation 1 - this
 PLANNER_LENGTH_SAMPLES = 4000         # request-length samples handed to the performance model per stage
@@ -104,6 +107,8 @@ SKY_VLLM_PORT = 8000                         # vLLM's port on a replica
 SKY_VLLM_VERSION = "0.33.0"                  # pip-installed on replicas (tasks/stage-service.yaml)
 SKY_ROUTER_CPUS = "4+"                       # the router service's replica
 SKY_HEALTH_POLL_INTERVAL_SECONDS = 1.0       # clusters: probing a launched engine's /health (direct HTTP, cheap)
+PRICE_CHECK_TOLERANCE_USD_PER_HOUR = 0.01    # up --dryrun: SkyPilot's price may differ from the plan's by this
+PRICE_CHECK_TOLERANCE_FRACTION = 0.005       # ... or by this fraction of the plan's price, whichever is larger
 SKY_JOB_LOG_TAIL_LINES = 40                  # clusters: job log lines shown when a stage's job ends before serving
 
 # --- quality profiles ------------------------------------------------------------------------------

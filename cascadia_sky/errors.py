@@ -76,5 +76,15 @@ class LaunchError(CascadiaError):
     """Launching, observing or stopping a deployment failed; the message says what was cleaned up and what next."""
 
 
+class CapacityError(LaunchError):
+    """SkyPilot found no capacity on any offer of a stage's failover list (its ResourcesUnavailableError after
+    trying them all, or a SkyServe replica that failed to provision). `stages` names the stages; `up` re-plans
+    without their offers."""
+
+    def __init__(self, message: str, stages: tuple[str, ...] = ()) -> None:
+        self.stages = tuple(stages)
+        super().__init__(message)
+
+
 class CloudAccessError(CascadiaError):
     """A cloud API cannot be used at all (no credentials, SDK missing); the message says what to run."""

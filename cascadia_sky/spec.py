@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from cascadia_sky.constants import (
+    FAILOVER_PRICE_BAND_FRACTION,
     LAUNCH_ROUTER_PORT,
     LOCAL_MAX_REPLICAS,
     PLANNER_QUALITY_CONFIDENCE,
@@ -172,6 +173,26 @@ class CloudSpec(_Strict):
                                                             "(G/VT and P families, on-demand or spot) minus what runs "
                                                             "now, read with boto3 at planning time. Explicit `quotas` "
                                                             "win for their GPU types.")
+    failover_band: float = Field(FAILOVER_PRICE_BAND_FRACTION, ge=0, le=1,
+                                 description="Equivalent offers: besides its chosen offer, each stage lists the offers "
+                                             "(other regions and allowed clouds, same GPU type and instance size, "
+                                             "within the quotas and budget) whose $/h is at most this fraction above "
+                                             "the chosen one; SkyPilot tries them in order when one has no "
+                                             "capacity. 0: offers at the same price only.")
+    single_region: bool = Field(False, description="Keep every stage (and the router) in one cloud region: no "
+                                                   "round trips between regions, and no failover to another region.")
+    exclude_offers: list[str] = Field(default_factory=list,
+                                      description="Offers the planner must not use, as cloud/region/instance_type "
+                                                  "(e.g. aws/us-east-1/p5.48xlarge); `up` adds those SkyPilot found "
+                                                  "no capacity for when it re-plans.")
+
+    @field_validator("exclude_offers")
+    @classmethod
+    def _offer_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if len(key.split("/")) != 3 or not all(key.split("/")):
+                raise ValueError(f"{key!r} is not cloud/region/instance_type (e.g. aws/us-east-1/p5.48xlarge)")
+        return v
 
 
 class LocalSpec(_Strict):

@@ -157,3 +157,22 @@ def test_refreshed_spot_prices_set_the_plans_cost_and_skypilot_agrees(aws: FakeA
             assert (res["instance_type"], res["region"], res["spot"]) == (stage.instance_type, stage.region, True)
             assert res["usd_per_hour_per_node"] * stage.instances == pytest.approx(stage.usd_per_hour, rel=1e-6)
     assert not math.isclose(costs[0], costs[1], rel_tol=1e-3)
+
+
+def test_failover_offers_respect_the_vcpu_quota_of_their_region(aws: FakeAws, tmp_path: Path) -> None:
+    """An offer in a region whose EC2 vCPU quota the plan cannot fit is not equivalent: with us-west-2's P quota at
+    0 the P stages fail over only within us-east-1's quota; with both regions ample they list both regions."""
+    refresh_fake(aws, REGIONS)
+    refresh_aws(REGIONS, session=aws.session)
+    spec = load_spec(write_spec(tmp_path, quota="auto", failover_band=1.0))
+    for region in REGIONS:
+        aws.queue_quotas(region, all_quota_codes(2000.0))
+    ample = make_plan(spec)
+    p_stages = [s for s in ample.serving() if quota_family(s.instance_type) == "P"]
+    assert p_stages and all({o.region for o in s.offers} == set(REGIONS) for s in p_stages)
+    aws.queue_quotas("us-east-1", all_quota_codes(2000.0))
+    aws.queue_quotas("us-west-2", {**all_quota_codes(2000.0), P_ON_DEMAND: 0.0})
+    tight = make_plan(spec)
+    aws.assert_all_answered()
+    tight_p = [s for s in tight.serving() if quota_family(s.instance_type) == "P"]
+    assert tight_p and all({o.region for o in s.offers} == {"us-east-1"} for s in tight_p)

@@ -2,8 +2,10 @@
 and run through SkyPilot's own task parser and optimizer on the shipped catalogs (offline).
 
 Each replica must map to whole instances of exactly its GPUs (no two replicas on one instance), so SkyPilot must
-pick the plan's instance type, region and spot choice, and price it at the plan's $/h. A stage no request
-reaches has no replicas and costs nothing. Specs vary the GPU types, budgets, quotas, spot and the goal.
+pick the plan's instance type, region and spot choice, and price it at the plan's $/h; and every equivalent offer
+of a stage's failover list (`resources.ordered`), alone, at the plan's $/h for that offer. A stage no request
+reaches has no replicas and costs nothing. Specs vary the GPU types, budgets, quotas, spot, the failover band and
+the goal.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def random_spec(tmp: Path, seed: int) -> Path:
     cloud["gpu_types"] = sorted(rng.sample(TYPES, rng.randint(1, 3)), key=TYPES.index)
     cloud["spot"] = rng.random() < 0.5
     cloud["quotas"] = {t: rng.choice([8, 16, 24]) for t in cloud["gpu_types"] if rng.random() < 0.5}
+    cloud["failover_band"] = rng.choice([0.0, 0.03, 0.25, 1.0])
     if rng.random() < 0.5:
         cloud["budget_usd_per_hour"] = rng.choice([30, 60, 120, 240])
         data["objective"] = {"latency": "e2e", "goal": "min-latency"}
@@ -74,7 +77,16 @@ def test_random_cloud_plans_are_accepted_and_priced_by_skypilot(tmp_path: Path) 
     assert planned >= SPECS // 2, f"only {planned} of {SPECS} random specs had a plan"
     results = check_tasks(tasks, ["aws", "gcp", "azure", "lambda"])
     print(f"{SPECS} random cloud specs: {planned} planned, {infeasible} infeasible; {len(tasks)} stage tasks checked")
+    offers = 0
     for stage, res in zip(expected, results, strict=True):
         assert res["ok"], (stage.name, res["error"])
         assert (res["instance_type"], res["region"], res["spot"]) == (stage.instance_type, stage.region, stage.spot), res
         assert res["usd_per_hour_per_node"] * stage.instances == pytest.approx(stage.usd_per_hour, rel=1e-6)
+        assert (stage.offers[0].instance_type, stage.offers[0].region) == (stage.instance_type, stage.region)
+        band = res.get("band") or []
+        assert len(band) == (len(stage.offers) if len(stage.offers) > 1 else 0)   # one offer: pinned, no list
+        for offer, b in zip(stage.offers, band):
+            assert b["ok"], (stage.name, offer, b["choice"])
+            assert b["usd_per_hour_per_node"] * stage.instances == pytest.approx(offer.usd_per_hour, rel=1e-6)
+        offers += len(band)
+    print(f"{offers} failover offers priced by SkyPilot as planned")

@@ -31,6 +31,10 @@ CONFIGS = {
                                             budget=True),
     "cloud-latency-caps": dict(mode="cloud", caps=True),
     "cloud-cost-caps-quota-slo": dict(mode="cloud", goal="min-cost", caps=True, quotas=True, slo=True),
+    "cloud-latency-round-trips": dict(mode="cloud", places=True, budget=True),
+    "cloud-cost-round-trips-slo": dict(mode="cloud", goal="min-cost", places=True, slo=True),
+    "cloud-latency-max-stage-round-trips": dict(mode="cloud", objective="max-stage", places=True, quotas=True),
+    "cloud-latency-one-region": dict(mode="cloud", same_region=True, places=True, budget=True),
 }
 SEEDS = range(40)
 
@@ -169,3 +173,17 @@ def test_dp_plan_attains_the_optimum(config: str) -> None:
         chosen, relaxed = got
         assert relaxed == want.pool_relaxed and not violations(problem, chosen, pool_relaxed=relaxed)
         assert objective_values(problem, chosen)[0] == pytest.approx(want.latency_s)
+
+
+def test_round_trips_and_one_region_change_some_optima() -> None:
+    """The round-trip instances are not trivial: without the table (or the one-region rule) some optima differ."""
+    moved = confined = 0
+    for seed in SEEDS:
+        problem = instance("cloud-latency-round-trips", seed)
+        with_rtt, without = solve(problem), solve(dataclasses.replace(problem, rtt_s={}))
+        if with_rtt.chosen and without.chosen:
+            moved += not math.isclose(with_rtt.latency_s, without.latency_s)
+        one = instance("cloud-latency-one-region", seed)
+        free = solve(dataclasses.replace(one, same_region=False))
+        confined += bool(free.chosen) and len({(c.cloud, c.region) for c in free.chosen if c.replicas}) > 1
+    assert moved >= 5 and confined >= 5, (moved, confined)

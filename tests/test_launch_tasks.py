@@ -93,6 +93,42 @@ def test_cloud_plan_pins_cloud_region_instance_and_spot_with_fallback(sky) -> No
         assert task.service.target_qps_per_replica == pytest.approx(stage.rate_rps / stage.replicas, rel=1e-3)
 
 
+def test_failover_offers_render_as_skypilots_ordered_list_with_spot_fallback(sky) -> None:
+    """Several offers: `resources.ordered` in the plan's order (SkyPilot keeps it as a list); spot stays spot with
+    SkyServe's on-demand fallback; one offer stays pinned."""
+    from cascadia_sky.planner.plan import OfferChoice
+
+    plan = example_plan("multicloud")
+    stage = plan.stages[1]
+    alt = OfferChoice(cloud="gcp", region="us-east4", instance_type="a3-ultragpu-8g", usd_per_hour=29.25)
+    moved = stage.model_copy(update={"offers": [*stage.offers, alt]})
+    task = _parse(sky, stage_task(_with(plan, moved), moved))
+    assert isinstance(task.resources, list)                                  # ordered, not any_of
+    assert [(str(r.cloud).lower(), r.region, r.instance_type) for r in task.resources] == [
+        (o.cloud, o.region, o.instance_type) for o in moved.offers]
+    assert all(r.use_spot and r.accelerators == {stage.gpu_type: 8} for r in task.resources)
+    assert task.service.dynamic_ondemand_fallback is True
+    assert "ordered" not in stage_task(plan, stage)["resources"]             # one offer: pinned as before
+
+
+def test_rescheduling_owns_replica_counts_so_skyserve_does_not_autoscale(sky) -> None:
+    from cascadia_sky.spec import RescheduleSpec
+
+    plan = example_plan("multicloud").with_launch(autoscale=True, reschedule=RescheduleSpec(enabled=True))
+    for stage in plan.stages:
+        task = _parse(sky, stage_task(plan, stage))
+        assert task.service.min_replicas == stage.replicas
+        assert task.service.max_replicas in (None, stage.replicas)          # fixed: the re-scheduler scales
+        assert task.service.target_qps_per_replica is None
+
+
+def test_cloud_router_runs_where_the_first_stage_runs(tmp_path) -> None:
+    plan = example_plan("multicloud")
+    cfg = router_task(plan, tmp_path / "router.json")
+    first = plan.serving()[0]
+    assert cfg["resources"]["infra"] == f"{first.cloud}/{first.region}" and "any_of" not in cfg["resources"]
+
+
 def test_pipeline_across_nodes_is_multi_node(sky) -> None:
     base = example_plan("deepseek")
     stage = base.stages[2].model_copy(update={"tp": 8, "pp": 2, "replicas": 3})

@@ -22,6 +22,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("cascadia_sky", "cascadia_sky.errors", "cascadia_sky.constants", "cascadia_sky.models",
               "cascadia_sky.quality", "cascadia_sky.registries")),
     ("data", ("cascadia_sky.catalog", "cascadia_sky.catalog_view", "cascadia_sky.bundled", "cascadia_sky.workload",
+              "cascadia_sky.rtt",
               "cascadia_sky.cloud")),
     ("spec and performance model", ("cascadia_sky.spec", "cascadia_sky.perf")),
     ("planner", ("cascadia_sky.planner",)),

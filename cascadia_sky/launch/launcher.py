@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from cascadia_sky.errors import CascadiaError, LaunchError, UserInputError
+from cascadia_sky.constants import FAILOVER_MAX_REPLANS
+from cascadia_sky.errors import CapacityError, CascadiaError, InfeasibleError, LaunchError, UserInputError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext, get_backend
 from cascadia_sky.launch.fingerprint import engine_changes, router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.keys import ensure_api_key, ensure_engine_keys
 from cascadia_sky.launch.procs import process_start, same_process
 from cascadia_sky.launch.state import DeploymentRecord, StateStore
-from cascadia_sky.launch.status import ComponentStatus, DeploymentStatus, derive_deployment
+from cascadia_sky.launch.status import ComponentStatus, DeploymentObservation, DeploymentStatus, derive_deployment
 from cascadia_sky.launch.watcher import wants_watcher
 from cascadia_sky.planner.plan import Plan
 
@@ -140,8 +141,94 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
     `confirm(actions, backend)` is asked before a backend that costs money acts (not for `local`). A fresh (or
     interrupted) deployment that fails to come up is torn down before the error is raised, so a failed `up`
     leaves no process or cluster behind; its logs stay under the state home.
+
+    When SkyPilot finds no capacity on any offer of a stage's failover list (a CapacityError), `up` re-plans the
+    cascade file without those offers (`resources.cloud.exclude_offers`), says what it excluded and why, and
+    launches the new plan (the stages that came up stay); it stops with one clear message when no plan within
+    the budget and quotas remains, after FAILOVER_MAX_REPLANS re-plans, or when it was given a plan file.
     """
     store = store or StateStore()
+    before = store.get(target.plan.name)
+    fresh = before is None or before.phase == "launching"   # never came up: a final failure leaves nothing
+    excluded: list[str] = []
+    for attempt in range(FAILOVER_MAX_REPLANS + 1):
+        try:
+            return _up_once(target, store=store, dryrun=dryrun, progress=progress, confirm=confirm)
+        except CapacityError as exc:
+            try:
+                if attempt == FAILOVER_MAX_REPLANS:
+                    raise LaunchError(f"{exc}\nstill no capacity after {FAILOVER_MAX_REPLANS} re-plans (excluded: "
+                                      f"{', '.join(excluded)}); try again later, or raise quotas or the budget")
+                target, newly = replan_without_capacity(target, exc, excluded, progress)
+                excluded += newly
+            except CascadiaError as final:
+                if not fresh:
+                    store.update(target.plan.name, message=str(final)[:2000])
+                    raise
+                cleaned = _teardown(store, target.plan.name)
+                raise LaunchError(f"{final}\n`up` stopped everything it had started ({cleaned}); logs stay in "
+                                  f"{store.deployment_dir(target.plan.name)}") from None
+    raise AssertionError("unreachable")
+
+
+def replan_without_capacity(target: Target, exc: CapacityError, excluded: list[str],
+                            progress: Callable[[str], None]) -> tuple[Target, list[str]]:
+    """The target re-planned from its cascade file without the offers SkyPilot found no capacity on (every offer
+    of each failed stage's failover list), and the offers newly excluded. Raises a LaunchError saying why not
+    when it cannot re-plan (a plan file) or no plan within the budget and quotas remains."""
+    from cascadia_sky.planner.failover import offer_key
+    from cascadia_sky.planner.planner import make_plan
+    from cascadia_sky.spec import load_spec
+
+    plan = target.plan
+    newly = []
+    for name in exc.stages:
+        stage = plan.stage(name)
+        keys = [offer_key(o.cloud, o.region, o.instance_type) for o in stage.offers] or (
+            [offer_key(stage.cloud, stage.region, stage.instance_type)] if stage.cloud and stage.instance_type else [])
+        newly += [k for k in keys if k not in excluded and k not in newly]
+    source = target.source
+    if not newly or not source.endswith((".yaml", ".yml")) or not Path(source).is_file():
+        why = ("the failed stages have no cloud offers to exclude" if not newly else
+               "it was started from a plan file; `cascadia up cascade.yaml` re-plans around missing capacity")
+        raise LaunchError(f"{exc}\n`up` cannot re-plan: {why}")
+    progress(f"SkyPilot found no capacity on any offer of stage(s) {', '.join(exc.stages)}: excluding "
+             f"{', '.join(newly)} and re-planning")
+    spec = load_spec(source)
+    cloud = spec.resources.cloud
+    if cloud is None:
+        raise LaunchError(f"{exc}\n`up` cannot re-plan: {source} has no resources.cloud section")
+    keep = list(dict.fromkeys([*cloud.exclude_offers, *excluded, *newly]))
+    spec = _with_exclusions(spec, keep)
+    try:
+        new = make_plan(spec)
+    except InfeasibleError as err:
+        raise LaunchError(f"{exc}\nno plan within the budget and quotas remains without {', '.join(keep)}: "
+                          f"{err}") from None
+    new = new.model_copy(update={"launch": plan.launch})   # `up --port/--timeout` and the backend stay
+    moved = [f"{s.name}: {s.gpu_type} x{s.gpus} on {s.cloud}/{s.region}/{s.instance_type} ${s.usd_per_hour:.2f}/h"
+             for s in new.serving() if s.cloud]
+    progress(f"re-planned ({new.predicted.usd_per_hour:.2f} $/h, was {plan.predicted.usd_per_hour:.2f}): "
+             + "; ".join(moved) + f". A later `up {source}` plans with every offer again; list them under "
+             "resources.cloud.exclude_offers to keep them out")
+    return Target(new, source), newly
+
+
+def _with_exclusions(spec: Any, keys: list[str]) -> Any:
+    """A copy of the spec whose resources.cloud.exclude_offers is `keys` (relative paths resolve as before)."""
+    from cascadia_sky.spec import CascadeSpec
+
+    data = spec.model_dump(mode="json", exclude_none=True)
+    data["resources"]["cloud"]["exclude_offers"] = keys
+    new = CascadeSpec.model_validate(data)
+    new._source = spec.source
+    return new
+
+
+def _up_once(target: Target, *, store: StateStore, dryrun: bool, progress: Callable[[str], None],
+             confirm: Callable[[list[Action], str], bool] | None) -> UpResult:
+    """One decide-and-act pass of `up` (see there). A CapacityError leaves what came up running: `up` re-plans,
+    and the new plan's decision keeps what did not change."""
     plan = target.plan
     name, backend = plan.name, plan.launch.backend
     record = store.get(name)
@@ -179,6 +266,9 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
     progress(f"plan recorded: {plan_file}")
     try:
         impl.execute(actions, ctx)
+    except CapacityError as exc:
+        store.update(name, message=str(exc)[:2000])
+        raise
     except (CascadiaError, KeyboardInterrupt) as exc:
         if not fresh:
             store.update(name, message=str(exc)[:2000])
@@ -196,12 +286,16 @@ def up(target: Target, *, store: StateStore | None = None, dryrun: bool = False,
 
 # --- status ----------------------------------------------------------------------------------
 
-def observe(record: DeploymentRecord) -> tuple[DeploymentStatus, dict[str, ComponentStatus]]:
-    """Observe a recorded deployment through its backend and derive its states."""
+def _observation(record: DeploymentRecord) -> DeploymentObservation:
     obs = get_backend(record.backend).observe(record)
     if record.phase == "launching" and not obs.owner_alive:
         obs = replace(obs, owner_alive=same_process(record.up_pid, record.up_start))
-    return derive_deployment(obs)
+    return obs
+
+
+def observe(record: DeploymentRecord) -> tuple[DeploymentStatus, dict[str, ComponentStatus]]:
+    """Observe a recorded deployment through its backend and derive its states."""
+    return derive_deployment(_observation(record))
 
 
 @dataclass(frozen=True)
@@ -212,6 +306,7 @@ class DeploymentView:
     status: DeploymentStatus
     components: dict[str, ComponentStatus]
     router_stats: dict[str, Any] | None
+    details: dict[str, str] = field(default_factory=dict)   # per component, what SkyPilot says beyond its state
 
 
 def status(name: str | None = None, store: StateStore | None = None) -> list[DeploymentView]:
@@ -229,12 +324,13 @@ def status(name: str | None = None, store: StateStore | None = None) -> list[Dep
         records = store.all()
     views = []
     for rec in records:
-        state, comps = observe(rec)
+        obs = _observation(rec)
+        state, comps = derive_deployment(obs)
         stats = None
         if rec.endpoint and comps.get("router") is ComponentStatus.READY:
             code, body = http_get(rec.endpoint.removesuffix("/v1") + "/stats", _auth(rec))
             stats = body if code == 200 and isinstance(body, dict) else None
-        views.append(DeploymentView(rec, state, comps, stats))
+        views.append(DeploymentView(rec, state, comps, stats, {c.name: c.detail for c in obs.components if c.detail}))
     return views
 
 

@@ -58,15 +58,22 @@ def dryrun_report(result: UpResult) -> list[RenderableType]:
     assert rep is not None
     out: list[RenderableType] = [actions_text(rep.actions, rep.backend)]
     table = Table(title=f"dry run: what `cascadia up` would launch for {result.name!r} (backend {rep.backend})")
-    for col in ("component", "kind", "SkyPilot's choice / command", "$/h"):
-        table.add_column(col, overflow="fold", justify="right" if col == "$/h" else "left")
+    for col in ("component", "kind", "SkyPilot's choice / command", "$/h", "plan $/h"):
+        table.add_column(col, overflow="fold", justify="right" if "$/h" in col else "left")
+
+    def usd(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
     total = 0.0
     for item in rep.items:
         price = item.get("usd_per_hour")
         total += price or 0.0
-        table.add_row(item["name"], item["kind"], item.get("choice") or item.get("command", ""),
-                      "-" if price is None else f"{price:.2f}")
-    table.add_row("total", "", "", f"{total:.2f}", style="bold")
+        table.add_row(item["name"], item["kind"], item.get("choice") or item.get("command", ""), usd(price),
+                      usd(item.get("plan_usd_per_hour")))
+        for k, b in enumerate(item.get("band") or []):   # SkyPilot's own price for each offer of the failover list
+            table.add_row(f"  offer {k + 1}", b["infra"] + " " + b["instance_type"], b["choice"],
+                          usd(b.get("usd_per_hour")), usd(b.get("plan_usd_per_hour")), style="dim")
+    table.add_row("total", "", "", f"{total:.2f}", "", style="bold")
     for item in rep.items:
         if item.get("task"):
             out.append(Text(f"# {item['name']}: SkyPilot task (accepted by sky.Task.from_yaml_config"
@@ -107,7 +114,7 @@ def status_report(views: list[DeploymentView]) -> list[RenderableType]:
             st = stages.get(c.stage)
             state = v.components.get(c.name)
             value = state.value if state else c.phase
-            note = c.message.splitlines()[0] if c.message else ""
+            note = c.message.splitlines()[0] if c.message else v.details.get(c.name, "")
             table.add_row(c.name, c.stage or "-", Text(value, style=_STYLE.get(value, "")),
                           st.gpu_type if st else "-", f"{st.tp}x{st.pp}" if st else "-",
                           f"{st.usd_per_hour:.2f}" if st else "-", c.url or c.handle or "-", str(c.restarts), note)

@@ -14,17 +14,19 @@ Two parts:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cascadia_sky.catalog import user_catalog_dir
 from cascadia_sky.constants import HOME_ENV_VAR
-from cascadia_sky.errors import LaunchError, UserInputError
+from cascadia_sky.errors import CapacityError, LaunchError, UserInputError
 
 SKY_INSTALL_HINT = "pip install 'cascadia-sky[sky]'"
 DRYRUN_TIMEOUT_SECONDS = 300.0
@@ -163,6 +165,28 @@ class SkyApi:
         return re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())
 
 
+@contextlib.contextmanager
+def capacity_errors(stage: str) -> Iterator[None]:
+    """SkyPilot's ResourcesUnavailableError as a CapacityError naming the stage, when it is a capacity failure:
+    SkyPilot tried the task's offers in order and at least one try failed for want of capacity (the rule SkyServe's
+    own replica manager applies to its failover history). Any other refusal (e.g. no offer in SkyPilot's catalog)
+    stays a LaunchError with SkyPilot's message. Only an exception of SkyPilot's own class qualifies."""
+    try:
+        yield
+    except Exception as exc:
+        sky_exceptions = sys.modules.get("sky.exceptions")
+        unavailable = getattr(sky_exceptions, "ResourcesUnavailableError", None)
+        if unavailable is None or not isinstance(exc, unavailable):
+            raise
+        history = list(getattr(exc, "failover_history", None) or [])
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if not any(isinstance(e, unavailable) for e in history):
+            raise LaunchError(f"{stage}: SkyPilot cannot launch it: {first}") from exc
+        tries = "; ".join(str(e).strip().splitlines()[0][:160] for e in history if str(e).strip())
+        raise CapacityError(f"{stage}: SkyPilot found no capacity on any of its offers ({len(history)} "
+                            f"failed tries: {tries})", stages=(stage,)) from exc
+
+
 def _name(status: Any) -> str:
     return str(getattr(status, "value", status) or "").upper()
 
@@ -175,11 +199,15 @@ def _url(endpoint: str) -> str:
 
 # --- the dry run: SkyPilot's own checks on a seeded temporary catalog ---------------------------
 
-def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str, Any]]:
+def check_tasks(tasks: list[dict[str, Any]], clouds: list[str], exclude: list[str] | None = None,
+                blocked: list[str] | None = None) -> list[dict[str, Any]]:
     """Validate and optimize each `{"name", "config", "service": bool}` with SkyPilot, offline.
 
     Returns per task `{"name", "ok", "error", "choice", "cloud", "region", "instance_type", "accelerators",
-    "usd_per_hour_per_node"}`. Runs in a child process (SkyPilot reads HOME when imported).
+    "usd_per_hour_per_node", "band"}`; `band` (tasks with `resources.ordered`) holds SkyPilot's own price for each
+    entry alone, in order: `{"infra", "instance_type", "ok", "choice", "usd_per_hour_per_node"}`. Runs in a child
+    process (SkyPilot reads HOME when imported). `exclude` (cloud/region/instance_type) drops those offers from
+    the seeded catalog; `blocked` passes them to the optimizer as SkyPilot's provisioner does after a failed try.
     """
     import importlib.util
 
@@ -188,7 +216,8 @@ def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str
     with tempfile.TemporaryDirectory(prefix="cascadia-sky-dryrun-") as tmp:
         request = Path(tmp) / "request.json"
         result = Path(tmp) / "result.json"
-        request.write_text(json.dumps({"tasks": tasks, "clouds": clouds}))
+        request.write_text(json.dumps({"tasks": tasks, "clouds": clouds, "exclude": exclude or [],
+                                       "blocked": blocked or []}))
         home = Path(tmp) / "home"
         home.mkdir()
         env = {**os.environ, **OFFLINE_ENV, "HOME": str(home)}
@@ -203,13 +232,13 @@ def check_tasks(tasks: list[dict[str, Any]], clouds: list[str]) -> list[dict[str
         return list(json.loads(result.read_text()))
 
 
-def _seed_and_enable(clouds: list[str]) -> None:
-    """Seed ~/.sky/catalogs/v8 from the newest catalogs (user or shipped) and mark those clouds enabled (child
-    process only)."""
+def _seed_and_enable(clouds: list[str], exclude: list[str] | None = None) -> None:
+    """Seed ~/.sky/catalogs/v8 from the newest catalogs (user or shipped; without the `exclude`d offers) and mark
+    those clouds enabled (child process only)."""
     from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES, write_skypilot_catalog
 
     known = [c for c in clouds if c in SKYPILOT_CLOUD_NAMES]
-    write_skypilot_catalog(Path.home() / ".sky" / "catalogs" / "v8", known)
+    write_skypilot_catalog(Path.home() / ".sky" / "catalogs" / "v8", known, exclude=exclude)
     from sky import check, global_user_state
     from sky.clouds import cloud as cloud_lib
 
@@ -221,13 +250,58 @@ def _seed_and_enable(clouds: list[str]) -> None:
                                          cloud_lib.CloudCapability.COMPUTE, workspace)
 
 
-def _check_one(item: dict[str, Any]) -> dict[str, Any]:
+def _optimize(task: Any, blocked: list[Any] | None = None) -> Any:
+    """SkyPilot's in-process optimizer's choice for one task (what `sky launch` would provision first)."""
     import sky
     from sky import optimizer
 
+    dag = sky.Dag()
+    dag.add(task)
+    return optimizer.Optimizer.optimize(dag, quiet=True, blocked_resources=blocked).tasks[0].best_resources
+
+
+def _blocked(keys: list[str]) -> list[Any]:
+    """cloud/region/instance_type as SkyPilot's blocked resources (what its provisioner adds after a failure)."""
+    import sky
+
+    out = []
+    for key in keys:
+        cloud, region, instance_type = key.split("/")
+        out.append(sky.Resources(infra=f"{cloud}/{region}", instance_type=instance_type))
+    return out
+
+
+def _band(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """SkyPilot's choice and price for each `ordered` entry of a task alone, in order."""
+    import copy
+
+    import sky
+
+    res = config["resources"]
+    out = []
+    for entry in res.get("ordered") or []:
+        one = copy.deepcopy(config)
+        one["resources"] = {**{k: v for k, v in res.items() if k != "ordered"}, **entry}
+        one.pop("service", None)
+        row: dict[str, Any] = {"infra": entry.get("infra", ""), "instance_type": entry.get("instance_type", ""),
+                               "ok": False, "choice": "", "usd_per_hour_per_node": None}
+        try:
+            best = _optimize(sky.Task.from_yaml_config(one))
+            row.update(ok=True, choice=f"{best} in {best.region}", usd_per_hour_per_node=float(best.get_cost(3600)))
+        except Exception as exc:  # noqa: BLE001 (not in the seeded catalog: SkyPilot's ResourcesUnavailableError)
+            row["choice"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        out.append(row)
+    return out
+
+
+def _check_one(item: dict[str, Any], blocked: list[Any] | None = None) -> dict[str, Any]:
+    import copy
+
+    import sky
+
     out: dict[str, Any] = {"name": item["name"], "ok": False, "error": "", "choice": ""}
     try:
-        task = sky.Task.from_yaml_config(item["config"])
+        task = sky.Task.from_yaml_config(copy.deepcopy(item["config"]))   # SkyPilot pops keys of its input
         if item.get("service"):
             sky.serve.validate_service_task(task, pool=False)
     except Exception as exc:  # SkyPilot raises ValueError and its own schema errors
@@ -235,9 +309,7 @@ def _check_one(item: dict[str, Any]) -> dict[str, Any]:
         return out
     out["ok"] = True
     try:
-        dag = sky.Dag()
-        dag.add(task)
-        best = optimizer.Optimizer.optimize(dag, quiet=True).tasks[0].best_resources
+        best = _optimize(task, blocked)
     except Exception as exc:  # no offer in the seeded catalogs (e.g. CPU instances, Slurm): not priced
         best = None
         out["choice"] = f"not priced: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -247,16 +319,18 @@ def _check_one(item: dict[str, Any]) -> dict[str, Any]:
         return out
     if best is None:
         return out
-    out.update(choice=str(best), cloud=str(best.cloud), region=best.region, instance_type=best.instance_type,
+    out.update(choice=f"{best} in {best.region}", cloud=str(best.cloud), region=best.region, instance_type=best.instance_type,
                accelerators=best.accelerators, spot=bool(best.use_spot),
                usd_per_hour_per_node=float(best.get_cost(3600)))
+    out["band"] = _band(item["config"])
     return out
 
 
 def _child_main(request_path: str, result_path: str) -> None:
     request = json.loads(Path(request_path).read_text())
-    _seed_and_enable(request["clouds"])
-    results = [_check_one(item) for item in request["tasks"]]
+    _seed_and_enable(request["clouds"], request.get("exclude"))
+    blocked = _blocked(request.get("blocked") or []) or None
+    results = [_check_one(item, blocked) for item in request["tasks"]]
     Path(result_path).write_text(json.dumps(results))
 
 

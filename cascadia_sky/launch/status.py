@@ -58,6 +58,7 @@ class ComponentObservation:
     alive: bool | None = None    # local process alive? (None: not a local process)
     healthy: bool | None = None  # HTTP probe answered 200? (None: not probed)
     remote: str | None = None    # SkyPilot's status string (None: not a SkyPilot component; "" : not found)
+    detail: str = ""             # what SkyPilot says beyond the status (e.g. SkyServe replica states)
 
 
 @dataclass(frozen=True)

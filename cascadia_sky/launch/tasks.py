@@ -2,10 +2,11 @@
 reading the templates (and `write_router_config`, which writes the one file the router service mounts).
 
 Per GPU stage (tasks/stage-service.yaml, vLLM): `accelerators: <GPU>:<TP x PP>` on one node, or
-`<GPU>:<GPUs per node>` with `num_nodes` when TP x PP spans nodes (vLLM over Ray); a cloud plan pins
-`infra: <cloud>/<region>` and the instance type, a pool plan lets SkyPilot choose among `infra.targets` (or every
-enabled infra). SkyServe replicas are the plan's DP (fixed), or an autoscaling policy around the planned rate; spot
-plans fall back to on-demand. Per CPU stage (a resources.local plan on SkyPilot infra, tasks/stage-llamacpp.yaml):
+`<GPU>:<GPUs per node>` with `num_nodes` when TP x PP spans nodes (vLLM over Ray); a cloud plan lists its stage's
+offers (`resources.ordered`: the chosen `infra: <cloud>/<region>` and instance type first, then the equivalent offers
+SkyPilot fails over to; one offer is pinned), a pool plan lets SkyPilot choose among `infra.targets` (or every
+enabled infra). SkyServe replicas are the plan's DP (fixed), or an autoscaling policy around the planned rate unless
+re-scheduling owns the counts; spot plans fall back to on-demand. Per CPU stage (a resources.local plan on SkyPilot infra, tasks/stage-llamacpp.yaml):
 `cpus: <threads>+`, llama.cpp serving the stage's bundled model, one cluster per replica (no SkyServe).
 """
 
@@ -94,8 +95,12 @@ def _resources(stage: StagePlan, targets: list[str] | None, port: int | None) ->
 
 
 def _placement(res: dict[str, Any], stage: StagePlan, targets: list[str] | None) -> dict[str, Any]:
-    """Pin the plan's cloud/region/instance, else offer SkyPilot the `launch.targets`."""
-    if stage.cloud:
+    """A cloud plan's offers as SkyPilot's own failover list (`ordered`: the chosen offer, then its equivalents;
+    SkyPilot's provisioner tries them in turn), or its one offer pinned; else offer SkyPilot the `launch.targets`."""
+    if len(stage.offers) > 1:
+        res["ordered"] = [{"infra": f"{o.cloud}/{o.region}", "instance_type": o.instance_type}
+                          for o in stage.offers]
+    elif stage.cloud:
         res["infra"] = f"{stage.cloud}/{stage.region}" if stage.region else stage.cloud
         if stage.instance_type:
             res["instance_type"] = stage.instance_type
@@ -108,7 +113,9 @@ def _placement(res: dict[str, Any], stage: StagePlan, targets: list[str] | None)
 
 
 def _replica_policy(stage: StagePlan, autoscale: bool) -> dict[str, Any]:
-    """`replicas: N`, or a policy: spot falls back to on-demand; autoscaling targets the planned rate per replica."""
+    """`replicas: N`, or a policy: spot falls back to on-demand (and SkyServe replaces a preempted replica);
+    autoscaling targets the planned rate per replica. The caller turns autoscaling off when re-scheduling owns the
+    replica counts."""
     n = stage.replicas
     spot = stage.spot
     if not autoscale and not spot:
@@ -146,7 +153,9 @@ def stage_task(plan: Plan, stage: StagePlan, *, service: bool = True, replica: i
     if service:
         svc = {k: v for k, v in cfg["service"].items() if k not in ("replicas", "replica_policy")}
         svc["readiness_probe"] = {**svc["readiness_probe"], "initial_delay_seconds": SKY_READINESS_DELAY_SECONDS}
-        cfg["service"] = {**svc, **_replica_policy(stage, launch.autoscale)}
+        # re-scheduling (launch.reschedule.enabled) owns replica counts: SkyServe's autoscaler stays off, so the
+        # two never fight over a stage (docs/reschedule.md)
+        cfg["service"] = {**svc, **_replica_policy(stage, launch.autoscale and not launch.reschedule.enabled)}
     else:
         cfg.pop("service", None)
     return cfg
@@ -252,8 +261,10 @@ def router_task(plan: Plan, config_path: Path) -> dict[str, Any]:
     cfg["name"] = f"{plan.name}-router"
     cfg["resources"] = {**cfg["resources"], "cpus": SKY_ROUTER_CPUS, "ports": port}
     targets = plan.launch.targets
-    clouds = sorted({s.cloud for s in plan.stages if s.cloud})
-    where = targets or clouds
+    first = next((s for s in plan.serving() if s.cloud and s.region), None)
+    # a cloud plan's router runs where its first stage runs (every request goes there first; the planner's
+    # round trips between regions are counted from there)
+    where = targets or ([f"{first.cloud}/{first.region}"] if first is not None else [])
     if len(where) == 1:
         cfg["resources"]["infra"] = where[0]
     elif where:

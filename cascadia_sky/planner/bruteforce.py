@@ -30,6 +30,7 @@ from cascadia_sky.planner.verify import (
 )
 
 BRUTE_FORCE_MAX_PLANS = 200_000
+_REGIONS = ("r1", "r2", "r3")
 _CAP_GROUPS = ("aws:vcpu:r1:G:on-demand", "aws:vcpu:r1:P:on-demand")
 
 
@@ -67,12 +68,14 @@ def brute_force(problem: DeployProblem) -> DeployResult:
 
 def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goal: str = "min-latency",
                    stages: int = 3, per_stage: int = 6, quotas: bool = False, budget: bool = False,
-                   slo: bool = False, tail_fraction: float = 0.05, caps: bool = False) -> DeployProblem:
+                   slo: bool = False, tail_fraction: float = 0.05, caps: bool = False, places: bool = False,
+                   same_region: bool = False) -> DeployProblem:
     """A small seeded instance for brute-force comparisons: duplicates and dominated candidates on purpose,
     some infinite latencies, shares that drop below the tail fraction or to zero (that stage then has one zero-GPU
     candidate, as the planner gives it), and tight pools, budgets, quotas (caps "gpu:<type>") and SLOs. With
     `caps`, candidates also use one of two capacity groups (like vCPUs of an EC2 quota per family and purchase
-    option) and the groups get tight limits.
+    option) and the groups get tight limits. With `places`, cloud candidates run in one of three regions with
+    round trips between them (the router in stage 0's region); `same_region` keeps every stage in one.
 
     Latencies are multiples of 1/8 s and prices multiples of $0.5/h, so sums are exact and ties are real ties.
     """
@@ -95,6 +98,8 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
                                    instances=replicas * math.ceil(tp * pp / gpi) if mode == "cloud" else None))
         if caps:  # drawn after the candidates, so instances without caps stay what they were
             cands = [dataclasses.replace(c, uses={rng.choice(_CAP_GROUPS): float(4 * c.gpus)}) for c in cands]
+        if places or same_region:
+            cands = [dataclasses.replace(c, cloud="x", region=rng.choice(_REGIONS)) for c in cands]
         table.append(tuple(cands))
     shares = [1.0]
     for _ in range(stages - 1):
@@ -114,4 +119,6 @@ def random_problem(seed: int, *, mode: str = "pool", objective: str = "e2e", goa
         caps={**({gpu_key(t): rng.randint(2, 4 * stages) for t in sorted(types) if rng.random() < 0.6} if quotas
                  else {}),
               **({g: float(4 * rng.randint(2, 4 * stages)) for g in _CAP_GROUPS} if caps else {})},
-        tail_fraction=tail_fraction)
+        tail_fraction=tail_fraction, same_region=same_region,
+        rtt_s={(f"x/{a}", f"x/{b}"): rng.randint(1, 3) / 8 for a in _REGIONS for b in _REGIONS if a != b}
+        if places else {})

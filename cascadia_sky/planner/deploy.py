@@ -44,6 +44,7 @@ from cascadia_sky.planner.verify import (
     binding_stages,
     evaluate,
     objective_values,
+    place_of,
     stage_weights,
     tie_bound,
     uses_of,
@@ -98,6 +99,9 @@ class DeployProblem:
     slo_p95_s: float | None = None
     caps: Mapping[str, float] = field(default_factory=dict)   # resource key -> most summed over stages;
                                                                # GPU quotas are "gpu:<type>"
+    rtt_s: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (place, place) -> round trip (s);
+                                                                          # the router runs in stage 0's place
+    same_region: bool = False                                 # every deployed stage in one cloud/region
     tail_fraction: float = DEPLOY_TAIL_FRACTION
     time_limit_s: float = DEPLOY_MILP_TIME_LIMIT_SECONDS
     gap: float = DEPLOY_MILP_GAP_REL
@@ -249,8 +253,17 @@ def reduce_candidates(problem: DeployProblem) -> tuple[tuple[Candidate, ...], ..
     In pool mode this is the paper's "for every GPU count f keep only the best strategy".
     """
     weights = stage_weights(problem)
-    return tuple(_pareto(problem, [c for c in cands if _fits_alone(problem, c, weights[i])])
-                 for i, cands in enumerate(problem.candidates))
+    out = []
+    for i, cands in enumerate(problem.candidates):
+        fit = [c for c in cands if _fits_alone(problem, c, weights[i])]
+        if problem.rtt_s or problem.same_region:   # where a stage runs matters: dominance only within a place
+            by_place: dict[str | None, list[Candidate]] = {}
+            for c in fit:
+                by_place.setdefault(place_of(c), []).append(c)
+            out.append(tuple(sorted((k for g in by_place.values() for k in _pareto(problem, g)), key=lambda c: c.key)))
+        else:
+            out.append(_pareto(problem, fit))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -298,16 +311,61 @@ def _add_budget_constraints(m: _Model) -> None:
         m.prob += (m.expr(lambda _i, c: c.usd_per_hour) <= m.problem.budget_usd_per_hour, "budget")
 
 
+def _add_round_trip_constraints(m: _Model) -> dict[int, pulp.LpVariable]:
+    """rtt_s{k}_{c}_{p}:  r_k >= rtt(p, place_c) (x[c] + sum_{c0 in C_0 at p} x[c0] - 1)   for k >= 1, c in C_k and
+    every place p of stage 0 (the router's place): r_k is the round trip of stage k (the product linearised)."""
+    r: dict[int, Any] = {}
+    if not m.problem.rtt_s or not m.cands:
+        return r
+    homes: dict[str, list[int]] = {}
+    for j, c0 in enumerate(m.cands[0]):
+        if (p := place_of(c0)) is not None:
+            homes.setdefault(p, []).append(j)
+    for k in range(1, len(m.cands)):
+        for j, c in enumerate(m.cands[k]):
+            here = place_of(c)
+            for p, js in sorted(homes.items()):
+                rtt = m.problem.rtt_s.get((p, here), 0.0) if here is not None and here != p else 0.0
+                if rtt <= 0:
+                    continue
+                if k not in r:
+                    r[k] = m.prob.add_variable(f"r_s{k}", lowBound=0)
+                home = sum(m.x[0, j0] for j0 in js)
+                m.prob += (r[k] >= rtt * (m.x[k, j] + home - 1), f"rtt_s{k}_{_safe_name(c.key)}_{_safe_name(p)}")
+    return r
+
+
+def _add_same_region_constraints(m: _Model) -> None:
+    """region_s{i}_{p}:  sum_{c in C_i at p} x[c] <= z_p  for every stage i and place p;  one_region: sum_p z_p <= 1."""
+    if not m.problem.same_region:
+        return
+    import pulp
+    places = sorted({p for stage in m.cands for c in stage if (p := place_of(c)) is not None})
+    z = {p: m.prob.add_variable(f"z_{_safe_name(p)}", cat=pulp.LpBinary) for p in places}
+    for i, stage in enumerate(m.cands):
+        for p in places:
+            at = [m.x[i, j] for j, c in enumerate(stage) if place_of(c) == p]
+            if at:
+                m.prob += (pulp.lpSum(at) <= z[p], f"region_s{i}_{_safe_name(p)}")
+    if z:
+        m.prob += (pulp.lpSum(z.values()) <= 1, "one_region")
+
+
 def _add_latency_constraints(m: _Model) -> None:
-    """max-stage:  L >= w_k sum_c l_c x[c]                for every k in K  (latency_s{k});
-    e2e:        L >= sum_{k in K} w_k sum_c l_c x[c]   (latency_tail: the tail-weighted path)."""
+    """max-stage:  L >= w_k (sum_c l_c x[c] + r_k)                for every k in K  (latency_s{k});
+    e2e:        L >= sum_{k in K} w_k (sum_c l_c x[c] + r_k)   (latency_tail: the tail-weighted path);
+    r_k the round trip of stage k (0 without a round-trip table)."""
+    import pulp
     w = stage_weights(m.problem)
     counted = binding_stages(m.problem)
+    r = _add_round_trip_constraints(m)
     if m.problem.objective == "max-stage":
         for k in counted:
-            m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, [k]), f"latency_s{k}")
+            extra = w[k] * r[k] if k in r else 0
+            m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, [k]) + extra, f"latency_s{k}")
     elif counted:
-        m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, counted), "latency_tail")
+        extra = pulp.lpSum(w[k] * r[k] for k in counted if k in r)
+        m.prob += (m.latency >= m.expr(lambda i, c: w[i] * c.p95_latency_s, counted) + extra, "latency_tail")
 
 
 def _add_slo_constraints(m: _Model) -> None:
@@ -328,6 +386,7 @@ def _build(problem: DeployProblem, cands: tuple[tuple[Candidate, ...], ...], *, 
     _add_cap_constraints(m)
     _add_budget_constraints(m)
     _add_latency_constraints(m)
+    _add_same_region_constraints(m)
     _add_slo_constraints(m)
     return m
 
@@ -405,9 +464,15 @@ def _solve_lexicographic(problem: DeployProblem, cands: tuple[tuple[Candidate, .
     chosen = _extract(m)
     best_primary = objective_values(problem, chosen)[0]
     m.prob += (primary <= tie_bound(best_primary), "tie_break_bound")
-    if _run_cbc(m, tie_break, deadline - time.perf_counter(), problem.gap, warm=True) in (
+    # CBC's warm start returned fractional "optimal" values on models with round-trip variables: no warm start
+    # there, and a tie-break answer is kept only when it checks out (else the primary's answer stands)
+    warm = not (problem.rtt_s or problem.same_region)
+    if _run_cbc(m, tie_break, deadline - time.perf_counter(), problem.gap, warm=warm) in (
             DeployStatus.OPTIMAL, DeployStatus.FEASIBLE):
-        chosen = _extract(m)
+        second = _extract(m)
+        if not violations(problem, second, pool_relaxed=pool_le) and \
+                objective_values(problem, second)[0] <= tie_bound(best_primary):
+            chosen = second
     return status, chosen, reported
 
 

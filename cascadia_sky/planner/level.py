@@ -16,6 +16,7 @@ import numpy as np
 from cascadia_sky.catalog import get_gpu, offers
 from cascadia_sky.constants import DEPLOY_TAIL_FRACTION, PLANNER_LENGTH_SAMPLES, PLANNER_SEED
 from cascadia_sky.perf import LengthDist
+from cascadia_sky.rtt import rtt_table
 from cascadia_sky.planner.candidates import Burst, StageTable, cloud_table, local_candidates, pool_table
 from cascadia_sky.planner.deploy import Candidate, DeployProblem, DeployResult, DeployStatus, solve
 from cascadia_sky.planner.exact import ThresholdSpace
@@ -65,7 +66,9 @@ class DeploymentLevel:
         self._solved: dict[tuple[float, ...], DeployResult] = {}
         self._offers = []
         if self.res.cloud is not None:
-            self._offers = offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
+            excluded = set(self.res.cloud.exclude_offers)   # offers SkyPilot found no capacity for (`up` re-plans)
+            self._offers = [o for o in offers(clouds=[c.lower() for c in self.res.cloud.clouds], spot=self.res.cloud.spot)
+                            if f"{o.cloud}/{o.region}/{o.instance_type}" not in excluded]
         self.quotas = ({get_gpu(g).name: q for g, q in self.res.cloud.quotas.items()}
                        if self.res.cloud is not None else {})
         self.caps: dict[str, float] = {}       # quota: auto: EC2 vCPU caps per region, family and purchase option
@@ -142,7 +145,7 @@ class DeploymentLevel:
             return DeployProblem(mode="cloud", **common)
         return DeployProblem(mode="cloud", budget_usd_per_hour=self.res.cloud.budget_usd_per_hour,
                              caps={**{gpu_key(t): float(q) for t, q in self.quotas.items()}, **self.caps},
-                             **common)
+                             rtt_s=rtt_table(), same_region=self.res.cloud.single_region, **common)
 
     def reach_of(self, thresholds: tuple[float, ...]) -> tuple[float, ...]:
         out = self.ctx.train.evaluate(list(thresholds))

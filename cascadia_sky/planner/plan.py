@@ -49,6 +49,15 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
+class OfferChoice(_Frozen):
+    """One offer a stage may run on: its chosen offer, or an equivalent one SkyPilot fails over to."""
+
+    cloud: str
+    region: str
+    instance_type: str
+    usd_per_hour: float = Field(description="The stage's $/h on this offer (every replica and instance).")
+
+
 class StagePlan(_Frozen):
     """How one stage is deployed and routed."""
 
@@ -87,6 +96,16 @@ class StagePlan(_Frozen):
         None, description="p95 latency of a request answered by this stage (it waited for every stage up to it).")
     bursty_p95_latency_s: float | None = Field(
         None, description="This stage's p95 under the trace's short-window rates (pointwise-stationary model).")
+    rtt_s: float = Field(0.0, description="Round trip between the router (in the first stage's region) and this "
+                                          "stage's region, added to every request that reaches it (catalogs/rtt.csv; "
+                                          "0 in the same region or when unknown). Counted in p95_latency_s of the "
+                                          "plan and in path_p95_latency_s; not in the request-level p95.")
+    offers: list[OfferChoice] = Field(
+        default_factory=list,
+        description="Cloud plans: the chosen offer first, then the equivalent ones (same GPU type and instance size, "
+                    "within the quotas, the budget and the spec's failover_band of the chosen $/h), in the order "
+                    "SkyPilot tries them (`resources.ordered`). A change alone relaunches nothing: a running stage "
+                    "keeps the list it was launched with.")
 
 
 class Predicted(_Frozen):

@@ -57,8 +57,18 @@ from cascadia_sky.planner.exact import (
 )
 from cascadia_sky.planner.latency import request_latency
 from cascadia_sky.planner.level import DeploymentLevel, stage_lengths
-from cascadia_sky.planner.plan import FrontierPoint, Plan, Predicted, SolverInfo, StagePlan, launch_settings
+from cascadia_sky.planner.failover import equivalent_offers
+from cascadia_sky.planner.plan import (
+    FrontierPoint,
+    OfferChoice,
+    Plan,
+    Predicted,
+    SolverInfo,
+    StagePlan,
+    launch_settings,
+)
 from cascadia_sky.planner.route import Evaluation, SearchResult, chebyshev_search, objective_j
+from cascadia_sky.planner.verify import gpu_key, round_trips
 from cascadia_sky.quality import QualityProfile, load_profile
 from cascadia_sky.spec import CascadeSpec, allowed_gpu_types
 from cascadia_sky.workload import Workload, load_trace, sample_lengths
@@ -315,6 +325,9 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
             est = estimate(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rate, lengths)
         estimates.append(est)
     latency = request_latency(ctx, level, dep.chosen, [float(a) for a in out.answered])
+    bands = _failover_offers(ctx, level, dep)
+    rtts = (round_trips(level.problem_at(tuple(float(r) for r in out.reach)), dep.chosen)
+            if spec.resources.cloud is not None else (0.0,) * len(dep.chosen))
     for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
         reach = float(out.reach[i])
         est = estimates[i]
@@ -331,7 +344,8 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
             e2e_p50_s=est.e2e_p50_s if est else None, ttft_p50_s=est.ttft_p50_s if est else None,
             tpot_s=est.tpot_s if est else None, max_rate_rps_per_replica=est.max_rate_rps if est else None,
             utilization=est.utilization if est else None, binding=binding.get(i, ""),
-            path_p95_latency_s=latency.path_p95_s[i], bursty_p95_latency_s=latency.bursty_stage_p95_s[i]))
+            path_p95_latency_s=(None if latency.path_p95_s[i] is None else latency.path_p95_s[i] + sum(rtts[:i + 1])),
+            bursty_p95_latency_s=latency.bursty_stage_p95_s[i], rtt_s=rtts[i], offers=bands[i]))
     holdout_q = (ctx.profile.evaluate(theta, ctx.holdout_idx).quality if ctx.holdout_idx.size else None)
     conf = spec.quality.confidence
     lower = _quality_bound(ctx, theta, conf) if conf else None
@@ -369,6 +383,17 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
                 budget_usd_per_hour=res.cloud.budget_usd_per_hour if res.cloud is not None else None,
                 workload_rate_rps=ctx.workload.rate_rps, stages=stages, predicted=predicted, solver=solver,
                 inputs=_inputs(spec), frontier=frontier, launch=launch_settings(spec))
+
+
+def _failover_offers(ctx: PlanningContext, level: DeploymentLevel, dep: DeployResult) -> list[list[OfferChoice]]:
+    """Per stage, the chosen offer and its equivalents (planner/failover.py); empty outside cloud mode."""
+    cloud = ctx.spec.resources.cloud
+    if cloud is None:
+        return [[] for _ in dep.chosen]
+    caps = {**{gpu_key(t): float(q) for t, q in level.quotas.items()}, **level.caps}
+    return equivalent_offers(dep.chosen, getattr(level, "_offers", []), band=cloud.failover_band, caps=caps,
+                             offer_uses=level._offer_uses if level.caps else None,
+                             budget_usd_per_hour=cloud.budget_usd_per_hour, single_region=cloud.single_region)
 
 
 def _single_model(ctx: PlanningContext, level: DeploymentLevel, dep: DeployResult) -> dict[str, Any]:

@@ -12,7 +12,9 @@ use the same definitions, so the semantics live in one place:
   the slowest path's sum l_1 + ... + l_S whenever every stage carries at least the tail fraction);
   `max-stage`: L = max_k w_k l_k;
 - pool mode: sum_i g_i = N (or <= N when the result says the pool was relaxed); caps: for every resource key r,
-  sum_i uses_i[r] <= cap[r] (GPU quotas are the keys "gpu:<type>"); budget: sum_i usd_i <= B; SLO: L <= slo.
+  sum_i uses_i[r] <= cap[r] (GPU quotas are the keys "gpu:<type>"); budget: sum_i usd_i <= B; SLO: L <= slo;
+- round trips (cloud mode, with a table): the router runs in stage 0's place; stage k's latency is l_k plus the
+  round trip between that place and its own; `same_region`: every deployed stage in one place.
 """
 
 from __future__ import annotations
@@ -81,9 +83,26 @@ def _weighted(w: float, latency: float) -> float:
     return 0.0 if w == 0 else w * latency
 
 
+def place_of(c: Candidate) -> str | None:
+    """Where a deployed cloud candidate runs (`cloud/region`); None for pool, local and idle candidates."""
+    return f"{c.cloud}/{c.region}" if c.cloud and c.region and c.replicas else None
+
+
+def round_trips(problem: DeployProblem, chosen: Sequence[Candidate]) -> tuple[float, ...]:
+    """Per stage, the round trip between the router (in stage 0's place) and the stage's place (0 when unknown)."""
+    home = place_of(chosen[0]) if chosen else None
+    out = []
+    for c in chosen:
+        here = place_of(c)
+        out.append(0.0 if home is None or here is None or here == home else problem.rtt_s.get((home, here), 0.0))
+    return tuple(out)
+
+
 def evaluate(problem: DeployProblem, chosen: Sequence[Candidate]) -> PlanMetrics:
-    """L, cost, GPUs and resource use of a plan (one candidate per stage), straight from the definitions."""
-    terms = [_weighted(w, c.p95_latency_s) for w, c in zip(stage_weights(problem), chosen, strict=True)]
+    """L, cost, GPUs and resource use of a plan (one candidate per stage), straight from the definitions. A stage's
+    latency counts its round trip to the router (`round_trips`) when the problem has a round-trip table."""
+    rtt = round_trips(problem, chosen) if problem.rtt_s else (0.0,) * len(chosen)
+    terms = [_weighted(w, c.p95_latency_s + r) for w, c, r in zip(stage_weights(problem), chosen, rtt, strict=True)]
     counted = tuple(k for k in binding_stages(problem))
     if problem.objective == "max-stage":
         critical = (max(counted, key=lambda k: (terms[k], k)),) if counted else ()
@@ -134,6 +153,9 @@ def violations(problem: DeployProblem, chosen: Sequence[Candidate], *, pool_rela
         used = m.uses.get(key, 0.0)
         if not within(used, cap):
             out.append((f"cap:{key}", f"cap {key}: uses {used:g} > cap {cap:g}"))
+    places = {p for c in chosen if (p := place_of(c)) is not None}
+    if problem.same_region and len(places) > 1:
+        out.append(("same_region", f"single region: stages run in {', '.join(sorted(places))}"))
     if problem.slo_p95_s is not None and not within(m.latency_s, problem.slo_p95_s):
         out.append(("slo_p95_s", f"SLO: p95 {m.latency_s:.4g} s > slo {problem.slo_p95_s:.4g} s"))
     return out

@@ -92,7 +92,10 @@ class RecordingSkyApi:
     named in `fail_setup` start nothing and their job fails in setup (with `setup_log` as its log)."""
 
     def __init__(self, ready_after: int = 1, fail: tuple[str, ...] = (), engines: bool = False,
-                 fail_setup: tuple[str, ...] = (), setup_log: str = "", routers: bool = False) -> None:
+                 fail_setup: tuple[str, ...] = (), setup_log: str = "", routers: bool = False,
+                 no_capacity: Any = (), preempted: tuple[str, ...] = ()) -> None:
+        self.no_capacity = no_capacity   # offers (cloud/region/instance_type), or a predicate, with no capacity
+        self.preempted = preempted       # services one of whose spot replicas SkyServe reports PREEMPTED
         self.calls: list[tuple[str, str, Any]] = []
         self.services: dict[str, dict[str, Any]] = {}
         self.clusters: dict[str, Any] = {}
@@ -125,10 +128,33 @@ class RecordingSkyApi:
         sock.bind(("127.0.0.1", 0))
         return {"endpoint": f"http://127.0.0.1:{sock.getsockname()[1]}", "sock": sock}
 
+    def provision(self, cfg: dict[str, Any]) -> tuple[str | None, list[Exception]]:
+        """What SkyPilot's provisioner does with a task's offers: try them in order (`resources.ordered`, else the
+        one pinned offer); an offer without capacity fails with SkyPilot's own ResourcesUnavailableError (as its
+        cloud provisioners raise it) and the next is tried. Returns (the offer that came up or None, the failover
+        history of real SkyPilot exceptions)."""
+        from sky import exceptions
+
+        res = cfg["resources"]
+        entries = res.get("ordered") or [{"infra": res.get("infra", ""), "instance_type": res.get("instance_type", "")}]
+        history: list[Exception] = []
+        for entry in entries:
+            key = f"{entry['infra']}/{entry['instance_type']}"
+            short = self.no_capacity(key) if callable(self.no_capacity) else key in self.no_capacity
+            if not short:
+                return key, history
+            history.append(exceptions.ResourcesUnavailableError(
+                f"Failed to acquire resources in {entry['infra']} for {entry['instance_type']}: "
+                "InsufficientInstanceCapacity (fake)"))
+        return None, history
+
     def serve_up(self, cfg: dict[str, Any], service: str, secrets: dict[str, str]) -> str:
         assert service not in self.services, f"serve up of an existing service {service}"
-        self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets)}))
-        self.services[service] = {"polls": 0, **self._endpoint(service, cfg, secrets)}
+        # what SkyServe's controller does for each replica (the router's CPU replica always finds room)
+        offer, history = self.provision(cfg) if cfg.get("resources", {}).get("accelerators") else ("", [])
+        self.calls.append(("serve_up", service, {"task": cfg, "secret_names": sorted(secrets), "offer": offer,
+                                                 "failover_history": history}))
+        self.services[service] = {"polls": 0, **self._endpoint(service, cfg, secrets), "offer": offer}
         return self.services[service]["endpoint"]
 
     def serve_update(self, cfg: dict[str, Any], service: str, secrets: dict[str, str],
@@ -148,6 +174,9 @@ class RecordingSkyApi:
             if svc is None:
                 continue
             svc["polls"] += 1
+            if svc.get("offer", "") is None:   # no replica could be provisioned on any offer (SkyServe's state)
+                out[name] = {"status": "FAILED", "endpoint": svc["endpoint"], "replicas": ["FAILED_PROVISION"]}
+                continue
             status = "FAILED" if name in self.fail else "READY" if svc["polls"] > self.ready_after else \
                 "REPLICA_INIT"
             if status == "READY" and svc.get("proc") is not None:   # a real router: READY once it answers
@@ -155,7 +184,8 @@ class RecordingSkyApi:
 
                 status = "READY" if http_get(svc["endpoint"] + "/health")[0] == 200 else "REPLICA_INIT"
                 assert svc["proc"].alive(), svc["proc"].log_tail()
-            out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": [status]}
+            replicas = [status, "PREEMPTED"] if name in self.preempted and status == "READY" else [status]
+            out[name] = {"status": status, "endpoint": svc["endpoint"], "replicas": replicas}
         return out
 
     def serve_down(self, services: list[str]) -> None:
@@ -170,7 +200,15 @@ class RecordingSkyApi:
     def cluster_launch(self, cfg: dict[str, Any], cluster: str, secrets: dict[str, str], port: int) -> str:
         from cascadia_sky.engines import start_bundled
 
-        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port, "secrets": dict(secrets)}))
+        offer, history = self.provision(cfg) if cfg.get("resources", {}).get("accelerators") else ("", [])
+        self.calls.append(("cluster_launch", cluster, {"task": cfg, "port": port, "secrets": dict(secrets),
+                                                       "offer": offer, "failover_history": history}))
+        if offer is None:   # SkyPilot's own error after its failover: every offer failed
+            from sky import exceptions
+
+            raise exceptions.ResourcesUnavailableError(
+                f"Failed to provision all possible launchable resources ({len(history)} tried).",
+                failover_history=history)
         if "DEPLOYMENT" in cfg["envs"]:   # the re-schedule watcher: no engine; its job log is `logs[cluster]`
             self.clusters[cluster] = None
             self.logs.setdefault(cluster, "")

@@ -19,13 +19,15 @@ from typing import Any
 
 from cascadia_sky.constants import (
     LAUNCH_LOG_TAIL_CHARS,
+    PRICE_CHECK_TOLERANCE_FRACTION,
+    PRICE_CHECK_TOLERANCE_USD_PER_HOUR,
     RESCHEDULE_DRAIN_POLL_SECONDS,
     RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
     SKY_HEALTH_POLL_INTERVAL_SECONDS,
     SKY_JOB_LOG_TAIL_LINES,
     SKY_POLL_INTERVAL_SECONDS,
 )
-from cascadia_sky.errors import CascadiaError, LaunchError
+from cascadia_sky.errors import CapacityError, CascadiaError, LaunchError
 from cascadia_sky.launch.backends import Action, DryrunReport, LaunchContext
 from cascadia_sky.launch.backends.supervised import (
     check_router_port,
@@ -37,9 +39,9 @@ from cascadia_sky.launch.backends.supervised import (
 from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.keys import engine_key_env, ensure_admin_key, read_engine_keys
 from cascadia_sky.launch.procs import engine_idle, http_get, http_post, same_process
-from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, check_tasks
+from cascadia_sky.launch.skypilot import SkyApi, SkyApiProtocol, capacity_errors, check_tasks
 from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
-from cascadia_sky.planner.plan import Plan
+from cascadia_sky.planner.plan import Plan, StagePlan
 from cascadia_sky.launch.status import ComponentObservation, DeploymentObservation
 from cascadia_sky.launch.tasks import (
     engine_key_secret,
@@ -76,11 +78,13 @@ _JOB_ENDED = ("SUCCEEDED", "CANCELLED", "FAILED")   # SkyPilot job states after 
 
 
 def dryrun_clouds(plan: Plan) -> list[str]:
-    """Clouds to seed and enable for the dry run: the targets', the plan's, else every shipped catalog's."""
+    """Clouds to seed and enable for the dry run: the targets', the plan's (every failover offer's too), else every
+    shipped catalog's."""
     from cascadia_sky.catalog import SKYPILOT_CLOUD_NAMES
 
     named = [t.split("/")[0].lower() for t in plan.launch.targets or []]
     named += [s.cloud.lower() for s in plan.stages if s.cloud]
+    named += [o.cloud.lower() for s in plan.stages for o in s.offers]
     known = sorted({c for c in named if c in SKYPILOT_CLOUD_NAMES})
     return known or sorted(SKYPILOT_CLOUD_NAMES)
 
@@ -100,11 +104,17 @@ class _SkyBase:
         with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
             futures = [(job, pool.submit(fn, job)) for job in jobs]
         errors = []
+        short: list[str] = []   # stages SkyPilot found no capacity for (CapacityError)
         for job, fut in futures:
             exc = fut.exception()
+            if isinstance(exc, CapacityError):
+                short += [s for s in exc.stages if s not in short]
             if exc is not None:
                 errors.append(f"{label(job)}: {exc}" if isinstance(exc, CascadiaError)
                               else f"{label(job)}: {type(exc).__name__}: {exc}")
+        if errors and short and all(isinstance(f.exception(), CapacityError) for _, f in futures
+                                         if f.exception() is not None):
+            raise CapacityError("; ".join(errors), stages=tuple(short))   # only capacity: `up` may re-plan
         if errors:
             raise LaunchError("; ".join(errors))
 
@@ -112,43 +122,91 @@ class _SkyBase:
         return time.monotonic() + ctx.plan.launch.ready_timeout_s
 
     def dryrun(self, actions: list[Action], ctx: LaunchContext) -> DryrunReport:
+        """SkyPilot's parser, SkyServe's check and optimizer on every task (offline); fails when SkyPilot refuses a
+        task, or picks or prices a stage's offers otherwise than the plan (see `price_problems`)."""
         items: list[dict[str, Any]] = []
         tasks: list[dict[str, Any]] = []
+        stages = []
         for stage in ctx.plan.serving():
             cfg = stage_task(ctx.plan, stage, service=self.service)
             copies = stage.replicas
             label = f"{ctx.name}-{stage.name}" + ("" if self.service else f"-{{0..{copies - 1}}}")
             items.append({"name": label, "kind": "service" if self.service else f"{copies} cluster(s)",
-                          "task": to_yaml(cfg), "_copies": copies * stage_layout(stage)[1]})
+                          "task": to_yaml(cfg), "_copies": copies * stage_layout(stage)[1],
+                          "plan_usd_per_hour": stage.usd_per_hour if stage.cloud else None})
             tasks.append({"name": label, "config": cfg, "service": self.service})
+            stages.append(stage)
         with tempfile.TemporaryDirectory(prefix="cascadia-router-") as tmp:
             if self.service:
                 endpoints = {s.name: [f"http://{ctx.name}-{s.name}.pending:8000"] for s in ctx.plan.serving()}
                 cfg = router_task(ctx.plan, write_router_config(ctx.plan, endpoints, Path(tmp) / "router.json"))
                 items.append({"name": cfg["name"], "kind": "service", "task": to_yaml(cfg), "_copies": 1})
                 tasks.append({"name": cfg["name"], "config": cfg, "service": True, "cpu_only": True})
+                stages.append(None)
                 if ctx.plan.launch.reschedule.enabled:   # the re-schedule watcher beside the router
                     cfg = watcher_task(ctx.plan, Path(tmp))
                     items.append({"name": cfg["name"], "kind": "cluster (re-schedule watcher)",
                                   "task": to_yaml(cfg), "_copies": 1})
                     tasks.append({"name": cfg["name"], "config": cfg, "service": False, "cpu_only": True})
+                    stages.append(None)
             checked = check_tasks(tasks, dryrun_clouds(ctx.plan))
-        notes = []
-        for item, res in zip(items, checked):
+        problems: list[str] = []
+        for item, res, stage in zip(items, checked, stages):
             if not res["ok"]:
-                raise LaunchError(f"{item['name']}: {res['error']}")
+                problems.append(f"{item['name']}: {res['error']}")
+                continue
             item["choice"] = res["choice"]
             per_node = res.get("usd_per_hour_per_node")
-            item["usd_per_hour"] = None if per_node is None else per_node * item["_copies"]
-            del item["_copies"]
+            copies = item.pop("_copies")
+            item["usd_per_hour"] = None if per_node is None else per_node * copies
+            planned = list(stage.offers) if stage is not None else []
+            item["band"] = [{**b, "usd_per_hour": None if b["usd_per_hour_per_node"] is None
+                             else b["usd_per_hour_per_node"] * copies,
+                             "plan_usd_per_hour": planned[k].usd_per_hour if k < len(planned) else None}
+                            for k, b in enumerate(res.get("band") or [])]
+            if stage is not None and stage.cloud:
+                problems += price_problems(item["name"], stage, res, copies)
+        if problems:
+            raise LaunchError("SkyPilot does not launch this plan as planned:\n  " + "\n  ".join(problems))
         if not self.service:
             items.append({"name": "router", "kind": "local process", "usd_per_hour": 0.0,
                           "command": f"python -m router --config <deployment>/router.json --host 127.0.0.1 "
                                      f"--port {ctx.plan.launch.router_port} (endpoints: the clusters' head IPs)"})
-        notes.append(f"SkyPilot's optimizer ran on the shipped catalogs ({', '.join(dryrun_clouds(ctx.plan))}"
-                     f"; prices per hour, all replicas and nodes). HF_TOKEN and the router key are SkyPilot secrets "
-                     f"passed at launch, never written.")
+        notes = [(f"SkyPilot's optimizer ran on the shipped catalogs ({', '.join(dryrun_clouds(ctx.plan))}"
+                  f"; prices per hour, all replicas and nodes). HF_TOKEN and the router key are SkyPilot secrets "
+                  f"passed at launch, never written.")]
+        if any(item.get("band") for item in items):
+            notes.append("failover: SkyPilot tries a stage's offers in the listed order (resources.ordered) when one "
+                         "has no capacity; when none has, `up` re-plans without them.")
         return DryrunReport(self.name, tuple(actions), tuple(items), tuple(notes))
+
+
+def price_problems(name: str, stage: StagePlan, res: dict[str, Any], copies: int) -> list[str]:
+    """Where SkyPilot's choice or price for a cloud stage differs from the plan's (tolerance: a cent, or 0.5 % of
+    the plan's price, whichever is larger): its first choice, and each offer of the failover list alone."""
+    def off(plan_usd: float, sky_usd: float) -> bool:
+        tol = max(PRICE_CHECK_TOLERANCE_USD_PER_HOUR, PRICE_CHECK_TOLERANCE_FRACTION * plan_usd)
+        return abs(sky_usd - plan_usd) > tol
+
+    fix = "re-plan (`cascadia plan`) so that the plan and SkyPilot read the same catalogs"
+    per_node = res.get("usd_per_hour_per_node")
+    if per_node is None:
+        return [(f"{name}: SkyPilot prices no offer for it ({res.get('choice') or 'no choice'}); the plan's price "
+                 f"is ${stage.usd_per_hour:.4f}/h; {fix}")]
+    out = []
+    where = (str(res.get("cloud", "")).lower(), res.get("region"), res.get("instance_type"))
+    if where != (stage.cloud, stage.region, stage.instance_type) or off(stage.usd_per_hour, per_node * copies):
+        out.append(f"{name}: SkyPilot picks {'/'.join(str(w) for w in where)} at ${per_node * copies:.4f}/h, the "
+                   f"plan {stage.cloud}/{stage.region}/{stage.instance_type} at ${stage.usd_per_hour:.4f}/h; {fix}")
+    for k, (offer, b) in enumerate(zip(stage.offers, res.get("band") or [])):
+        if not b["ok"] or b["usd_per_hour_per_node"] is None:
+            out.append(f"{name}: failover offer {k + 1} {offer.cloud}/{offer.region}/{offer.instance_type}: SkyPilot "
+                       f"refuses it ({b['choice']}); the plan's price is ${offer.usd_per_hour:.4f}/h; {fix}")
+        elif off(offer.usd_per_hour, b["usd_per_hour_per_node"] * copies):
+            out.append(f"{name}: failover offer {k + 1} {offer.cloud}/{offer.region}/{offer.instance_type}: SkyPilot "
+                       f"prices it at ${b['usd_per_hour_per_node'] * copies:.4f}/h, the plan at "
+                       f"${offer.usd_per_hour:.4f}/h; {fix}")
+    return out
 
 
 class SkyServeBackend(_SkyBase):
@@ -275,6 +333,10 @@ class SkyServeBackend(_SkyBase):
             fingerprint=fingerprint or router_fingerprint(ctx.plan)))
         ctx.progress(f"{service}: {'updating' if update else 'starting'} (SkyServe)")
         existing = self.api.serve_status([service]).get(service)
+        if existing is not None and str(existing.get("status", "")).startswith("FAILED"):
+            ctx.progress(f"{service}: SkyServe says {existing['status']}; replacing it")   # e.g. before a re-plan
+            self.api.serve_down([service])
+            existing = None
         if existing is not None and update:
             self.api.serve_update(cfg, service, secrets, mode)
             url = existing["endpoint"]
@@ -290,7 +352,13 @@ class SkyServeBackend(_SkyBase):
             if status == "READY":
                 break
             if status.startswith("FAILED"):
-                ctx.store.update_component(ctx.name, comp, phase="failed", message=f"SkyServe: {status}")
+                replicas = [str(r) for r in info.get("replicas") or []]
+                ctx.store.update_component(ctx.name, comp, phase="failed",
+                                           message=f"SkyServe: {status} (replicas: {', '.join(replicas) or '-'})")
+                if stage and replicas and all(r == "FAILED_PROVISION" for r in replicas):
+                    raise CapacityError(f"{stage}: SkyServe could not provision a replica on any of its offers "
+                                        f"(service {service}: {status}, replicas {', '.join(replicas)}); see "
+                                        f"`sky serve logs {service} --controller`", stages=(stage,))
                 raise LaunchError(f"service {service} is {status}; see `sky serve logs {service} 1`")
             if time.monotonic() > deadline:
                 raise LaunchError(f"service {service} not READY after {ctx.plan.launch.ready_timeout_s:g} s "
@@ -305,7 +373,8 @@ class SkyServeBackend(_SkyBase):
         handles = [c.handle for c in record.components if c.handle and c.kind != "watcher"]
         info = self.api.serve_status(handles) if handles else {}
         comps = [ComponentObservation(c.name, c.kind, c.stage, c.phase,
-                                      remote=(info.get(c.handle) or {}).get("status", ""))
+                                      remote=(info.get(c.handle) or {}).get("status", ""),
+                                      detail=replica_detail((info.get(c.handle) or {}).get("replicas") or []))
                  for c in record.components if c.kind != "watcher"]
         watcher = record.component(WATCHER_COMPONENT)
         if watcher is not None:   # the cluster, and whether its job (the loop) still runs
@@ -323,6 +392,20 @@ class SkyServeBackend(_SkyBase):
         existing = [h for h in handles if h in self.api.serve_status(handles)] if handles else []
         self.api.serve_down(existing)
         return stopped + existing
+
+
+def replica_detail(replicas: list[str]) -> str:
+    """SkyServe's replica states when not all are READY, e.g. "replicas: 1 READY, 1 PREEMPTED (SkyServe replaces
+    a preempted spot replica, on-demand while spot has no capacity)"; "" when all are ready."""
+    if not replicas or all(r == "READY" for r in replicas):
+        return ""
+    counts: dict[str, int] = {}
+    for r in replicas:
+        counts[r] = counts.get(r, 0) + 1
+    text = "replicas: " + ", ".join(f"{n} {r}" for r, n in sorted(counts.items()))
+    if "PREEMPTED" in counts:
+        text += " (SkyServe replaces a preempted spot replica, on-demand while spot has no capacity)"
+    return text
 
 
 class ClustersBackend(_SkyBase):
@@ -433,7 +516,12 @@ class ClustersBackend(_SkyBase):
             deployment=ctx.name, name=comp, kind="cluster", stage=action.stage, replica=replica, phase="starting",
             handle=cluster, port=port, started_at=time.time(), fingerprint=stage_fingerprint(ctx.plan, stage)))
         ctx.progress(f"{cluster}: launching (sky.launch)")
-        url = self.api.cluster_launch(cfg, cluster, secrets, stage_port(cfg))
+        try:
+            with capacity_errors(action.stage):
+                url = self.api.cluster_launch(cfg, cluster, secrets, stage_port(cfg))
+        except LaunchError as exc:
+            ctx.store.update_component(ctx.name, comp, phase="failed", message=str(exc)[:2000])
+            raise
         ctx.store.update_component(ctx.name, comp, url=url)
         ctx.progress(f"{cluster}: job submitted; waiting for its engine at {url}")
         self._wait_serving(ctx, comp, cluster, url)
