@@ -35,7 +35,13 @@ from router.config import QualityWatchConfig, StageConfig
 from router.grading import agreement, judge_prompt, parse_judge_score, wilson_interval
 from router.protocol import Wants
 from router.serving import Cascade, Trace, stage_payload
-from router.upstream import Endpoint, UpstreamAuth, UpstreamError, post_json, upstream_auth
+from router.upstream import (
+    Endpoint,
+    UpstreamAuth,
+    UpstreamError,
+    post_json,
+    upstream_auth,
+)
 
 RESULTS = ("graded", "failed", "skipped_rate", "skipped_busy", "cancelled")
 _NO_WANTS = Wants(logprobs=False, top=0, usage=False, n=1)

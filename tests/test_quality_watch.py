@@ -18,13 +18,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from cascadia_sky.calibrate.graders import DEFAULT_RUBRIC, grade_agreement, parse_judge_score
+from cascadia_sky.calibrate.graders import (
+    DEFAULT_RUBRIC,
+    grade_agreement,
+    parse_judge_score,
+)
 from cascadia_sky.calibrate.graders import answer_number as cal_answer_number
 from cascadia_sky.calibrate.graders import normalise as cal_normalise
 from cascadia_sky.calibrate.prompts import load_prompts
 from cascadia_sky.calibrate.report import quality_interval
-from router import create_app, parse_config
-from router import grading
+from router import create_app, grading, parse_config
 from router.config import RouterConfig, swap_config
 from tests.launch.helpers import REPO
 from tests.router.helpers import FakeEngine, serve_app, two_stage_config

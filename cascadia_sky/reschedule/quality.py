@@ -152,8 +152,8 @@ def refit_threshold(checks: Sequence[tuple[float, float]], current: float, promi
         if kept < min_kept:
             break
         if suffix[i] / kept >= promise:
-            return max(current, score)
-    return math.nextafter(above[-1][0], math.inf)
+            return current if i == 0 else float(score)   # the lowest score of the kept checks
+    return math.nextafter(float(above[-1][0]), math.inf)
 
 
 def refit_thresholds(snapshot: Mapping[str, Any], verdict: QualityVerdict,
@@ -284,6 +284,19 @@ def quality_lines(name: str, store: StateStore | None = None,
     return lines
 
 
-__all__ = ["Promise", "QUALITY_REASON", "QualityStep", "QualityVerdict", "StageQuality", "keep_floors",
-           "quality_floors", "quality_lines", "quality_step", "quality_verdict", "refit_threshold",
-           "refit_thresholds", "stage_state", "with_thresholds"]
+__all__ = [
+    "QUALITY_REASON",
+    "Promise",
+    "QualityStep",
+    "QualityVerdict",
+    "StageQuality",
+    "keep_floors",
+    "quality_floors",
+    "quality_lines",
+    "quality_step",
+    "quality_verdict",
+    "refit_threshold",
+    "refit_thresholds",
+    "stage_state",
+    "with_thresholds",
+]
