@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.e2e,
                                  reason="needs the llama.cpp engines (xllamacpp)")]
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-PROMISE = 0.6        # agreement of accepted answers the plan promised (the easy traffic measures ~0.8)
+PROMISE = 0.5        # agreement of accepted answers the plan promised (easy traffic measured 0.61-0.9, hard 0.2-0.4)
 THRESHOLD = -0.7     # accepts nearly every easy answer and most hard ones
 MIN_CHECKS = 16      # the documented number of checks within which a drop is detected (quality.watch.min_checks)
 SETTINGS = QualityWatchSpec(enabled=True, windows_s=[3600], min_checks=MIN_CHECKS, margin=0.05, level=0.9)
@@ -84,7 +84,7 @@ def _settle(app) -> None:
 
 
 def test_easy_then_hard_prompts_detected_repaired(tmp_path: Path) -> None:
-    easy = _prompts(("fact",))[:32]
+    easy = _prompts(("fact",))
     hard = _prompts(("arith", "unit"))
     with engine_pair(lambda: start_bundled(MODEL, alias="small", log_dir=tmp_path / "s"),
                      lambda: start_bundled(MODEL, alias="large", log_dir=tmp_path / "l")) as (small, large):
@@ -99,13 +99,15 @@ def test_easy_then_hard_prompts_detected_repaired(tmp_path: Path) -> None:
         app = create_app(parse_config(_config(small.url, large.url, watch=True), "test"), Secrets(admin_key=ADMIN))
         with serve_app(app) as base:
             c = Client(base)
-            for m in easy:
+            for m in easy:   # until the verdict window holds MIN_CHECKS + 8 checks of easy traffic
                 c.ask(m)
                 _settle(app)   # one check at a time (max_in_flight 1): none skipped
+                if app.state.watch.counts["graded"] >= MIN_CHECKS + 8:
+                    break
             easy_verdict = quality_verdict(c.stats(), SETTINGS)
             # hard prompts until the promise is judged (every MIN_CHECKS-th check is the earliest it can be)
             detected_after, i = None, 0
-            while detected_after is None and i < 60:
+            while detected_after is None and i < 80:
                 c.ask(hard[i])
                 i += 1
                 _settle(app)
@@ -116,6 +118,7 @@ def test_easy_then_hard_prompts_detected_repaired(tmp_path: Path) -> None:
             snap = c.stats()
             verdict = quality_verdict(snap, SETTINGS)
             new = refit_thresholds(snap, verdict, SETTINGS)
+            assert detected_after is not None and "small" in new, verdict.describe()
             cfg = httpx.get(f"{base}/admin/config", headers={"Authorization": f"Bearer {ADMIN}"}).json()["config"]
             cfg["stages"][0]["threshold"] = new["small"]
             swapped = httpx.post(f"{base}/admin/config", json=cfg, headers={"Authorization": f"Bearer {ADMIN}"})
