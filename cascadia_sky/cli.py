@@ -504,8 +504,9 @@ def status(
     console.print(*status_report(views), sep="\n")
     if name is not None:
         from cascadia_sky.reschedule.history import history_lines
+        from cascadia_sky.reschedule.quality import quality_lines
 
-        for line in history_lines(name):
+        for line in quality_lines(name) + history_lines(name):
             console.print(line, highlight=False, markup=False)
 
 

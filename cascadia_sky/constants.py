@@ -158,5 +158,14 @@ RESCHEDULE_DOWN_HEADROOM_FACTOR = 1.25       # a scale-down must hold the observ
 RESCHEDULE_HISTORY_ROWS = 10                 # `cascadia status NAME` shows this many re-schedule events
 RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router gets this long to finish (SkyServe)
 RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
+
+# Quality watch (spec `quality.watch`, docs/quality-watch.md): shadow checks of accepted answers while serving
+QUALITY_WATCH_FRACTION = 0.03                # share of early-accepted answers checked against the last stage (or judge)
+QUALITY_WATCH_MAX_PER_SECOND = 1.0           # shadow requests started per second at most (token bucket)
+QUALITY_WATCH_MAX_IN_FLIGHT = 4              # shadow requests running at once at most (more are skipped, not queued)
+QUALITY_WATCH_WINDOWS_SECONDS = (600, 3600)  # the windows /stats reports the measured quality over
+QUALITY_WATCH_LEVEL = 0.90                   # two-sided level of the Wilson interval of the measured quality
+QUALITY_WATCH_MIN_CHECKS = 30                # fewer checks in the verdict window: "unverified" (no verdict, no change)
+QUALITY_WATCH_MARGIN_POINTS = 0.02           # measured mean this far below the promise is "at risk" (not noise)
 LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
 LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

@@ -248,6 +248,25 @@ class QualityProfile:
         return RoutingOutcome(reach=reach, answered=answered, quality=quality, stage_input_tokens=tuple(ins),
                               stage_output_tokens=tuple(outs), n_prompts=m)
 
+    def accepted(self, thresholds: Sequence[float],
+                 idx: np.ndarray | None = None) -> tuple[list[float | None], list[float | None]]:
+        """Per stage, over the prompts it answers: (mean quality, mean of min(quality, last stage's quality));
+        None for a stage that answers none. The second is a lower bound of the agreement with the last stage for
+        0/1 grades: two right answers agree, a right and a wrong one do not (two wrong ones may or may not)."""
+        stage = self.route(thresholds, idx)
+        _s, q, _in, _out = self._subset(idx)
+        quality: list[float | None] = []
+        agreement: list[float | None] = []
+        for i in range(self.n_stages):
+            mask = stage == i
+            if not mask.any():
+                quality.append(None)
+                agreement.append(None)
+                continue
+            quality.append(float(q[i][mask].mean()))
+            agreement.append(float(np.minimum(q[i][mask], q[-1][mask]).mean()))
+        return quality, agreement
+
     def evaluate_many(self, thresholds: np.ndarray, idx: np.ndarray | None = None) -> BatchOutcome:
         """Shares and quality for K threshold vectors (a (K, S-1) array) at once: for grids and frontiers."""
         thr = np.asarray(thresholds, dtype=float)

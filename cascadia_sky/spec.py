@@ -22,6 +22,13 @@ from cascadia_sky.constants import (
     LAUNCH_ROUTER_PORT,
     LOCAL_MAX_REPLICAS,
     PLANNER_QUALITY_CONFIDENCE,
+    QUALITY_WATCH_FRACTION,
+    QUALITY_WATCH_LEVEL,
+    QUALITY_WATCH_MARGIN_POINTS,
+    QUALITY_WATCH_MAX_IN_FLIGHT,
+    QUALITY_WATCH_MAX_PER_SECOND,
+    QUALITY_WATCH_MIN_CHECKS,
+    QUALITY_WATCH_WINDOWS_SECONDS,
     RESCHEDULE_COOLDOWN_SECONDS,
     RESCHEDULE_DOWN_HEADROOM_FACTOR,
     RESCHEDULE_INTERVAL_SECONDS,
@@ -69,6 +76,49 @@ class StageSpec(_Strict):
 
 # --- quality ---------------------------------------------------------------------------------
 
+class QualityWatchSpec(_Strict):
+    """Check a sample of accepted answers while serving (docs/quality-watch.md): the router sends a small share of
+    the requests an earlier stage answered to the last stage (or a judge) in the background, after the client has
+    its answer, and grades the pair; /stats reports the measured quality of accepted answers with its interval next
+    to the plan's promise, and the re-schedule loop raises thresholds when the promise slips."""
+
+    enabled: bool = Field(False, description="Run shadow checks in the router (and act on them when "
+                                             "reschedule.enabled).")
+    fraction: float = Field(QUALITY_WATCH_FRACTION, gt=0, le=1,
+                            description="Share of early-accepted answers that get a shadow check.")
+    max_per_s: float = Field(QUALITY_WATCH_MAX_PER_SECOND, gt=0, le=1000,
+                             description="At most this many shadow requests start per second (token bucket).")
+    max_in_flight: int = Field(QUALITY_WATCH_MAX_IN_FLIGHT, ge=1, le=256,
+                               description="At most this many shadow requests run at once; a check beyond it is "
+                                           "skipped (counted), never queued.")
+    grader: Literal["last_stage", "judge"] = Field(
+        "last_stage", description="last_stage: agreement of the accepted answer with the last stage's answer to the "
+                                  "same request; judge: an LLM judge's score of the accepted answer.")
+    judge_endpoint: str | None = Field(None, pattern=r"^https?://",
+                                       description="OpenAI-compatible base URL of the judge (grader: judge).")
+    judge_model: str | None = Field(None, description="The judge's model name (grader: judge).")
+    judge_api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+                                          description="Environment variable of the router holding the judge's key.")
+    windows_s: list[int] = Field(default_factory=lambda: list(QUALITY_WATCH_WINDOWS_SECONDS), min_length=1,
+                                 max_length=4, description="Windows (seconds) over which /stats reports the "
+                                                           "measured quality; the first one gives the verdict.")
+    level: float = Field(QUALITY_WATCH_LEVEL, gt=0, lt=1,
+                         description="Two-sided level of the Wilson interval of the measured quality.")
+    min_checks: int = Field(QUALITY_WATCH_MIN_CHECKS, ge=5, le=100_000,
+                            description="Fewer checks than this in the verdict window: 'unverified' (no change).")
+    margin: float = Field(QUALITY_WATCH_MARGIN_POINTS, ge=0, le=1,
+                          description="A measured mean more than this below the promise is 'at risk'.")
+
+    @model_validator(mode="after")
+    def _judge_needs_endpoint(self) -> "QualityWatchSpec":
+        if self.grader == "judge" and (self.judge_endpoint is None or self.judge_model is None):
+            raise ValueError("quality.watch.grader is judge: set judge_endpoint (http://HOST:PORT) and judge_model, "
+                             "or use grader: last_stage")
+        if min(self.windows_s) <= 0:
+            raise ValueError("quality.watch.windows_s must be positive seconds")
+        return self
+
+
 class QualitySpec(_Strict):
     """The quality profile and the target that the routing thresholds must meet."""
 
@@ -86,6 +136,8 @@ class QualitySpec(_Strict):
                                                  "prompts; null plans on the profile's mean alone (over-fits).")
     holdout_fraction: float = Field(0.3, ge=0, lt=1,
                                     description="Share of profile prompts held out to report unbiased quality.")
+    watch: QualityWatchSpec = Field(default_factory=QualityWatchSpec,
+                                    description="Check a sample of accepted answers while serving (off by default).")
 
     @model_validator(mode="after")
     def _one_target(self) -> "QualitySpec":

@@ -25,6 +25,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.background import BackgroundTask
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from router.config import ConfigError, RouterConfig, swap_config
 from router.errors import RouterError
 from router.protocol import CompletionRequest, parse_json, validate_request
+from router.quality import QualityWatch, answer_text
 from router.security import Secrets
 from router.serving import Cascade, Runtime, Trace
 from router.stats import Metrics, Stats
@@ -94,10 +96,12 @@ class CascadeStream(Response):
     """ASGI response for a streamed cascade: waits for the answering stage (then sends headers), relays SSE bytes,
     and cancels everything, engine streams included, when the client disconnects."""
 
-    def __init__(self, gen: AsyncIterator[bytes | Trace], done: Any) -> None:  # noqa: D107 (no Response init)
+    def __init__(self, gen: AsyncIterator[bytes | Trace], done: Any,  # noqa: D107 (no Response init)
+                 after: Any = None) -> None:
         self.background = None
         self.gen = gen
         self.done = done  # callback(ok: bool) for stats/metrics
+        self.after = after  # callback() once the client has the whole answer (the quality watch's offer)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.ensure_future(self._produce(send))
@@ -116,6 +120,8 @@ class CascadeStream(Response):
             watcher.cancel()
             await self.gen.aclose()  # type: ignore[attr-defined]
             self.done(ok)
+        if ok and self.after is not None:
+            self.after()
 
     async def _produce(self, send: Send) -> bool:
         try:
@@ -141,7 +147,10 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """The engine client lives as long as the server; its connection limit is fixed at start (see config.py)."""
     async with make_session(app.state.runtime.config.max_connections) as session:
         app.state.client = session
-        yield
+        try:
+            yield
+        finally:
+            await app.state.watch.close()   # shadow checks in flight are cancelled before the client closes
 
 
 def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
@@ -152,6 +161,7 @@ def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
     app.state.stats = Stats(config.stats_windows_s)
     app.state.metrics = Metrics()
     app.state.metrics.config_version.set(1)
+    app.state.watch = QualityWatch(app.state.metrics)
     app.include_router(api)
     app.add_exception_handler(RouterError, _router_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -244,8 +254,12 @@ async def _serve(request: Request, kind: str) -> Response:
     cascade = Cascade(rt, request.app.state.client)
     trace = Trace(model=model)
     done = _Finish(request, trace)
+    watch: QualityWatch = request.app.state.watch
+    shadow = rt.config.quality_watch is not None and pinned is None
     if req.stream:
-        return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done)
+        after = (lambda: watch.offer(rt, cascade.client, kind, body, None if trace.fallback else trace.stage,
+                                     trace.score, answer_text(kind, events=trace.answer))) if shadow else None
+        return CascadeStream(cascade.stream(kind, body, wants, trace, pinned), done, after)
     try:
         out = await _until_disconnect(request.receive, cascade.complete(kind, body, wants, trace, pinned))
     except ClientGone:
@@ -258,7 +272,15 @@ async def _serve(request: Request, kind: str) -> Response:
         done(False)
         raise
     done(True)
-    return Response(json.dumps(out), media_type=_JSON, headers=trace.headers())
+    # the shadow check (if sampled) starts after the response is sent: Starlette runs `background` then
+    background = (BackgroundTask(_offer, watch, rt, cascade.client, kind, body, trace, out)
+                  if shadow and not trace.fallback else None)
+    return Response(json.dumps(out), media_type=_JSON, headers=trace.headers(), background=background)
+
+
+async def _offer(watch: QualityWatch, rt: Runtime, client: Any, kind: str, body: dict, trace: Trace,
+                 out: dict) -> None:
+    watch.offer(rt, client, kind, body, trace.stage, trace.score, answer_text(kind, out))
 
 
 class _Finish:
@@ -302,6 +324,7 @@ async def health(request: Request) -> Response:
 @api.get("/metrics")
 async def metrics(request: Request) -> Response:
     _auth_api(request)
+    request.app.state.watch.export(request.app.state.runtime)
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -311,6 +334,9 @@ async def stats(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     snap = request.app.state.stats.snapshot([s.name for s in rt.config.stages])
     snap.update({"cascade": rt.config.name, "config_version": rt.version})
+    quality = request.app.state.watch.snapshot(rt)
+    if quality is not None:
+        snap["quality"] = quality
     return JSONResponse(snap)
 
 

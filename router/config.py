@@ -32,9 +32,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from router.errors import ConfigError
+from router.grading import DEFAULT_JUDGE_RUBRIC
 from router.scorers import SCORERS, make_scorer
 
 ROUTER_CONFIG_SCHEMA_VERSION = 1
@@ -60,6 +63,61 @@ class EarlyDecision(BaseModel):
     accept_margin: float | None = Field(0.5, ge=0, description="commit early at or above threshold + this")
 
 
+class JudgeConfig(BaseModel):
+    """An LLM judge for the quality watch: an OpenAI-compatible endpoint, its model and the rubric."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(description="base URL of the judge (http://HOST:PORT)")
+    model: str = Field(min_length=1, description="the judge's model name")
+    rubric: str = Field(DEFAULT_JUDGE_RUBRIC, description="prompt with {question}, {answer}, {scale} placeholders")
+    scale: float = Field(10.0, gt=0, description="the rubric's top score; a grade is the judge's number / scale")
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="environment variable with its key")
+    timeout_s: float = Field(60.0, gt=0, le=MAX_TIMEOUT_S)
+    max_tokens: int = Field(16, ge=1, le=4096)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"judge url {v!r} must be an http(s) base URL such as http://127.0.0.1:8000")
+        v = v.rstrip("/")
+        return v[:-3] if v.endswith("/v1") else v
+
+    @field_validator("rubric")
+    @classmethod
+    def _check_rubric(cls, v: str) -> str:
+        for key in ("{question}", "{answer}"):
+            if key not in v:
+                raise ValueError(f"the judge rubric must contain the placeholder {key}")
+        return v
+
+
+class QualityWatchConfig(BaseModel):
+    """Shadow checks of accepted answers (router/quality.py): a `fraction` of the requests an earlier stage
+    answered are sent again, after the client has its answer, to the last stage (`grader: last_stage`: the grade
+    is the agreement of the two answers) or to a judge (`grader: judge`: the judge's score)."""
+
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(0.03, gt=0, le=1, description="share of early-accepted answers checked")
+    max_per_s: float = Field(1.0, gt=0, le=1000, description="shadow requests started per second at most")
+    max_in_flight: int = Field(4, ge=1, le=256, description="shadow requests at once at most (more: skipped)")
+    grader: Literal["last_stage", "judge"] = "last_stage"
+    judge: JudgeConfig | None = None
+    windows_s: list[int] = Field(default_factory=lambda: [600, 3600], min_length=1, max_length=4,
+                                 description="windows of the measured quality in /stats and /metrics")
+    level: float = Field(0.9, gt=0, lt=1, description="two-sided level of the Wilson interval")
+    keep: int = Field(5000, ge=10, le=1_000_000, description="checks kept in memory (the newest)")
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityWatchConfig:
+        if self.grader == "judge" and self.judge is None:
+            raise ValueError("grader judge needs a judge: {url, model}")
+        if min(self.windows_s) <= 0 or max(self.windows_s) > MAX_WINDOW_S:
+            raise ValueError(f"quality_watch.windows_s must be positive seconds, at most {MAX_WINDOW_S}")
+        return self
+
+
 class StageConfig(BaseModel):
     """One stage of the cascade."""
 
@@ -73,6 +131,8 @@ class StageConfig(BaseModel):
     scorer: str = Field("mean_logprob", description="scorer registry name (router/scorers.py)")
     scorer_args: dict[str, float] = Field(default_factory=dict, description="scorer arguments, e.g. {q: 0.1}")
     threshold: float | None = Field(None, description="accept when score >= threshold; null on the last stage")
+    promise: float | None = Field(None, ge=0, le=1, description="quality of this stage's accepted answers that the "
+                                  "plan promised, in the quality watch's units (agreement or judge score)")
     timeout_s: float = Field(120.0, gt=0, le=MAX_TIMEOUT_S,
                              description="per attempt: whole response (non-streamed) or gap between streamed chunks")
     upstream_api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="name of the environment "
@@ -127,6 +187,7 @@ class RouterConfig(BaseModel):
                                                  description="streamed early accept/escalate; null: off")
     stats_windows_s: list[int] = Field(default_factory=lambda: [60, 300, 3600], min_length=1, max_length=8,
                                        description="sliding windows reported by /stats; fixed at start")
+    quality_watch: QualityWatchConfig | None = Field(None, description="shadow checks of accepted answers; null: off")
 
     @model_validator(mode="after")
     def _check_cascade(self) -> RouterConfig:
@@ -158,6 +219,8 @@ class RouterConfig(BaseModel):
         try:
             stages_in = plan["stages"]
             scorer = plan.get("scorer") or "mean_logprob"
+            watch = _watch_from_plan(plan)
+            promise_key = "accepted_quality" if watch and watch["grader"] == "judge" else "accepted_agreement"
             stages = []
             for i, st in enumerate(stages_in):
                 name = st["name"]
@@ -168,13 +231,28 @@ class RouterConfig(BaseModel):
                                "served_model_name": st.get("served_model_name") or st.get("model") or name,
                                "endpoints": list(endpoints[name]), "scorer": scorer,
                                "threshold": st.get("threshold") if i < len(stages_in) - 1 else None,
+                               **({"promise": st[promise_key]} if watch and st.get(promise_key) is not None
+                                  and i < len(stages_in) - 1 else {}),
                                **({"upstream_api_key_env": keys.pop(name)} if name in keys else {})})
             if keys:
                 raise ConfigError(f"upstream_api_key_env: no stage named {', '.join(sorted(keys))} in the plan")
-            doc = {"name": plan["name"], "stages": stages, **overrides}
+            doc = {"name": plan["name"], "stages": stages, **({"quality_watch": watch} if watch else {}),
+                   **overrides}
         except KeyError as exc:
             raise ConfigError(f"plan.json: missing key {exc}; is this a plan written by `cascadia plan`?") from None
         return parse_config(doc, "plan.json")
+
+
+def _watch_from_plan(plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The router's quality_watch from plan.json's launch.quality_watch (the spec's quality.watch); None when off."""
+    qw = (plan.get("launch") or {}).get("quality_watch") or {}
+    if not qw.get("enabled"):
+        return None
+    out = {k: qw[k] for k in ("fraction", "max_per_s", "max_in_flight", "grader", "windows_s", "level") if k in qw}
+    if qw.get("grader") == "judge":
+        out["judge"] = {"url": qw.get("judge_endpoint"), "model": qw.get("judge_model"),
+                        **({"api_key_env": qw["judge_api_key_env"]} if qw.get("judge_api_key_env") else {})}
+    return out
 
 
 def swap_config(live: RouterConfig, doc: Any) -> RouterConfig:
@@ -189,6 +267,8 @@ def swap_config(live: RouterConfig, doc: Any) -> RouterConfig:
                 or not isinstance(doc.get("upstream_api_key_env") or {}, dict):
             raise ConfigError("admin config: plan, endpoints and upstream_api_key_env must be JSON objects")
         live_settings = live.model_dump(exclude={"schema_version", "name", "stages"})
+        if isinstance(doc["plan"].get("launch"), dict) and "quality_watch" in doc["plan"]["launch"]:
+            live_settings.pop("quality_watch")   # the plan says whether (and how) the watch runs
         try:
             return RouterConfig.from_plan(doc["plan"], doc.get("endpoints") or {},
                                           upstream_api_key_env=doc.get("upstream_api_key_env"), **live_settings)

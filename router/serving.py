@@ -79,6 +79,7 @@ class Trace:
     input_tokens: int | None = None
     output_tokens: int | None = None
     error: str | None = None          # set when a stream broke after bytes reached the client
+    answer: list[dict] | None = None  # streamed: the chunk events of an accepted earlier stage (quality watch)
 
     def headers(self) -> dict[str, str]:
         """Provenance headers; stage times in seconds, path as stage=outcome(score)."""
@@ -358,6 +359,7 @@ class Cascade:
                 run.step = StageStep(stage.name, "accepted", score, time.perf_counter() - run.t0)
                 trace.steps.append(run.step)
                 trace.stage, trace.score = stage.name, score
+                trace.answer = att.buffer
                 run.finished = True
                 yield trace
                 yield _replay(att.buffer, wants, trace)
@@ -377,6 +379,8 @@ class Cascade:
             except (ValueError, TypeError, AttributeError, KeyError) as exc:  # the engine's fault, not ours
                 raise UpstreamError("protocol", f"engine sent malformed logprobs ({type(exc).__name__})") from None
             if att.live:
+                if trace.answer is not None:   # a committed earlier stage: its text, for the quality watch
+                    trace.answer.append(ev)
                 if (chunk := _sse(ev, wants, trace.model)) is not None:
                     yield chunk
                 continue
@@ -393,6 +397,8 @@ class Cascade:
                 run.step.seconds = time.perf_counter() - run.t0
                 yield trace
                 yield b"".join(c for ev in att.buffer if (c := _sse(ev, wants, trace.model)))
+                if not run.final:
+                    trace.answer = att.buffer
                 att.buffer = []
 
     def _early(self, stage: StageConfig, att: _Attempt, wants: Wants) -> str | None:

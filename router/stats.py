@@ -331,6 +331,14 @@ class Metrics:
                                buckets=(-10, -5, -3, -2, -1.5, -1, -.75, -.5, -.25, -.1, 0))
         self.in_flight = Gauge("cascadia_router_in_flight", "Requests in flight", registry=r)
         self.config_version = Gauge("cascadia_router_config_version", "Version of the live config", registry=r)
+        self.shadow = Counter("cascadia_router_shadow_checks", "Quality watch: shadow checks of accepted answers, by "
+                              "stage and result (graded, failed, skipped_rate, skipped_busy, cancelled); not "
+                              "counted in cascadia_router_requests", ["stage", "result"], registry=r)
+        self.shadow_checked = Gauge("cascadia_router_accepted_quality_checks", "Quality watch: graded checks under "
+                                    "the stage's current threshold in the window", ["stage", "window"], registry=r)
+        self.accepted_quality = Gauge("cascadia_router_accepted_quality", "Quality watch: measured quality of "
+                                      "accepted answers (mean, Wilson lower/upper) and the plan's promise",
+                                      ["stage", "window", "stat"], registry=r)
 
     def record(self, trace: Trace, result: str, seconds: float) -> None:
         self.requests.labels(trace.stage or "", result).inc()

@@ -131,6 +131,32 @@ def grade_choice(prompt: Prompt, answer: str) -> float:
     return float(got == want)
 
 
+AGREEMENT_MAX_CONTAINED_WORDS = 8   # a longer answer inside another is a coincidence of phrasing, not agreement
+
+
+def grade_agreement(answer: str, other: str) -> float:
+    """Does `answer` agree with `other` (the last stage's answer to the same prompt, taken as the reference)?
+    `numeric` when `other` carries a number (its answer number is the reference); else `exact` either way round,
+    or the shorter normalised answer (at most AGREEMENT_MAX_CONTAINED_WORDS words) `contains`-matches the longer.
+    The router's quality watch grades with a copy of this (router/grading.py; a test holds them equal)."""
+    number = answer_number(other)
+    if number is not None:
+        ref = Prompt(id="agreement", messages=({"role": "user", "content": ""},), reference=repr(number))
+        return grade_numeric(ref, answer)
+    a, b = normalise(answer), normalise(other)
+    if not a or not b:
+        return float(a == b)
+    if grade_exact(Prompt(id="agreement", messages=({"role": "user", "content": ""},), reference=other), answer):
+        return 1.0
+    if normalise(answer.strip().splitlines()[0]) == normalise(other.strip().splitlines()[0]):
+        return 1.0
+    short, long_ = (answer, other) if len(a) <= len(b) else (other, answer)
+    if len(normalise(short).split()) > AGREEMENT_MAX_CONTAINED_WORDS:
+        return 0.0
+    return grade_contains(Prompt(id="agreement", messages=({"role": "user", "content": ""},), reference=short),
+                          long_)
+
+
 def auto_grader_name(prompt: Prompt) -> str:
     """The grader `auto` uses for this prompt."""
     if prompt.grader:

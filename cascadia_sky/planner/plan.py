@@ -33,7 +33,7 @@ from cascadia_sky.constants import (
     SKY_VLLM_VERSION,
 )
 from cascadia_sky.errors import SpecError
-from cascadia_sky.spec import RescheduleSpec
+from cascadia_sky.spec import QualityWatchSpec, RescheduleSpec
 
 if TYPE_CHECKING:
     from cascadia_sky.spec import CascadeSpec
@@ -106,6 +106,14 @@ class StagePlan(_Frozen):
                     "within the quotas, the budget and the spec's failover_band of the chosen $/h), in the order "
                     "SkyPilot tries them (`resources.ordered`). A change alone relaunches nothing: a running stage "
                     "keeps the list it was launched with.")
+    accepted_quality: float | None = Field(
+        None, description="Mean quality (on the profile) of the answers this stage accepts at its threshold: what "
+                          "the quality watch promises for them with a judge (null: the stage accepts none).",
+        json_schema_extra=ROUTER)
+    accepted_agreement: float | None = Field(
+        None, description="Mean of min(quality here, quality at the last stage) over the same answers: a lower "
+                          "bound of their agreement with the last stage (the quality watch's promise with grader "
+                          "last_stage).", json_schema_extra=ROUTER)
 
 
 class Predicted(_Frozen):
@@ -189,6 +197,10 @@ class LaunchSettings(_Frozen):
                                                    "runs beside the deployment, and its windows and bands (the "
                                                    "router's /stats reports a window of interval_s).",
                                        json_schema_extra=ROUTER)
+    quality_watch: QualityWatchSpec = Field(default_factory=QualityWatchSpec,
+                                            description="The spec's quality.watch section: shadow checks of "
+                                                        "accepted answers in the router (docs/quality-watch.md).",
+                                            json_schema_extra=ROUTER)
 
 
 def launch_settings(spec: CascadeSpec) -> LaunchSettings:
@@ -201,7 +213,8 @@ def launch_settings(spec: CascadeSpec) -> LaunchSettings:
         vllm_version=infra.vllm_version,
         engine_threads=spec.resources.local.threads if spec.resources.local is not None else 1,
         router_host=LAUNCH_ROUTER_HOST_SERVICE if backend == "skyserve" else LAUNCH_ROUTER_HOST_LOCAL,
-        router_port=infra.router_port, reschedule=spec.reschedule)
+        router_port=infra.router_port, reschedule=spec.reschedule,
+        quality_watch=spec.quality.watch)
 
 
 def affected_fields(model: type[BaseModel], what: str) -> tuple[str, ...]:

@@ -328,6 +328,7 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
     bands = _failover_offers(ctx, level, dep)
     rtts = (round_trips(level.problem_at(tuple(float(r) for r in out.reach)), dep.chosen)
             if spec.resources.cloud is not None else (0.0,) * len(dep.chosen))
+    promised_q, promised_agree = ctx.profile.accepted(theta)   # the quality watch's promise per stage
     for i, (st, c) in enumerate(zip(ctx.stages, dep.chosen)):
         reach = float(out.reach[i])
         est = estimates[i]
@@ -345,7 +346,8 @@ def assemble_plan(ctx: PlanningContext, result: SearchResult, level: DeploymentL
             tpot_s=est.tpot_s if est else None, max_rate_rps_per_replica=est.max_rate_rps if est else None,
             utilization=est.utilization if est else None, binding=binding.get(i, ""),
             path_p95_latency_s=(None if latency.path_p95_s[i] is None else latency.path_p95_s[i] + sum(rtts[:i + 1])),
-            bursty_p95_latency_s=latency.bursty_stage_p95_s[i], rtt_s=rtts[i], offers=bands[i]))
+            bursty_p95_latency_s=latency.bursty_stage_p95_s[i], rtt_s=rtts[i], offers=bands[i],
+            accepted_quality=_rounded(promised_q[i]), accepted_agreement=_rounded(promised_agree[i])))
     holdout_q = (ctx.profile.evaluate(theta, ctx.holdout_idx).quality if ctx.holdout_idx.size else None)
     conf = spec.quality.confidence
     lower = _quality_bound(ctx, theta, conf) if conf else None
@@ -451,3 +453,7 @@ def _quality_note(ctx: PlanningContext, best: Evaluation, conf: float | None) ->
                 f"planning prompts (best lower bound {best.quality:.4f}; every prompt at its best stage would "
                 f"give {top:.4f}); add prompts to the profile, lower the confidence or the target")
     return f"no thresholds reach the target {ctx.q_min:.4f} (best {best.quality:.4f}); lower the target"
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cascadia_sky.errors import CascadiaError, UserInputError
 from cascadia_sky.launch.backends import Action
@@ -62,6 +63,7 @@ class PassResult:
     kind: str = "none"
     applied: bool = False
     message: str = ""
+    quality: Any = None        # the quality watch's step (reschedule/quality.py), when the watch is on
 
     def describe(self) -> str:
         lines = [f"{self.name}: {self.detection.describe()}"]
@@ -69,6 +71,8 @@ class PassResult:
             o = self.observation
             lines.append(f"  window {o.window_s:g} s: {o.requests} requests, {o.rate_rps:.3g} req/s, reach "
                          + ", ".join(f"{s.name} {s.reach:.2f}" for s in o.stages))
+        if self.quality is not None:
+            lines.append(f"  {self.quality.describe()}")
         if self.replan is not None:
             r = self.replan
             lines.append(f"  re-plan ({r.wall_s:.2f} s, for {r.planned_rate_rps:.3g} req/s): {r.reason}")
@@ -127,6 +131,15 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     reference = history.reference(name) or spec_reference(plan, rec.spec_path)
     det = detect(history.observations(name), reference, settings, now, last.t if last else None)
     result = PassResult(name, obs, det)
+    if plan.launch.quality_watch.enabled:   # the promise first: a threshold swap is the cheapest change there is
+        from cascadia_sky.reschedule.quality import quality_step
+
+        result.quality = quality_step(name, plan, snapshot, history, store, rec.spec_path, apply=apply, now=now,
+                                      progress=progress)
+        if result.quality.thresholds:
+            result.kind, result.applied = "router", result.quality.applied
+            result.message = "" if apply else "dry run: `cascadia reschedule NAME --apply` acts"
+            return result
     if not det.drift:
         return result
     assert det.target is not None
@@ -138,6 +151,10 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     rp = replan(plan, spec, det.target, det.peak_rate_rps, min_gain=settings.min_gain,
                 down_headroom=settings.down_headroom, less_load=det.verdict is Verdict.DRIFT_DOWN,
                 same_lengths=same_lengths)
+    if plan.launch.quality_watch.enabled:
+        from cascadia_sky.reschedule.quality import keep_floors, quality_floors
+
+        rp = keep_floors(rp, quality_floors(history.events(name, 1000)))
     result.replan = rp
     result.actions = decide(rec, rp.plan) if rp.worth_it else []
     result.kind = change_kind(result.actions)
