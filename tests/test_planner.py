@@ -66,6 +66,7 @@ def test_plan_json_round_trip_and_stable_keys(deepseek_plan, tmp_path: Path) -> 
     assert {"status", "wall_s"} <= set(data["solver"])
     assert data["schema_version"] == 2 and data["scorer"] == "mean_logprob"
     assert data["launch"].pop("reschedule")["enabled"] is False          # docs/reschedule.md
+    assert data["launch"].pop("quality_watch")["enabled"] is False       # docs/quality-watch.md
     assert data["launch"] == {"backend": "skyserve", "targets": None, "autoscale": False, "vllm_version": "0.33.0",
                               "engine_threads": 1, "router_host": "0.0.0.0", "router_port": 8800,
                               "ready_timeout_s": 600.0}
