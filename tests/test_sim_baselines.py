@@ -119,3 +119,21 @@ def test_baselines_replay_on_the_same_requests(spec, plans) -> None:
     scale = {name: simulate(spec, plan, requests=reqs, name=name).slo_scale() for name, plan in plans.items()}
     assert all(np.isfinite(v) for v in scale.values())
     assert scale["cascadia"] <= min(scale["uniform-gpus"], scale["fixed-parallelism"])
+
+
+def test_cascadeserve_keeps_its_rule_when_a_stage_cannot_carry_its_rate(tmp_path: Path) -> None:
+    """CascadeServe's deployment of a stage (smallest TP, GPUs in proportion to compute) may not sustain the
+    stage's rate: the baseline keeps it (unbounded predicted p95) instead of failing, so the comparison shows the
+    queue it builds (long reasoning answers made this happen for the 70B stage at TP 2)."""
+    import yaml
+
+    data = yaml.safe_load((EXAMPLES / "llama3.yaml").read_text())
+    data["workload"]["rate_scale"] = 60.0
+    (tmp_path / "profiles").symlink_to(EXAMPLES / "profiles")
+    (tmp_path / "traces").symlink_to(EXAMPLES / "traces")
+    path = tmp_path / "hot.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    plan = make_baseline("cascadeserve", load_spec(path))
+    assert sum(s.gpus for s in plan.stages) <= 32
+    assert any(not math.isfinite(s.p95_latency_s) for s in plan.stages)
+    assert not math.isfinite(plan.predicted.p95_latency_s)

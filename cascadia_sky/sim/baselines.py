@@ -24,6 +24,8 @@ differs:
 
 from __future__ import annotations
 
+import dataclasses
+
 import difflib
 import itertools
 import math
@@ -116,12 +118,26 @@ class RestrictedLevel(DeploymentLevel):
         return self._keep(c)
 
 
-def fixed_shape(stage: StageSetup, gpu_type: str, max_gpus: int) -> tuple[int, int]:
-    """The smallest TP (PP 1 when possible) with which the stage's model fits one full context."""
+def fixed_shape(stage: StageSetup, gpu_type: str, max_gpus: int,
+                servable: set[tuple[int, int]] | None = None) -> tuple[int, int]:
+    """The smallest TP (PP 1 when possible) with which the stage's model fits one full context, among the shapes
+    that can serve the stage's request lengths at all (`servable`: whose KV cache holds a mean request; long
+    reasoning answers rule out the smallest shapes of a 70B model) when given."""
     shapes = parallel_shapes(stage, get_gpu(gpu_type), max_gpus)
+    if servable is not None:
+        shapes = [s for s in shapes if s in servable] or shapes
     if not shapes:
         raise InfeasibleError(f"{stage.model.name} fits no TP x PP on {gpu_type} within {max_gpus} GPUs")
     return min(shapes, key=lambda s: (s[1] > 1, s[0] * s[1], s[1]))
+
+
+def servable_shapes(level: DeploymentLevel, stage: int, gpu_type: str) -> set[tuple[int, int]] | None:
+    """(TP, PP) of the stage's deployments on `gpu_type` that sustain some rate (None in local mode)."""
+    table = level.table(stage)
+    if table is None:
+        return None
+    return {(s.template.tp, s.template.pp) for s in table.structures
+            if s.template.gpu_type == gpu_type and s.curve.max_rate_rps > 0}
 
 
 def _pool(ctx: PlanningContext) -> tuple[str, int]:
@@ -198,7 +214,7 @@ def _cascadeserve(spec: CascadeSpec, progress: Progress | None = None) -> Plan:
     if progress:
         progress(f"cascadeserve: thresholds {thresholds}, reach {np.round(out.reach, 3).tolist()}")
     gpu_type, pool = _pool(ctx)
-    shapes = [fixed_shape(st, gpu_type, pool) for st in ctx.stages]
+    shapes = [fixed_shape(st, gpu_type, pool, servable_shapes(level, st.index, gpu_type)) for st in ctx.stages]
     demand = [float(out.reach[i]) * st.model.params_active() for i, st in enumerate(ctx.stages)]
     replicas = proportional_replicas(demand, [tp * pp for tp, pp in shapes], pool)
     chosen = []
@@ -207,7 +223,13 @@ def _cascadeserve(spec: CascadeSpec, progress: Progress | None = None) -> Plan:
         if out.reach[i] == 0:   # nothing reaches the stage: it gets no replicas
             chosen.append(cands[0])
             continue
-        chosen.append(next(c for c in cands if (c.tp, c.pp, c.replicas) == (tp, pp, dp)))
+        pick = next((c for c in cands if (c.tp, c.pp, c.replicas) == (tp, pp, dp)), None)
+        if pick is None:   # the rule's deployment cannot carry the stage's rate: keep it (unbounded p95); the
+            table = level.table(i)   # simulator shows the queue it builds
+            assert table is not None
+            pick = next(dataclasses.replace(s.template, p95_latency_s=math.inf) for s in table.structures
+                        if (s.template.tp, s.template.pp, s.template.replicas) == (tp, pp, dp))
+        chosen.append(pick)
     return _fixed_plan(ctx, level, thresholds, tuple(chosen), "cascadeserve (proportional to compute)", t0)
 
 
@@ -268,11 +290,14 @@ def equal_shares(pool: int, stages: int) -> list[int]:
 @_register("fixed-parallelism", "ablation: our search and allocation, one fixed TP (smallest that fits) per model")
 def _fixed_parallelism(spec: CascadeSpec, progress: Progress | None = None) -> Plan:
     ctx0 = build_context(spec)
+    level0 = DeploymentLevel(ctx0)
     if spec.resources.pool is not None:
         gpu_type, pool = _pool(ctx0)
-        shapes = {(st.index, gpu_type, *fixed_shape(st, gpu_type, pool)) for st in ctx0.stages}
+        shapes = {(st.index, gpu_type, *fixed_shape(st, gpu_type, pool, servable_shapes(level0, st.index, gpu_type)))
+                  for st in ctx0.stages}
     else:   # per allowed GPU type, its own smallest shape
-        shapes = {(st.index, get_gpu(g).name, *fixed_shape(st, g, 1 << 20)) for st in ctx0.stages
-                  for g in st.gpu_types}
+        shapes = {(st.index, get_gpu(g).name,
+                   *fixed_shape(st, g, 1 << 20, servable_shapes(level0, st.index, get_gpu(g).name)))
+                  for st in ctx0.stages for g in st.gpu_types}
     return make_plan(spec, progress, level_factory=lambda ctx: RestrictedLevel(
         ctx, lambda c: (c.stage, c.gpu_type, c.tp, c.pp) in shapes))
