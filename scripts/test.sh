@@ -44,11 +44,12 @@ marked_stage install CASCADIA_TEST_INSTALL "$@"
 marked_stage e2e CASCADIA_TEST_E2E "$@"
 # SkyPilot on a real local Slurm cluster (scripts/local-slurm.sh; root, apt, loopback sshd), in CI or when asked:
 # up, the `slurm` tests, then down, which fails if anything it made is left. A failed set-up fails the run with its
-# reason (the tests never skip in CI).
+# reason (the tests never skip in CI). The node advertises 4 CPUs (CASCADIA_SLURM_CPUS): the cascade e2e test grows
+# from two 1-CPU clusters to four when it re-schedules.
 if [ "$rc" -eq 0 ] && { [ "${CI:-}" = "true" ] || [ "${CASCADIA_TEST_SLURM:-}" = "1" ]; }; then
   set +e
   slurm_t0=$SECONDS
-  .venv/bin/pip install -q -e '.[sky]' && bash scripts/local-slurm.sh up
+  .venv/bin/pip install -q -e '.[sky]' && CASCADIA_SLURM_CPUS=${CASCADIA_SLURM_CPUS:-4} bash scripts/local-slurm.sh up
   rc=$?
   if [ "$rc" -eq 0 ]; then
     .venv/bin/python -m pytest -m slurm "$@"

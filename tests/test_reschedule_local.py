@@ -20,8 +20,11 @@ import yaml
 
 from cascadia_sky.launch.state import StateStore
 from cascadia_sky.reschedule.history import History
-from tests.launch.helpers import leak_checked_home  # noqa: F401 (the `home` fixture: no process may leak)
-from tests.launch.helpers import REPO, cli
+from tests.launch.helpers import (
+    REPO,
+    cli,
+    leak_checked_home,  # noqa: F401 (the `home` fixture: no process may leak)
+)
 
 pytestmark = [pytest.mark.e2e,   # minutes of real load: scripts/test.sh runs the e2e stage in CI
               pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="process checks read /proc (Linux)"),
@@ -61,12 +64,14 @@ def _spec(tmp: Path, rate_rps: float, **settings: float) -> Path:
 class Load:
     """Requests at a set rate (evenly spaced) from a bounded thread pool; counts answers and failures."""
 
-    def __init__(self, port: int, key: str, rate_rps: float, workers: int = 6) -> None:
+    def __init__(self, port: int, key: str, rate_rps: float, workers: int = 6, model: str = "local") -> None:
         self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        self.model = model              # the cascade's name
         self.headers = {"Authorization": f"Bearer {key}"}
         self.rate_rps = rate_rps
         self.ok = 0
         self.failed: list[str] = []
+        self.fallbacks = 0          # answered, but by an earlier stage because the later one failed
         self.sent = 0
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers)
@@ -77,11 +82,12 @@ class Load:
     def _one(self, i: int) -> None:
         try:
             r = httpx.post(self.url, headers=self.headers, timeout=120, json={
-                "model": "local", "max_tokens": 8,
+                "model": self.model, "max_tokens": 8,
                 "messages": [{"role": "user", "content": f"Name a colour ({i})."}]})
             with self._lock:
                 if r.status_code == 200 and r.json()["choices"][0]["message"]["content"] is not None:
                     self.ok += 1
+                    self.fallbacks += r.headers.get("x-cascadia-fallback") == "true"
                 else:
                     self.failed.append(f"{r.status_code}: {r.text[:200]}")
         except Exception as exc:  # noqa: BLE001 (every failure counts, whatever it is)
@@ -246,6 +252,82 @@ def test_step_down_drains_the_removed_replica(home: Path) -> None:
         for name, pid in before.items():
             if name not in after:
                 assert not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes().lower()
+    finally:
+        r = cli(home, "down", "local", timeout=120)
+        assert r.returncode == 0, r.stderr
+
+
+def _cmdline(pid: int | None) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_engine_change_is_blue_green_without_a_failed_request(home: Path) -> None:
+    """Both stages' engines change (`up --plan` of the running plan with another max_context: llama.cpp's --ctx)
+    under a bounded load: each new engine starts beside the old one on a port of its own, the router switches to
+    the new ones in one swap once they answer, the old ones drain and stop, the new ones take the replicas' names.
+    The router keeps running and no request fails (the last stage has no later stage to escalate to: a request it
+    cannot serve fails)."""
+    port = _free_port()
+    store, key = _up(home, _spec(home, 0.05, enabled=False), port)
+    try:
+        before = store.get("local")
+        old = {c.name: c for c in before.components}
+        plan = json.loads(store.plan_path("local").read_text())
+        for s in plan["stages"]:
+            s["max_context"] = s["max_context"] // 2
+        changed = home / "plan-ctx.json"
+        changed.write_text(json.dumps(plan))
+        seen: list[dict[str, tuple[str, str, int | None]]] = []   # the components while the change runs
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                rec = store.get("local")
+                if rec is not None:
+                    seen.append({c.name: (c.phase, c.desired, c.port) for c in rec.components})
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        load = Load(port, key, 0.7).start()
+        time.sleep(5)
+        watcher.start()
+        t0 = time.monotonic()
+        r = cli(home, "up", "--plan", str(changed), timeout=600)
+        up_s = time.monotonic() - t0
+        done.set()
+        watcher.join()
+        assert r.returncode == 0, r.stderr + r.stdout
+        served_at_switch = load.ok
+        time.sleep(8)                                  # served by the new engines
+        load.stop()
+        stats = httpx.get(f"http://127.0.0.1:{port}/stats", headers={"Authorization": f"Bearer {key}"}).json()
+        window = max(stats["windows"].values(), key=lambda w: w["window_s"])     # the whole test
+        attempts_failed = {n: s["failed"] for n, s in window["stages"].items()}
+        print(f"\nblue/green: up {up_s:.1f} s; requests ok {load.ok}, failed {len(load.failed)}, fallbacks "
+              f"{load.fallbacks}; failed engine attempts {attempts_failed} of {window['requests']} requests")
+        assert load.failed == [], load.failed[:5]
+        assert load.fallbacks == 0                     # never a stage without an engine
+        assert attempts_failed == {"small": 0, "large": 0}   # no attempt on a stopped or not yet ready engine
+        assert load.ok > served_at_switch
+        after = {c.name: c for c in store.get("local").components}
+        assert sorted(after) == ["large/0", "router", "small/0"]        # the successors took the replicas' names
+        assert after["router"].pid == old["router"].pid                 # the router was not restarted
+        admin = (home / "deployments" / "local" / "admin_key").read_text().strip()
+        live = httpx.get(f"http://127.0.0.1:{port}/admin/config", headers={"Authorization": f"Bearer {admin}"}).json()
+        for i, stage in enumerate(("small", "large")):
+            new, was = after[f"{stage}/0"], old[f"{stage}/0"]
+            assert new.pid != was.pid and new.port != was.port          # a new engine on a port of its own
+            assert "--ctx 1024" in _cmdline(new.pid), _cmdline(new.pid)
+            assert not Path(f"/proc/{was.pid}").exists() or b"zombie" in Path(
+                f"/proc/{was.pid}/status").read_bytes().lower()          # the old one stopped
+            assert live["config"]["stages"][i]["endpoints"] == [new.url]
+            # beside: at some moment the old engine still served (ready, wanted) while its successor existed
+            both = [s for s in seen if f"{stage}/0+next" in s and s.get(f"{stage}/0", ("",))[0] == "ready"]
+            assert both, f"{stage}: never old and new side by side; seen {seen[:3]} ... {seen[-3:]}"
+            assert all(s[f"{stage}/0+next"][2] != was.port for s in both if s[f"{stage}/0+next"][2])
     finally:
         r = cli(home, "down", "local", timeout=120)
         assert r.returncode == 0, r.stderr

@@ -3,8 +3,13 @@
 examples/local-slurm.yaml: the stages' engines are real llama.cpp servers (xllamacpp; SmolLM2-135M-Instruct and
 gemma-3-270m from PyPI) started by SkyPilot tasks as Slurm jobs; the router runs here. The test sends requests
 through the router with the openai client, checks that one is answered by stage 1 and one escalates to stage 2, runs
-`cascadia status`, then `cascadia down`, and checks that SkyPilot, Slurm and this machine are left clean. It prints
-the wall times (up, first answer, down) as one JSON line.
+`cascadia status`, then re-schedules once under a bounded load: two `cascadia reschedule NAME --apply` passes, one
+window apart, see the rate leave the plan's band, re-plan and launch one more replica cluster per stage while the
+load runs (0 failed requests; the router balances over the new clusters; `status` says what changed and why). Then
+`cascadia down`, and checks that SkyPilot, Slurm and this machine are left clean, the added clusters included. It
+prints the wall times (up, first answer, re-schedule, down) as one JSON line.
+
+Four 1-CPU clusters on one node: scripts/test.sh starts the local cluster with CASCADIA_SLURM_CPUS=4.
 
 Marked `slurm`: scripts/test.sh runs it between `scripts/local-slurm.sh up` and `down` when CI=true or
 CASCADIA_TEST_SLURM=1. Without a running cluster it fails in CI (with the reason) and skips elsewhere.
@@ -22,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import psutil
 import pytest
@@ -29,7 +35,9 @@ import yaml
 
 from cascadia_sky.engines.process import free_port
 from cascadia_sky.launch.state import StateStore
+from cascadia_sky.reschedule.history import History
 from tests.launch.helpers import processes_of
+from tests.test_reschedule_local import Load
 from tests.test_slurm_smoke import _queue, _slurm_config_value, local_slurm  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slurm
@@ -37,6 +45,7 @@ pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parents[1]
 NAME = "local-slurm"                 # the cascade's name in examples/local-slurm.yaml
 CLUSTERS = (f"{NAME}-small-0", f"{NAME}-large-0")
+ADDED = (f"{NAME}-small-1", f"{NAME}-large-1")   # the replicas the re-schedule adds
 ENGINE_MODULE = "cascadia_sky.engines.xllamacpp_server"
 UP_TIMEOUT_SECONDS = 1200            # two parallel launches: SkyPilot runtime + engine packages and models from PyPI
 CLI_TIMEOUT_SECONDS = 300            # status / down / SkyPilot calls
@@ -46,6 +55,17 @@ DRAIN_SECONDS = 60                   # Slurm's queue and the node's processes af
 # (escalated to gemma).
 CONFIDENT_PROMPT = "1, 2, 3, 4, 5, 6,"
 DOUBTFUL_PROMPT = "Zorblax quibbled the vexing"
+# The re-schedule: windows of WINDOW_S seconds, WINDOWS of them out of band before a change. The plan is made for
+# 0.02 req/s (one replica per stage); LOAD_RPS, evenly spaced, is 15x that (4-5 requests a window: 0.27-0.33
+# req/s seen), and a re-plan anywhere in 0.17-0.45 req/s gives two replicas per stage on the synthetic profile.
+WINDOW_S = 15
+WINDOWS = 2
+LOAD_RPS = 0.3
+RESCHEDULE = {"enabled": False,     # the test runs the passes itself (`cascadia reschedule --apply`), one a window
+              "interval_s": WINDOW_S, "windows": WINDOWS, "windows_down": 4, "cooldown_s": 60,
+              "min_requests": 2, "rate_band": 0.5,
+              "length_band": 10}     # the load's prompts are ~30 tokens, not the spec's lognormal(80)
+SERVE_AFTER_S = 20                   # load on the grown deployment before it stops
 
 
 def _environment(tmp_path: Path, state_dir: Path) -> dict[str, str]:
@@ -68,6 +88,8 @@ def _spec(tmp_path: Path, alias: str) -> Path:
     data = yaml.safe_load((REPO / "examples" / "local-slurm.yaml").read_text())
     data["infra"]["targets"] = [f"slurm/{alias}"]
     data["quality"]["profile"] = str(REPO / "examples" / "profiles" / "local-synthetic.csv")
+    data["resources"]["local"]["max_replicas"] = 2   # the re-schedule may add a replica per stage
+    data["reschedule"] = RESCHEDULE
     path = tmp_path / "local-slurm.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -118,7 +140,7 @@ def _accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _cluster_processes(user: str) -> list[str]:
+def _cluster_processes(user: str, clusters: tuple[str, ...] = CLUSTERS + ADDED) -> list[str]:
     """Processes of the Slurm user that belong to this cascade's clusters: its engines, SkyPilot's skylet, job
     processes and subprocess daemons (their command lines name the cluster; the daemons exit by themselves about
     30 s after `sky down`, so callers wait for them)."""
@@ -126,7 +148,7 @@ def _cluster_processes(user: str) -> list[str]:
     for proc in psutil.process_iter(["username", "cmdline", "status"]):
         cmd = " ".join(proc.info["cmdline"] or [])
         if proc.info["username"] == user and proc.info["status"] != psutil.STATUS_ZOMBIE and (
-                ENGINE_MODULE in cmd or any(c in cmd for c in CLUSTERS)):
+                ENGINE_MODULE in cmd or any(c in cmd for c in clusters)):
             found.append(f"{proc.pid}: {cmd[:200]}")
     return found
 
@@ -164,7 +186,74 @@ def _ask(client: openai.OpenAI, prompt: str) -> dict[str, Any]:
             "path": raw.headers.get("x-cascadia-path") or "", "text": out.choices[0].text}
 
 
-def test_cascade_up_answers_escalates_and_down_leaves_nothing(local_slurm: Path, tmp_path: Path,  # noqa: F811
+def _admin_config(record: Any) -> dict[str, list[str]]:
+    """{stage: endpoints} of the running router's live config (its admin API, the deployment's admin key)."""
+    admin = (Path(record.api_key_file).parent / "admin_key").read_text().strip()
+    base = record.endpoint.removesuffix("/v1")
+    body = httpx.get(base + "/admin/config", headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
+    return {s["name"]: sorted(s["endpoints"]) for s in body["config"]["stages"]}
+
+
+def _reschedule_under_load(env: dict[str, str], home: Path, router_port: int, user: str, state_dir: Path,
+                           figures: dict[str, float]) -> list[str]:
+    """A bounded load steps up to LOAD_RPS; one `cascadia reschedule --apply` pass per window: the first sees the
+    rate out of band (watching), the second (WINDOWS-th) re-plans and adds replica clusters while the load runs.
+    Checks 0 failed requests, the kept clusters untouched, the router balancing over the new ones, `status`
+    naming the change and its reason. Returns every cluster the deployment has afterwards."""
+    store = StateStore(home)
+    before = {c.name: (c.handle, c.url) for c in store.get(NAME).components if c.kind == "cluster"}
+    record = store.get(NAME)
+    load = Load(router_port, Path(record.api_key_file).read_text().strip(), LOAD_RPS, model=NAME).start()
+    try:
+        t_load = time.monotonic()
+        passes = []
+        for i in range(WINDOWS):   # pass i reads the window that ends (i + 1) windows after the load started
+            time.sleep(max(0.0, t_load + (i + 1) * WINDOW_S + 1 - time.monotonic()))
+            run, wall = _cli(env, "reschedule", NAME, "--apply", timeout=UP_TIMEOUT_SECONDS)
+            assert run.returncode == 0, f"reschedule pass {i + 1} failed:\n{run.stdout[-4000:]}\n{run.stderr[-6000:]}"
+            passes.append(run.stdout)
+            assert load.failed == [], load.failed[:5]
+            figures[f"pass{i + 1}_s"] = wall
+        assert f"watching (1/{WINDOWS} windows)" in passes[0], passes[0]
+        assert f"drift_up ({WINDOWS}/{WINDOWS} windows)" in passes[-1] and "applied (scale)" in passes[-1], passes[-1]
+        events = History(store).events(NAME, 100)
+        applying = next(e for e in events if e.step == "applying")
+        applied = next(e for e in events if e.step == "applied" and e.kind == "scale")
+        figures["apply_s"] = applied.t - applying.t
+
+        # --- what runs now: the kept clusters untouched, one more per stage, the router over all of them --------
+        rec = store.get(NAME)
+        plan = rec.plan
+        assert [s.replicas for s in plan.stages] == [2, 2], plan.stages
+        clusters = {c.name: c for c in rec.components if c.kind == "cluster"}
+        assert {c.handle for c in clusters.values()} == set(CLUSTERS + ADDED), clusters
+        assert {n: (c.handle, c.url) for n, c in clusters.items() if n in before} == before   # kept as they were
+        assert all(c.phase == "ready" for c in clusters.values()), clusters
+        assert _sky_clusters(env) == {c: "UP" for c in CLUSTERS + ADDED}
+        jobs = _job_names(state_dir, user)
+        assert all(any(j.startswith(f"{c}-") for j in jobs) for c in ADDED), jobs
+        live = _admin_config(rec)
+        wanted = {s.name: sorted(c.url for c in clusters.values() if c.stage == s.name) for s in plan.stages}
+        assert live == wanted, (live, wanted)
+        served_before = load.ok
+        time.sleep(SERVE_AFTER_S)            # served by the grown deployment
+    finally:
+        load.stop()
+    figures["load_requests"] = load.sent
+    assert load.failed == [], load.failed[:5]
+    assert load.ok >= LOAD_RPS * (WINDOWS * WINDOW_S + SERVE_AFTER_S) * 0.8, (load.ok, load.sent)
+    assert load.ok > served_before, "no request answered after the new replicas joined"
+
+    status, _ = _cli(env, "status", NAME)
+    assert status.returncode == 0, status.stderr
+    text = " ".join(status.stdout.split())
+    assert f"{NAME} (clusters): ready" in text, status.stdout
+    assert all(f"{c} " in text for c in ("small/1", "large/1")), status.stdout
+    assert "last change (scale): drift_up" in text and "rate" in text, status.stdout
+    return sorted(c.handle for c in clusters.values())
+
+
+def test_cascade_up_answers_escalates_reschedules_and_down_leaves_nothing(local_slurm: Path, tmp_path: Path,  # noqa: F811
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     user = _slurm_config_value("User")
     env = _environment(tmp_path, local_slurm)
@@ -220,11 +309,17 @@ def test_cascade_up_answers_escalates_and_down_leaves_nothing(local_slurm: Path,
         assert all(f"{c} " in text for c in ("small/0", "large/0", "router")), status.stdout
         assert "2 requests" in text and "answered by small 50%, large 50%" in text, status.stdout
 
+        # --- re-schedule under load: one more replica cluster per stage ----------------------------------------------
+        t3 = time.monotonic()
+        clusters_now = _reschedule_under_load(env, home, router_port, user, local_slurm, figures)
+        figures["reschedule_s"] = time.monotonic() - t3
+        engine_ports = [int(c.port or 0) for c in StateStore(home).get(NAME).components if c.kind == "cluster"]
+
         # --- down --------------------------------------------------------------------------------------------------
         down, figures["down_s"] = _cli(env, "down", NAME)
         assert down.returncode == 0, f"cascadia down failed:\n{down.stdout}\n{down.stderr}"
         launched = False
-        assert all(c in down.stdout for c in CLUSTERS), down.stdout
+        assert all(c in down.stdout for c in clusters_now), down.stdout
 
         # --- clean: SkyPilot, Slurm, the node's files and processes, the ports, cascadia's state --------------------
         t2 = time.monotonic()
@@ -232,7 +327,7 @@ def test_cascade_up_answers_escalates_and_down_leaves_nothing(local_slurm: Path,
         assert _eventually(lambda: _queue(user)) == "", f"Slurm jobs of {user} left after cascadia down"
         assert _eventually(lambda: _cluster_processes(user)) == []
         slurm_home = local_slurm / "home" / ".sky_clusters"   # runtime dirs: /tmp/<cluster>-<hash> on the node
-        left_dirs = [p for c in CLUSTERS for p in (*slurm_home.glob(f"{c}-*"), *Path("/tmp").glob(f"{c}-*"))]
+        left_dirs = [p for c in clusters_now for p in (*slurm_home.glob(f"{c}-*"), *Path("/tmp").glob(f"{c}-*"))]
         assert left_dirs == [], "SkyPilot's per-cluster home or runtime dir is left"
         assert [p for p in (router_port, *engine_ports) if _accepts(p)] == [], "a server still listens"
         assert StateStore(home).get(NAME) is None

