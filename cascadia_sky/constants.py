@@ -150,5 +150,8 @@ RESCHEDULE_DOWN_HEADROOM_FACTOR = 1.25       # a scale-down must hold the observ
 RESCHEDULE_HISTORY_ROWS = 10                 # `cascadia status NAME` shows this many re-schedule events
 RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router gets this long to finish (SkyServe)
 RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
+RESCHEDULE_REACH_TOLERANCE_POINTS = 0.02     # re-plan: re-weight the profile to the observed reach only when a stage's
+                                             # reach is off by more (below: the count's own noise over a few windows)
+RESCHEDULE_REACH_MAX_GROWTH = 4.0            # re-weighted profile: at most this many x the profile's prompts (copies)
 LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
 LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

@@ -2,7 +2,9 @@
 
 The spec is copied with its workload replaced by the observed one (rate, and empirical length distributions from
 the router's quantiles; output lengths stay the profile's when the spec left them to it) and planned again with
-the real planner. The new plan is worth applying only when its objective beats the *current* plan re-evaluated on
+the real planner. When the observed per-stage reach differs from the one the profile gives at the current
+thresholds (a shift of the score distribution), the profile is re-weighted to reproduce it first (`reach.py`), so
+each stage is sized for the load that reaches it; the current plan is judged on the same re-weighted profile. The new plan is worth applying only when its objective beats the *current* plan re-evaluated on
 the same observed workload (same thresholds and deployment, latency from the performance model) by `min_gain`:
 otherwise noise alone would relaunch stages. A plan sized for less load is made for the window's peak rate times
 `down_headroom`, so the replicas it keeps carry the load of those it removes (Dynamo #9294's N/(N-1) check).
@@ -12,11 +14,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cascadia_sky.planner.plan import Plan
+from cascadia_sky.quality import QualityProfile
 from cascadia_sky.reschedule.observe import Reference, empirical
+from cascadia_sky.reschedule.reach import needs_reweighting, reweight
 from cascadia_sky.spec import CascadeSpec
+
+ProfileTransform = Callable[[QualityProfile], QualityProfile]
 
 
 _MIN_RATE_RPS = 1e-3   # a spec's rate must be positive; an idle window plans for one request in ~17 minutes
@@ -33,6 +40,18 @@ class Replan:
     worth_it: bool
     reason: str
     wall_s: float
+    reach: tuple[float, ...] = ()   # the per-stage reach planned for (observed), empty when the profile's own
+
+
+def reach_transform(current: Plan, target: Reference) -> ProfileTransform | None:
+    """The profile re-weighting that makes the current thresholds give the observed reach; None when the observed
+    reach is within RESCHEDULE_REACH_TOLERANCE_POINTS of the plan's (its own planning prompts' reach)."""
+    if len(target.reach) != len(current.stages) or not needs_reweighting([s.share for s in current.stages],
+                                                                          target.reach):
+        return None
+    thresholds = tuple(float(s.threshold) for s in current.stages[:-1] if s.threshold is not None)
+    reach = tuple(target.reach)
+    return lambda profile: reweight(profile, thresholds, reach)[0]
 
 
 def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> CascadeSpec:
@@ -61,8 +80,10 @@ def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> Casc
     return new
 
 
-def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
-    """(J, L) of the current plan's thresholds and deployment on `spec`'s workload (the observed one)."""
+def current_objective(plan: Plan, spec: CascadeSpec,
+                      profile_transform: ProfileTransform | None = None) -> tuple[float, float]:
+    """(J, L) of the current plan's thresholds and deployment on `spec`'s workload (the observed one), on the
+    profile as `profile_transform` re-weights it (the observed reach)."""
     import numpy as np
 
     from cascadia_sky.catalog import get_gpu
@@ -73,7 +94,7 @@ def current_objective(plan: Plan, spec: CascadeSpec) -> tuple[float, float]:
     from cascadia_sky.planner.route import objective_j
     from cascadia_sky.planner.verify import evaluate
 
-    ctx = build_context(spec)
+    ctx = build_context(spec, profile_transform=profile_transform)
     level = DeploymentLevel(ctx)
     theta = tuple(float(s.threshold) for s in plan.stages[:-1] if s.threshold is not None)
     out = ctx.train.evaluate(list(theta))
@@ -121,7 +142,7 @@ def _identity(spec: CascadeSpec) -> str:
     return json.dumps([data, str(spec.source)], sort_keys=True)
 
 
-def _plan(spec: CascadeSpec, key: str, reuse: bool) -> Plan:
+def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform | None = None) -> Plan:
     """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache."""
     from cascadia_sky.planner.planner import DeploymentLevel, make_plan
 
@@ -140,7 +161,7 @@ def _plan(spec: CascadeSpec, key: str, reuse: bool) -> Plan:
         made.append(level)
         return level
 
-    plan = make_plan(spec, level_factory=factory)
+    plan = make_plan(spec, level_factory=factory, profile_transform=transform)
     _WARM[key] = (dict(made[0]._lengths), dict(made[0]._tables))
     return plan
 
@@ -169,12 +190,16 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     key = _identity(spec)
     peak = max(peak_rate_rps or target.rate_rps, target.rate_rps, _MIN_RATE_RPS)
     rate = peak * down_headroom if less_load else peak
-    new = _plan(observed_spec(spec, target, rate), key, same_lengths)
+    transform = reach_transform(current, target)
+    # without output lengths in the workload a stage's lengths come from the profile, which the re-weighting changes
+    reuse = same_lengths and (transform is None or spec.workload.output_tokens is not None
+                              or spec.workload.trace is not None)
+    new = _plan(observed_spec(spec, target, rate), key, reuse, transform)
     if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
-        new = _plan(observed_spec(spec, target, rate), key, same_lengths)
+        new = _plan(observed_spec(spec, target, rate), key, reuse, transform)
     new = new.model_copy(update={"launch": current.launch})
-    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate))
+    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate), transform)
     p = new.predicted
     new_j = objective_j(p.p95_latency_s, p.quality, p.quality_target, p.quality_all_last, p.quality_all_first,
                         current.solver.mu_s)
@@ -182,6 +207,10 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     if same:
         worth, why = False, "the re-plan gives the deployment that runs"
     elif spec.objective.goal == "min-cost":
+        if current.slo_p95_s is not None and cur_l > current.slo_p95_s and rate > peak:
+            # judged at peak x headroom (the sizing rate of a smaller plan); the current plan only has to carry
+            # the load observed
+            cur_l = current_objective(current, observed_spec(spec, target, peak), transform)[1]
         feasible = current.slo_p95_s is None or cur_l <= current.slo_p95_s
         worth = (not feasible) or new.predicted.usd_per_hour < current.predicted.usd_per_hour * (1 - min_gain)
         why = (f"current plan misses the SLO on the observed load (p95 {cur_l:.3g} s)" if not feasible else
@@ -196,7 +225,10 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
         why = f"J {cur_j:.4g} -> {new_j:.4g} on the observed {target.rate_rps:.3g} req/s"
     if not worth and not same:
         why += f" (gain below {min_gain:.0%}: not applied)" if "fewer" not in why else " (not applied)"
-    return Replan(new, rate, cur_j, new_j, worth, why, time.perf_counter() - t0)
+    if transform is not None:
+        why += "; planned for the observed reach " + "/".join(f"{r:.2f}" for r in target.reach)
+    return Replan(new, rate, cur_j, new_j, worth, why, time.perf_counter() - t0,
+                  tuple(target.reach) if transform is not None else ())
 
 
 def _grows(current: Plan, new: Plan) -> bool:
@@ -207,4 +239,4 @@ def _deployment_key(plan: Plan) -> tuple:
     return tuple((s.name, s.gpu_type, s.tp, s.pp, s.replicas, s.instance_type, s.threshold) for s in plan.stages)
 
 
-__all__ = ["Replan", "current_objective", "observed_spec", "replan", "warm_up"]
+__all__ = ["Replan", "current_objective", "observed_spec", "reach_transform", "replan", "warm_up"]
