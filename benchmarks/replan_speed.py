@@ -17,11 +17,9 @@ import time
 import numpy as np
 
 from cascadia_sky.planner.planner import make_plan, workload_from_spec
-from cascadia_sky.reschedule.observe import Reference, spec_reference
+from cascadia_sky.reschedule.observe import LENGTH_QUANTILES, Reference, spec_reference
 from cascadia_sky.reschedule.replan import replan, warm_up
 from cascadia_sky.spec import load_spec
-
-QUANTILES = (0.1, 0.5, 0.9, 0.95, 0.99)   # what the router's /stats reports
 
 
 def main(path: str = "examples/deepseek.yaml") -> dict:
@@ -31,8 +29,8 @@ def main(path: str = "examples/deepseek.yaml") -> dict:
     first_s = time.perf_counter() - t0
     ref = spec_reference(plan, path)
     w = workload_from_spec(spec)
-    iq = tuple((q, float(np.quantile(w.input_tokens, q))) for q in QUANTILES)
-    oq = tuple((q, float(np.quantile(w.output_tokens, q))) for q in QUANTILES) if w.output_tokens.size else ()
+    iq = tuple((q, float(np.quantile(w.input_tokens, q))) for q in LENGTH_QUANTILES)
+    oq = tuple((q, float(np.quantile(w.output_tokens, q))) for q in LENGTH_QUANTILES) if w.output_tokens.size else ()
     cases = {}
     t0 = time.perf_counter()
     warm_up(spec)   # what the watcher does at start: the planned lengths' latency curves

@@ -8,7 +8,7 @@ import numpy as np
 
 from cascadia_sky.constants import RESCHEDULE_REACH_MAX_GROWTH
 from cascadia_sky.planner.planner import build_context, make_plan, workload_from_spec
-from cascadia_sky.reschedule.observe import Reference, empirical, spec_reference
+from cascadia_sky.reschedule.observe import LENGTH_QUANTILES, Reference, empirical, spec_reference
 from cascadia_sky.reschedule.reach import needs_reweighting, reweight
 from cascadia_sky.reschedule.replan import (
     current_objective,
@@ -29,6 +29,19 @@ def test_empirical_lengths_follow_the_quantiles() -> None:
     qs = ((0.1, 100.0), (0.5, 400.0), (0.9, 1500.0), (0.99, 4000.0))
     xs = np.array(empirical(qs, 1000))
     assert abs(np.quantile(xs, 0.5) - 400) < 10 and abs(np.quantile(xs, 0.9) - 1500) < 40 and xs.min() >= 100
+
+
+def test_lengths_from_the_routers_quantiles_keep_the_traces_mean() -> None:
+    """Rebuilt from the levels /stats reports, the Azure conversation trace's lengths keep their mean (what a
+    stage's load is made of) within 3 %; from the five levels the router reported before, linear interpolation
+    was 20 % off."""
+    from router.stats import LENGTH_QUANTILES as ROUTER_LEVELS
+
+    assert ROUTER_LEVELS == LENGTH_QUANTILES
+    w = workload_from_spec(load_spec(SPEC))
+    for x in (w.input_tokens, w.output_tokens):
+        rebuilt = np.array(empirical(tuple((q, float(np.quantile(x, q))) for q in LENGTH_QUANTILES), 1000))
+        assert abs(rebuilt.mean() / x.mean() - 1) < 0.03, (rebuilt.mean(), x.mean())
 
 
 def test_replan_judges_against_the_current_plan_on_the_observed_load() -> None:
