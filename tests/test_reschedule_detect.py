@@ -106,3 +106,17 @@ def test_observation_from_router_stats_shape() -> None:
     o = observation_from_stats(snap, ["small", "large"], interval_s=10, t=5.0)
     assert (o.requests, o.rate_rps, o.input_p50, o.output_p50, o.reach()) == (40, 4.0, 90.0, None, (1.0, 0.25))
     assert o.stages[1].failed == 1 and o.errors == 1
+
+
+def test_a_switch_that_reads_down_on_rate_and_up_on_lengths_drifts_up_after_the_up_windows() -> None:
+    """Another kind of traffic (fewer, longer prompts): some windows are out of band only downwards (rate), others
+    upwards (input length). Every window is off the plan: drift after `windows`, not reset by the direction."""
+    mixed = [obs(10.0, 2.0, input_p50=200.0), obs(20.0, 2.0, input_p50=110.0), obs(30.0, 2.0, input_p50=200.0)]
+    d = detect(mixed, REF, S, now=30)
+    assert d.verdict is Verdict.DRIFT_UP and d.reasons == ("input p50 200 vs 100 tokens",)
+    assert d.target is not None and d.target.rate_rps == 2.0 and d.windows_out == 3
+    # only downwards for fewer than windows_down windows: still watching
+    assert detect(series([2.0] * 5), REF, S, now=50).verdict is Verdict.WATCHING
+    # an in-band window between them still resets the run
+    assert detect([*mixed[:2], obs(30.0, 4.0), obs(40.0, 2.0, input_p50=200.0)], REF, S,
+                  now=40).verdict is Verdict.WATCHING

@@ -3,8 +3,10 @@ the reference workload, the settings, the clock and the time of the last change.
 
 - A window is *out of band* when its rate leaves [R/(1+b), R*(1+b)], a later stage's reach moves by more than the
   reach band, or a median length leaves its band. Up (more load: any signal up) wins over down.
-- Drift is `windows` consecutive windows out of band upwards, or `windows_down` (more) downwards: growing is urgent,
-  shrinking is not (SkyServe waits 300 s up / 1200 s down; Knative never shrinks in a burst).
+- Drift is `windows` consecutive windows out of band with at least one of them upwards, or `windows_down` (more)
+  all downwards: growing is urgent, shrinking is not (SkyServe waits 300 s up / 1200 s down; Knative never shrinks
+  in a burst). The windows of a run may point different ways (a switch to another kind of traffic reads "down" on
+  its rate and "up" on its prompt lengths from one window to the next); a window back in band resets the run.
 - A window with fewer than `min_requests` requests tells only its rate (lengths and reach need samples), and
   only when the plan expected at least `min_requests` in it: when both the observed and the expected counts are
   that small the window is *sparse* (Poisson noise, not evidence) and neither drifts nor resets the count.
@@ -128,20 +130,26 @@ def detect(observations: Sequence[Observation], reference: Reference, settings: 
     newest, reasons = window_direction(usable[-1], reference, settings)
     if newest == 0:
         return Detection(Verdict.STEADY)
-    needed = settings.windows if newest > 0 else settings.windows_down
-    run: list[Observation] = []
+    # the run: consecutive out-of-band windows, newest first, in either direction (a workload that switched can
+    # read "down" on its rate and "up" on its lengths from one window to the next: it is off the plan all along)
+    run: list[tuple[Observation, int, tuple[str, ...]]] = []
     for obs in reversed(usable):
-        if window_direction(obs, reference, settings)[0] != newest:
+        d, why = window_direction(obs, reference, settings)
+        if d == 0:
             break
-        run.append(obs)
-        if len(run) == needed:
+        run.append((obs, d, why))
+        if len(run) == settings.windows_down:
             break
-    run.reverse()
+    up = [k for k, (_, d, _) in enumerate(run[: settings.windows]) if d > 0]
+    if up:
+        needed, verdict, reasons = settings.windows, Verdict.DRIFT_UP, run[up[0]][2]
+    else:
+        needed, verdict = settings.windows_down, Verdict.DRIFT_DOWN
     if len(run) < needed:
         return Detection(Verdict.WATCHING, reasons, len(run), needed)
-    return Detection(Verdict.DRIFT_UP if newest > 0 else Verdict.DRIFT_DOWN, reasons, len(run), needed,
-                     target=_mean_reference(run, reference, settings),
-                     peak_rate_rps=max(o.rate_rps for o in run))
+    drifted = [o for o, _, _ in reversed(run[:needed])]
+    return Detection(verdict, reasons, needed, needed, target=_mean_reference(drifted, reference, settings),
+                     peak_rate_rps=max(o.rate_rps for o in drifted))
 
 
 __all__ = ["Detection", "Verdict", "detect", "sparse", "window_direction"]
