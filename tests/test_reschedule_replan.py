@@ -135,3 +135,7 @@ def test_a_reach_shift_at_a_flat_rate_gives_the_later_stages_more_capacity() -> 
     assert sum(later) > sum(s.gpus for s in plan.stages[1:]), (later, [s.gpus for s in plan.stages])
     assert harder.plan.stages[-1].gpus > plan.stages[-1].gpus
     assert harder.plan.predicted.p95_latency_s <= 30.0
+    # after the change, drift is measured against the reach of the new thresholds, not the old ones' count
+    assert harder.reference is not None and harder.reference.rate_rps == ref.rate_rps
+    assert harder.reference.reach == tuple(s.share for s in harder.plan.stages) != shifted.reach
+    assert flat.reference == Reference(ref.rate_rps, ref.reach)

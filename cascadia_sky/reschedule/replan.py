@@ -2,7 +2,10 @@
 
 The spec is copied with its workload replaced by the observed one (rate, and empirical length distributions from
 the router's quantiles; output lengths stay the profile's when the spec left them to it) and planned again with
-the real planner. When the observed per-stage reach differs from the one the profile gives at the current
+the real planner. Burstiness: /stats windows show a minute's mean rate, not the 10-second bursts the planner sizes
+for, so the observed workload is taken to be as bursty, relative to its mean, as the cascade file's trace (what the
+first plan assumed: re-planning an unchanged workload gives the same plan); a rate workload is Poisson, as before.
+When the observed per-stage reach differs from the one the profile gives at the current
 thresholds (a shift of the score distribution), the profile is re-weighted to reproduce it first (`reach.py`), so
 each stage is sized for the load that reaches it; the current plan is judged on the same re-weighted profile. The new plan is worth applying only when its objective beats the *current* plan re-evaluated on
 the same observed workload (same thresholds and deployment, latency from the performance model) by `min_gain`:
@@ -12,10 +15,12 @@ otherwise noise alone would relaunch stages. A plan sized for less load is made 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cascadia_sky.planner.plan import Plan
 from cascadia_sky.quality import QualityProfile
@@ -41,6 +46,7 @@ class Replan:
     reason: str
     wall_s: float
     reach: tuple[float, ...] = ()   # the per-stage reach planned for (observed), empty when the profile's own
+    reference: Reference | None = None   # what drift is measured against once this plan serves (see replan())
 
 
 def reach_transform(current: Plan, target: Reference) -> ProfileTransform | None:
@@ -80,8 +86,26 @@ def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> Casc
     return new
 
 
+_BURSTS: dict[str, Any] = {}   # trace path -> the planner's burst shape of that trace (rate-independent)
+
+
+def spec_burst(spec: CascadeSpec) -> Any:
+    """The burst shape of the spec's trace (window rates relative to the mean), None for a rate workload."""
+    if spec.workload.trace is None:
+        return None
+    key = str(spec.resolve(spec.workload.trace))
+    if key not in _BURSTS:
+        from cascadia_sky.planner.latency import trace_burst
+        from cascadia_sky.planner.planner import workload_from_spec
+
+        w = workload_from_spec(spec)
+        _BURSTS[key] = (trace_burst(w.arrival_s, w.rate_rps) if w.arrival_s is not None and w.arrival_s.size > 1
+                        else None)
+    return _BURSTS[key]
+
+
 def current_objective(plan: Plan, spec: CascadeSpec,
-                      profile_transform: ProfileTransform | None = None) -> tuple[float, float]:
+                      profile_transform: ProfileTransform | None = None, burst: Any = None) -> tuple[float, float]:
     """(J, L) of the current plan's thresholds and deployment on `spec`'s workload (the observed one), on the
     profile as `profile_transform` re-weights it (the observed reach)."""
     import numpy as np
@@ -96,6 +120,8 @@ def current_objective(plan: Plan, spec: CascadeSpec,
 
     ctx = build_context(spec, profile_transform=profile_transform)
     level = DeploymentLevel(ctx)
+    if burst is not None:
+        level.burst = burst
     theta = tuple(float(s.threshold) for s in plan.stages[:-1] if s.threshold is not None)
     out = ctx.train.evaluate(list(theta))
     chosen = []
@@ -142,14 +168,18 @@ def _identity(spec: CascadeSpec) -> str:
     return json.dumps([data, str(spec.source)], sort_keys=True)
 
 
-def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform | None = None) -> Plan:
-    """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache."""
+def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform | None = None,
+          burst: Any = None) -> Plan:
+    """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache,
+    and the deployment level's burst shape `burst` when given."""
     from cascadia_sky.planner.planner import DeploymentLevel, make_plan
 
     made: list[DeploymentLevel] = []
 
     def factory(ctx):  # type: ignore[no-untyped-def]
         level = DeploymentLevel(ctx)
+        if burst is not None:
+            level.burst = burst
         if reuse and key in _WARM:
             from cascadia_sky.planner.candidates import StageTable
 
@@ -194,12 +224,13 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     # without output lengths in the workload a stage's lengths come from the profile, which the re-weighting changes
     reuse = same_lengths and (transform is None or spec.workload.output_tokens is not None
                               or spec.workload.trace is not None)
-    new = _plan(observed_spec(spec, target, rate), key, reuse, transform)
+    burst = spec_burst(spec)
+    new = _plan(observed_spec(spec, target, rate), key, reuse, transform, burst)
     if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
-        new = _plan(observed_spec(spec, target, rate), key, reuse, transform)
+        new = _plan(observed_spec(spec, target, rate), key, reuse, transform, burst)
     new = new.model_copy(update={"launch": current.launch})
-    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate), transform)
+    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate), transform, burst)
     p = new.predicted
     new_j = objective_j(p.p95_latency_s, p.quality, p.quality_target, p.quality_all_last, p.quality_all_first,
                         current.solver.mu_s)
@@ -210,7 +241,7 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
         if current.slo_p95_s is not None and cur_l > current.slo_p95_s and rate > peak:
             # judged at peak x headroom (the sizing rate of a smaller plan); the current plan only has to carry
             # the load observed
-            cur_l = current_objective(current, observed_spec(spec, target, peak), transform)[1]
+            cur_l = current_objective(current, observed_spec(spec, target, peak), transform, burst)[1]
         feasible = current.slo_p95_s is None or cur_l <= current.slo_p95_s
         worth = (not feasible) or new.predicted.usd_per_hour < current.predicted.usd_per_hour * (1 - min_gain)
         why = (f"current plan misses the SLO on the observed load (p95 {cur_l:.3g} s)" if not feasible else
@@ -227,8 +258,12 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
         why += f" (gain below {min_gain:.0%}: not applied)" if "fewer" not in why else " (not applied)"
     if transform is not None:
         why += "; planned for the observed reach " + "/".join(f"{r:.2f}" for r in target.reach)
+    # Once the new plan serves, drift is measured against the observed rate and lengths, and against the reach the
+    # new thresholds give on that workload (the new plan's shares, on the re-weighted profile when there is one):
+    # the observed reach was counted with the old thresholds and would read as a reach drift right away.
+    reference = dataclasses.replace(target, reach=tuple(float(st.share) for st in new.stages)) if worth else target
     return Replan(new, rate, cur_j, new_j, worth, why, time.perf_counter() - t0,
-                  tuple(target.reach) if transform is not None else ())
+                  tuple(target.reach) if transform is not None else (), reference)
 
 
 def _grows(current: Plan, new: Plan) -> bool:
