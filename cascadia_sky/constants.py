@@ -152,6 +152,7 @@ RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router
 RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
 RESCHEDULE_REACH_TOLERANCE_POINTS = 0.02     # re-plan: re-weight the profile to the observed reach only when a stage's
                                              # reach is off by more (below: the count's own noise over a few windows)
+RESCHEDULE_REACH_NOISE_Z = 3.0               # ... and by more than this many standard errors of the two counts
 RESCHEDULE_REACH_MAX_GROWTH = 4.0            # re-weighted profile: at most this many x the profile's prompts (copies)
 LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
 LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

@@ -120,3 +120,11 @@ def test_a_switch_that_reads_down_on_rate_and_up_on_lengths_drifts_up_after_the_
     # an in-band window between them still resets the run
     assert detect([*mixed[:2], obs(30.0, 4.0), obs(40.0, 2.0, input_p50=200.0)], REF, S,
                   now=40).verdict is Verdict.WATCHING
+
+
+def test_a_reach_move_within_the_windows_own_noise_is_not_drift() -> None:
+    """30 requests a window: a reach of 0.3 reads 0.45 by chance (3 standard errors are 0.25); 300: it does not."""
+    few = [obs(10.0 * (i + 1), 4.0, reach2=0.45, window=7.5) for i in range(3)]
+    assert detect(few, REF, S, now=30).verdict is Verdict.STEADY
+    many = [obs(10.0 * (i + 1), 4.0, reach2=0.45, window=75.0) for i in range(3)]
+    assert detect(many, REF, S, now=30).verdict is Verdict.DRIFT_UP

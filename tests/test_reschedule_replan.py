@@ -105,6 +105,9 @@ def test_reweighting_reproduces_the_observed_reach_and_keeps_each_class() -> Non
     assert "no profile prompt is answered" in info.note and out.evaluate([-np.inf, theta[1]]).reach[1] == 0.0
     assert needs_reweighting((1.0, 0.48, 0.22), (1.0, 0.49, 0.21)) is False
     assert needs_reweighting((1.0, 0.48, 0.22), (1.0, 0.48, 0.30)) is True
+    # five points off on 300 requests is noise (3 standard errors: 8.6 points); on 30,000 it is a shift
+    assert needs_reweighting((1.0, 0.48, 0.22), (1.0, 0.53, 0.22), 300, 1400) is False
+    assert needs_reweighting((1.0, 0.48, 0.22), (1.0, 0.53, 0.22), 30_000, 1400) is True
 
 
 def test_planning_on_a_reweighted_profile_keeps_train_and_holdout_apart() -> None:
@@ -127,7 +130,8 @@ def test_a_reach_shift_at_a_flat_rate_gives_the_later_stages_more_capacity() -> 
     assert not flat.reach and not flat.worth_it
     # harder prompts: the same requests/s, but 70 % escalate past stage 1 and 40 % reach the last stage
     shifted = Reference(ref.rate_rps, (1.0, 0.7, 0.4))
-    assert reach_transform(plan, shifted) is not None
+    assert reach_transform(plan, spec, shifted) is not None
+    assert reach_transform(plan, spec, Reference(ref.rate_rps, (1.0, 0.5, 0.24), requests=600)) is None  # noise
     harder = replan(plan, spec, shifted, ref.rate_rps, min_gain=0.1, down_headroom=1.25, same_lengths=True)
     assert harder.reach == (1.0, 0.7, 0.4) and harder.worth_it, harder.reason
     assert "misses the SLO" in harder.reason   # judged on the observed reach, the running plan is too small

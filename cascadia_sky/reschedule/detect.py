@@ -2,7 +2,7 @@
 the reference workload, the settings, the clock and the time of the last change.
 
 - A window is *out of band* when its rate leaves [R/(1+b), R*(1+b)], a later stage's reach moves by more than the
-  reach band, or a median length leaves its band. Up (more load: any signal up) wins over down.
+  reach band (and by more than three standard errors of the window's count), or a median length leaves its band. Up (more load: any signal up) wins over down.
 - Drift is `windows` consecutive windows out of band with at least one of them upwards, or `windows_down` (more)
   all downwards: growing is urgent, shrinking is not (SkyServe waits 300 s up / 1200 s down; Knative never shrinks
   in a burst). The windows of a run may point different ways (a switch to another kind of traffic reads "down" on
@@ -20,11 +20,13 @@ the reference workload, the settings, the clock and the time of the last change.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from cascadia_sky.constants import RESCHEDULE_REACH_NOISE_Z
 from cascadia_sky.reschedule.observe import Observation, Reference
 from cascadia_sky.spec import RescheduleSpec
 
@@ -87,7 +89,10 @@ def window_direction(obs: Observation, ref: Reference, s: RescheduleSpec) -> tup
         note(d, f"rate {obs.rate_rps:.3g}/s vs planned {ref.rate_rps:.3g}/s")
     if obs.requests >= s.min_requests:
         for i, (o, r) in enumerate(zip(obs.reach(), ref.reach)):
-            if i and abs(o - r) > s.reach_band:
+            # beyond the band *and* beyond the window's own sampling noise (a minute of 100 requests moves a
+            # reach of 0.5 by 0.05 on its own: three standard errors are 0.15)
+            noise = RESCHEDULE_REACH_NOISE_Z * math.sqrt(max(r * (1 - r), 0.0) / obs.requests)
+            if i and abs(o - r) > max(s.reach_band, noise):
                 note(1 if o > r else -1, f"{obs.stages[i].name} reach {o:.2f} vs {r:.2f}")
         for label, o, r in (("input p50", obs.input_p50, ref.input_p50), ("output p50", obs.output_p50,
                                                                         ref.output_p50)):
@@ -115,7 +120,8 @@ def _mean_reference(drifted: Sequence[Observation], ref: Reference, s: Reschedul
     return Reference(rate_rps=statistics.fmean(o.rate_rps for o in drifted), reach=reach,
                      input_p50=statistics.median(ins) if ins else ref.input_p50,
                      output_p50=statistics.median(outs) if outs else ref.output_p50,
-                     input_q=newest.input_q or ref.input_q, output_q=newest.output_q or ref.output_q)
+                     input_q=newest.input_q or ref.input_q, output_q=newest.output_q or ref.output_q,
+                     requests=sum(o.requests for o in rich))
 
 
 def detect(observations: Sequence[Observation], reference: Reference, settings: RescheduleSpec, now: float,

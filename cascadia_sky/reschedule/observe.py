@@ -60,6 +60,7 @@ class Reference:
     output_p50: float | None = None
     input_q: tuple[tuple[float, float], ...] = ()    # length quantiles of the observed workload (re-planning)
     output_q: tuple[tuple[float, float], ...] = ()
+    requests: int = 0              # requests behind an observed reach (its sampling noise); 0: not observed
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -70,7 +71,8 @@ class Reference:
         return cls(rate_rps=float(d["rate_rps"]), reach=tuple(float(x) for x in d["reach"]),
                    input_p50=d.get("input_p50"), output_p50=d.get("output_p50"),
                    input_q=tuple((float(a), float(b)) for a, b in d.get("input_q", ())),
-                   output_q=tuple((float(a), float(b)) for a, b in d.get("output_q", ())))
+                   output_q=tuple((float(a), float(b)) for a, b in d.get("output_q", ())),
+                   requests=int(d.get("requests", 0)))
 
 
 def _q(dist: Mapping[str, Any], key: str) -> float | None:

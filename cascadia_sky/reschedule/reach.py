@@ -30,6 +30,7 @@ import numpy as np
 
 from cascadia_sky.constants import (
     RESCHEDULE_REACH_MAX_GROWTH,
+    RESCHEDULE_REACH_NOISE_Z,
     RESCHEDULE_REACH_TOLERANCE_POINTS,
 )
 from cascadia_sky.errors import PlanError
@@ -54,10 +55,17 @@ def answered_shares(reach: Sequence[float]) -> np.ndarray:
     return np.append(r[:-1] - r[1:], r[-1])
 
 
-def needs_reweighting(profile_reach: Sequence[float], observed: Sequence[float],
-                      tolerance: float = RESCHEDULE_REACH_TOLERANCE_POINTS) -> bool:
-    """Whether the observed reach is far enough from the profile's for the re-weighting to be worth its noise."""
-    return any(abs(a - b) > tolerance for a, b in zip(profile_reach[1:], observed[1:]))
+def needs_reweighting(profile_reach: Sequence[float], observed: Sequence[float], observed_requests: int = 0,
+                      profile_prompts: int = 0, tolerance: float = RESCHEDULE_REACH_TOLERANCE_POINTS) -> bool:
+    """Whether some later stage's observed reach differs from the profile's by more than `tolerance` *and* by more
+    than RESCHEDULE_REACH_NOISE_Z standard errors of the two counts (binomial; a count of 0 adds no noise): a
+    minute of a few requests/s differs from the profile by a few points by chance alone."""
+    for p, o in zip(profile_reach[1:], observed[1:]):
+        var = p * (1 - p) * ((1 / observed_requests if observed_requests else 0.0)
+                             + (1 / profile_prompts if profile_prompts else 0.0))
+        if abs(o - p) > max(tolerance, RESCHEDULE_REACH_NOISE_Z * float(np.sqrt(var))):
+            return True
+    return False
 
 
 def reweight(profile: QualityProfile, thresholds: Sequence[float], reach: Sequence[float],

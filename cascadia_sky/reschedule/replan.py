@@ -49,15 +49,37 @@ class Replan:
     reference: Reference | None = None   # what drift is measured against once this plan serves (see replan())
 
 
-def reach_transform(current: Plan, target: Reference) -> ProfileTransform | None:
+_PROFILES: dict[tuple[str, float, tuple[str, ...]], QualityProfile] = {}
+
+
+def _profile(spec: CascadeSpec) -> QualityProfile:
+    """The spec's quality profile, one column per stage (cached per file and modification time)."""
+    from cascadia_sky.quality import load_profile
+
+    path = spec.resolve(spec.quality.profile)
+    models = tuple(st.model for st in spec.stages)
+    key = (str(path), path.stat().st_mtime, models)
+    if key not in _PROFILES:
+        _PROFILES[key] = load_profile(path, list(models), {a: st.model for st in spec.stages for a in st.aliases})
+    return _PROFILES[key]
+
+
+def reach_transform(current: Plan, spec: CascadeSpec, target: Reference) -> ProfileTransform | None:
     """The profile re-weighting that makes the current thresholds give the observed reach; None when the observed
-    reach is within RESCHEDULE_REACH_TOLERANCE_POINTS of the plan's (its own planning prompts' reach)."""
-    if len(target.reach) != len(current.stages) or not needs_reweighting([s.share for s in current.stages],
-                                                                          target.reach):
+    reach is what the profile itself gives at those thresholds (within RESCHEDULE_REACH_TOLERANCE_POINTS and the
+    sampling noise of both counts, `needs_reweighting`). Compared with the profile, not with the plan's shares: a
+    plan made on a re-weighted profile predicts the shifted reach, and the shift must stay in later re-plans."""
+    if len(target.reach) != len(current.stages):
         return None
     thresholds = tuple(float(s.threshold) for s in current.stages[:-1] if s.threshold is not None)
+    profile = _profile(spec)
+    if len(thresholds) != profile.n_stages - 1:
+        return None
+    own = profile.evaluate(list(thresholds)).reach
+    if not needs_reweighting(own, target.reach, target.requests, profile.n_prompts):
+        return None
     reach = tuple(target.reach)
-    return lambda profile: reweight(profile, thresholds, reach)[0]
+    return lambda part: reweight(part, thresholds, reach)[0]
 
 
 def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> CascadeSpec:
@@ -220,7 +242,7 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     key = _identity(spec)
     peak = max(peak_rate_rps or target.rate_rps, target.rate_rps, _MIN_RATE_RPS)
     rate = peak * down_headroom if less_load else peak
-    transform = reach_transform(current, target)
+    transform = reach_transform(current, spec, target)
     # without output lengths in the workload a stage's lengths come from the profile, which the re-weighting changes
     reuse = same_lengths and (transform is None or spec.workload.output_tokens is not None
                               or spec.workload.trace is not None)
