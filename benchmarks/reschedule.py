@@ -43,9 +43,19 @@ import numpy as np
 from cascadia_sky.planner.plan import Plan
 from cascadia_sky.planner.planner import make_plan
 from cascadia_sky.reschedule.detect import Verdict, detect
-from cascadia_sky.reschedule.observe import LENGTH_QUANTILES, Observation, Reference, StageObservation
+from cascadia_sky.reschedule.observe import (
+    LENGTH_QUANTILES,
+    Observation,
+    Reference,
+    StageObservation,
+)
 from cascadia_sky.reschedule.replan import replan, warm_up
-from cascadia_sky.sim.simulate import Requests, load_spec_profile, make_requests, simulate
+from cascadia_sky.sim.simulate import (
+    Requests,
+    load_spec_profile,
+    make_requests,
+    simulate,
+)
 from cascadia_sky.spec import CascadeSpec, load_spec
 from cascadia_sky.workload import Workload, load_trace
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 
 from cascadia_sky.reschedule.detect import Verdict, detect
-from cascadia_sky.reschedule.observe import Observation, Reference, StageObservation, observation_from_stats
+from cascadia_sky.reschedule.observe import (
+    Observation,
+    Reference,
+    StageObservation,
+    observation_from_stats,
+)
 from cascadia_sky.spec import RescheduleSpec
 
 S = RescheduleSpec(interval_s=10, windows=3, windows_down=6, cooldown_s=30, min_requests=20)

@@ -8,7 +8,12 @@ import numpy as np
 
 from cascadia_sky.constants import RESCHEDULE_REACH_MAX_GROWTH
 from cascadia_sky.planner.planner import build_context, make_plan, workload_from_spec
-from cascadia_sky.reschedule.observe import LENGTH_QUANTILES, Reference, empirical, spec_reference
+from cascadia_sky.reschedule.observe import (
+    LENGTH_QUANTILES,
+    Reference,
+    empirical,
+    spec_reference,
+)
 from cascadia_sky.reschedule.reach import needs_reweighting, reweight
 from cascadia_sky.reschedule.replan import (
     current_objective,
