@@ -101,6 +101,25 @@ def workload_from_spec(spec: CascadeSpec) -> Workload:
 
 
 ProfileTransform = Callable[[QualityProfile], QualityProfile]
+_PROFILES: dict[tuple, QualityProfile] = {}   # (file, mtime, size, stage models, aliases) -> profile (arrays read-only)
+
+
+def spec_profile(spec: CascadeSpec) -> QualityProfile:
+    """The spec's quality profile, read once per file version: a re-scheduling watcher plans the same cascade again
+    and again (reading a 2,000-prompt profile costs ~0.3 s)."""
+    path = spec.resolve(spec.quality.profile)
+    models = tuple(st.model for st in spec.stages)
+    aliases = {a: st.model for st in spec.stages for a in st.aliases}
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size, models, tuple(sorted(aliases.items())))
+    except OSError:
+        return load_profile(path, list(models), aliases)   # its own clear error
+    if key not in _PROFILES:
+        if len(_PROFILES) >= 8:
+            _PROFILES.clear()
+        _PROFILES[key] = load_profile(path, list(models), aliases)
+    return _PROFILES[key]
 
 
 def _joined(a: QualityProfile, b: QualityProfile) -> QualityProfile:
@@ -125,8 +144,7 @@ def build_context(spec: CascadeSpec, target_override: float | None = None,
         stages.append(StageSetup(index=i, name=name, model=get_model(_model_ref(spec, st.model)),
                                  precision=st.precision, max_context=st.max_context,
                                  gpu_types=tuple(allowed_gpu_types(spec, i)), tp_pin=st.tp, pp_pin=st.pp))
-    aliases = {a: st.model for st in spec.stages for a in st.aliases}
-    profile = load_profile(spec.resolve(spec.quality.profile), [st.model for st in spec.stages], aliases)
+    profile = spec_profile(spec)
     if spec.quality.holdout_fraction > 0 and profile.n_prompts >= 10:
         train_idx, hold_idx = profile.split(spec.quality.holdout_fraction, PLANNER_SEED)
     else:

@@ -49,21 +49,6 @@ class Replan:
     reference: Reference | None = None   # what drift is measured against once this plan serves (see replan())
 
 
-_PROFILES: dict[tuple[str, float, tuple[str, ...]], QualityProfile] = {}
-
-
-def _profile(spec: CascadeSpec) -> QualityProfile:
-    """The spec's quality profile, one column per stage (cached per file and modification time)."""
-    from cascadia_sky.quality import load_profile
-
-    path = spec.resolve(spec.quality.profile)
-    models = tuple(st.model for st in spec.stages)
-    key = (str(path), path.stat().st_mtime, models)
-    if key not in _PROFILES:
-        _PROFILES[key] = load_profile(path, list(models), {a: st.model for st in spec.stages for a in st.aliases})
-    return _PROFILES[key]
-
-
 def reach_transform(current: Plan, spec: CascadeSpec, target: Reference) -> ProfileTransform | None:
     """The profile re-weighting that makes the current thresholds give the observed reach; None when the observed
     reach is what the profile itself gives at those thresholds (within RESCHEDULE_REACH_TOLERANCE_POINTS and the
@@ -72,7 +57,9 @@ def reach_transform(current: Plan, spec: CascadeSpec, target: Reference) -> Prof
     if len(target.reach) != len(current.stages):
         return None
     thresholds = tuple(float(s.threshold) for s in current.stages[:-1] if s.threshold is not None)
-    profile = _profile(spec)
+    from cascadia_sky.planner.planner import spec_profile
+
+    profile = spec_profile(spec)
     if len(thresholds) != profile.n_stages - 1:
         return None
     own = profile.evaluate(list(thresholds)).reach
@@ -126,10 +113,11 @@ def spec_burst(spec: CascadeSpec) -> Any:
     return _BURSTS[key]
 
 
-def current_objective(plan: Plan, spec: CascadeSpec,
-                      profile_transform: ProfileTransform | None = None, burst: Any = None) -> tuple[float, float]:
+def current_objective(plan: Plan, spec: CascadeSpec, profile_transform: ProfileTransform | None = None,
+                      burst: Any = None, warm_key: str | None = None) -> tuple[float, float]:
     """(J, L) of the current plan's thresholds and deployment on `spec`'s workload (the observed one), on the
-    profile as `profile_transform` re-weights it (the observed reach)."""
+    profile as `profile_transform` re-weights it (the observed reach). `warm_key`: the warm cache holds the latency
+    curves of this workload's lengths (the re-plan just made them), so they are not computed again."""
     import numpy as np
 
     from cascadia_sky.catalog import get_gpu
@@ -144,6 +132,8 @@ def current_objective(plan: Plan, spec: CascadeSpec,
     level = DeploymentLevel(ctx)
     if burst is not None:
         level.burst = burst
+    if warm_key is not None:
+        _seed(level, warm_key)
     theta = tuple(float(s.threshold) for s in plan.stages[:-1] if s.threshold is not None)
     out = ctx.train.evaluate(list(theta))
     chosen = []
@@ -190,6 +180,18 @@ def _identity(spec: CascadeSpec) -> str:
     return json.dumps([data, str(spec.source)], sort_keys=True)
 
 
+def _seed(level: Any, key: str) -> None:
+    """The warm cache's lengths and latency curves into a deployment level (its own burst shape kept)."""
+    if key not in _WARM:
+        return
+    from cascadia_sky.planner.candidates import StageTable
+
+    lengths, tables = _WARM[key]
+    level._lengths.update(lengths)
+    level._tables.update({k: StageTable(t.stage, t.structures, t.off.gpu_type, level.burst)
+                          for k, t in tables.items()})
+
+
 def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform | None = None,
           burst: Any = None) -> Plan:
     """make_plan, with the deployment level's lengths and curves taken from (and given back to) the warm cache,
@@ -202,14 +204,8 @@ def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform 
         level = DeploymentLevel(ctx)
         if burst is not None:
             level.burst = burst
-        if reuse and key in _WARM:
-            from cascadia_sky.planner.candidates import StageTable
-
-            lengths, tables = _WARM[key]
-            level._lengths.update(lengths)
-            # the curves carry over; the burstiness is this workload's (a trace's bursts are not the observed one's)
-            level._tables.update({k: StageTable(t.stage, t.structures, t.off.gpu_type, level.burst)
-                                  for k, t in tables.items()})
+        if reuse:
+            _seed(level, key)
         made.append(level)
         return level
 
@@ -250,9 +246,10 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     new = _plan(observed_spec(spec, target, rate), key, reuse, transform, burst)
     if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
-        new = _plan(observed_spec(spec, target, rate), key, reuse, transform, burst)
+        # same lengths as the plan just made (only the rate differs): its curves, now in the warm cache
+        new = _plan(observed_spec(spec, target, rate), key, True, transform, burst)
     new = new.model_copy(update={"launch": current.launch})
-    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate), transform, burst)
+    cur_j, cur_l = current_objective(current, observed_spec(spec, target, rate), transform, burst, key)
     p = new.predicted
     new_j = objective_j(p.p95_latency_s, p.quality, p.quality_target, p.quality_all_last, p.quality_all_first,
                         current.solver.mu_s)
@@ -263,7 +260,7 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
         if current.slo_p95_s is not None and cur_l > current.slo_p95_s and rate > peak:
             # judged at peak x headroom (the sizing rate of a smaller plan); the current plan only has to carry
             # the load observed
-            cur_l = current_objective(current, observed_spec(spec, target, peak), transform, burst)[1]
+            cur_l = current_objective(current, observed_spec(spec, target, peak), transform, burst, key)[1]
         feasible = current.slo_p95_s is None or cur_l <= current.slo_p95_s
         worth = (not feasible) or new.predicted.usd_per_hour < current.predicted.usd_per_hour * (1 - min_gain)
         why = (f"current plan misses the SLO on the observed load (p95 {cur_l:.3g} s)" if not feasible else
