@@ -4,6 +4,8 @@ re-weighted so the current thresholds reproduce it)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from cascadia_sky.constants import RESCHEDULE_REACH_MAX_GROWTH
@@ -148,3 +150,31 @@ def test_a_reach_shift_at_a_flat_rate_gives_the_later_stages_more_capacity() -> 
     assert harder.reference is not None and harder.reference.rate_rps == ref.rate_rps
     assert harder.reference.reach == tuple(s.share for s in harder.plan.stages) != shifted.reach
     assert flat.reference == Reference(ref.rate_rps, ref.reach)
+
+
+def test_a_length_distribution_seen_before_reuses_its_curves() -> None:
+    """Conversation -> code -> conversation: the third re-plan finds the first one's latency curves (medians within
+    half the length band) and gives the plan a cold re-plan gives."""
+    from cascadia_sky.workload import load_trace
+
+    spec = load_spec(SPEC)
+    plan = make_plan(spec)
+    ref = spec_reference(plan, SPEC)
+
+    def observed(trace: str) -> Reference:
+        w = load_trace(spec.resolve(trace), rate_scale=4.0)
+        iq = tuple((q, float(np.quantile(w.input_tokens, q))) for q in LENGTH_QUANTILES)
+        oq = tuple((q, float(np.quantile(w.output_tokens, q))) for q in LENGTH_QUANTILES)
+        return Reference(w.rate_rps, ref.reach, dict(iq)[0.5], dict(oq)[0.5], iq, oq)
+
+    conv, code = observed("traces/AzureLLMInferenceTrace_conv.csv"), observed("traces/AzureLLMInferenceTrace_code.csv")
+    warm_up(spec)
+    kw = {"min_gain": 0.1, "down_headroom": 1.25}
+    first = replan(plan, spec, code, code.rate_rps, **kw)
+    assert not first.warm                                   # new lengths: cold
+    again = replan(plan, spec, code, code.rate_rps, **kw)
+    assert again.warm and again.plan.stages == first.plan.stages
+    back = replan(plan, spec, conv, conv.rate_rps, **kw)    # the cascade file's own lengths (warm_up's)
+    assert back.warm
+    far = dataclasses.replace(code, input_p50=code.input_p50 * 2)
+    assert not replan(plan, spec, far, far.rate_rps, **kw).warm

@@ -47,6 +47,7 @@ class Replan:
     wall_s: float
     reach: tuple[float, ...] = ()   # the per-stage reach planned for (observed), empty when the profile's own
     reference: Reference | None = None   # what drift is measured against once this plan serves (see replan())
+    warm: bool = False                   # latency curves reused (same lengths, or an earlier length distribution)
 
 
 def reach_transform(current: Plan, spec: CascadeSpec, target: Reference) -> ProfileTransform | None:
@@ -169,8 +170,41 @@ def current_objective(plan: Plan, spec: CascadeSpec, profile_transform: ProfileT
 # rate (or the reach) drifted, the lengths are those the current plan was made for, so the tables of that plan are
 # reused: the re-plan is the threshold search and the MILPs alone. The cache lives in the process (the watcher):
 # `warm_up` fills it once at start, each re-plan refreshes it.
+# A workload often comes back (day and night, one client's traffic and another's): the curves of the last
+# WARM_LENGTH_SETS length distributions are kept, each under the median input and output lengths it was made for,
+# and a re-plan whose observed medians are within half the length band of one of them reuses its curves (the
+# same approximation as a rate-only re-plan, which keeps curves for medians within the whole band).
 
 _WARM: dict[str, tuple[dict, dict]] = {}   # spec identity -> (lengths per stage, deployment tables per stage)
+WARM_LENGTH_SETS = 8
+_SETS: dict[str, list[tuple[float | None, float | None, tuple[dict, dict]]]] = {}   # identity -> (in, out, entry)
+
+
+def _remember(key: str, input_p50: float | None, output_p50: float | None) -> None:
+    """File the warm entry just made under the medians of the workload it was made for."""
+    if input_p50 is None or key not in _WARM:
+        return
+    sets = [e for e in _SETS.get(key, []) if (e[0], e[1]) != (input_p50, output_p50)]
+    _SETS[key] = [*sets, (input_p50, output_p50, _WARM[key])][-WARM_LENGTH_SETS:]
+
+
+def _recall(key: str, input_p50: float | None, output_p50: float | None, band: float) -> bool:
+    """Make the kept curves of the nearest earlier length distribution (medians within `band`) the warm entry."""
+    if input_p50 is None:
+        return False
+    tol = math.log1p(band)
+
+    def off(a: float | None, b: float | None) -> float:
+        if a is None or b is None:
+            return 0.0 if a is None and b is None else math.inf
+        return abs(math.log(max(a, 1.0) / max(b, 1.0)))
+
+    near = [(max(off(i, input_p50), off(o, output_p50)), e) for i, o, e in _SETS.get(key, [])]
+    near = [(d, e) for d, e in near if d <= tol]
+    if not near:
+        return False
+    _WARM[key] = min(near, key=lambda x: x[0])[1]
+    return True
 
 
 def _identity(spec: CascadeSpec) -> str:
@@ -216,8 +250,16 @@ def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform 
 
 def warm_up(spec: CascadeSpec) -> float:
     """Plan the spec once to fill the warm cache (what `watch` does at start); returns the seconds it took."""
+    import numpy as np
+
+    from cascadia_sky.planner.planner import workload_from_spec
+
     t0 = time.perf_counter()
-    _plan(spec, _identity(spec), reuse=False)
+    key = _identity(spec)
+    _plan(spec, key, reuse=False)
+    w = workload_from_spec(spec)
+    _remember(key, float(np.median(w.input_tokens)) if w.input_tokens.size else None,
+              float(np.median(w.output_tokens)) if w.output_tokens.size else None)
     return time.perf_counter() - t0
 
 
@@ -240,10 +282,14 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     rate = peak * down_headroom if less_load else peak
     transform = reach_transform(current, spec, target)
     # without output lengths in the workload a stage's lengths come from the profile, which the re-weighting changes
-    reuse = same_lengths and (transform is None or spec.workload.output_tokens is not None
-                              or spec.workload.trace is not None)
+    lengths_fixed = transform is None or spec.workload.output_tokens is not None or spec.workload.trace is not None
+    recalled = (not same_lengths and lengths_fixed
+                and _recall(key, target.input_p50, target.output_p50, spec.reschedule.length_band / 2))
+    reuse = (same_lengths or recalled) and lengths_fixed
     burst = spec_burst(spec)
     new = _plan(observed_spec(spec, target, rate), key, reuse, transform, burst)
+    if not reuse:
+        _remember(key, target.input_p50, target.output_p50)
     if not less_load and _shrinks(current, new) and down_headroom > 1:
         rate = peak * down_headroom   # the smaller deployment must carry the removed replicas' load, with margin
         # same lengths as the plan just made (only the rate differs): its curves, now in the warm cache
@@ -282,7 +328,7 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     # the observed reach was counted with the old thresholds and would read as a reach drift right away.
     reference = dataclasses.replace(target, reach=tuple(float(st.share) for st in new.stages)) if worth else target
     return Replan(new, rate, cur_j, new_j, worth, why, time.perf_counter() - t0,
-                  tuple(target.reach) if transform is not None else (), reference)
+                  tuple(target.reach) if transform is not None else (), reference, reuse)
 
 
 def _grows(current: Plan, new: Plan) -> bool:
