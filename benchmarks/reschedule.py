@@ -190,6 +190,12 @@ def reschedule_run(base: CascadeSpec, plan0: Plan, req: Requests, starts: list[f
     return changes, timeline
 
 
+def usd_over(timeline: list[tuple[float, Plan]], a: float, b: float) -> float:
+    """The time-weighted mean $/h of the plans that serve between a and b."""
+    edges = [*(max(a, min(b, t)) for t, _ in timeline), b]
+    return sum((edges[i + 1] - edges[i]) * p.predicted.usd_per_hour for i, (_, p) in enumerate(timeline)) / (b - a)
+
+
 def plan_at(timeline: list[tuple[float, Plan]], t: float) -> Plan:
     return [p for start, p in timeline if start <= t][-1]
 
@@ -247,6 +253,7 @@ def main(plot: str | None, setting: str = "pool", replay: bool = True) -> dict:
     for k, ((label, _, _), spec, req) in enumerate(zip(PHASES, specs, reqs)):
         cuts = sorted({s - starts[k] for s, _ in timeline if 0 < s - starts[k] < float(req.arrival_s[-1])})
         met: dict[str, int] = {}
+        e2e: dict[str, list[np.ndarray]] = {name: [] for name in systems}
         for name in systems:
             met[name] = 0
             edges = [0.0, *cuts, np.inf] if name == "rescheduled" else [0.0, np.inf]
@@ -259,12 +266,18 @@ def main(plot: str | None, setting: str = "pool", replay: bool = True) -> dict:
                 res = simulate(spec, plan, requests=subset(req, sel))
                 ok = res.slo_ratio <= scale_slo
                 met[name] += int(ok.sum())
+                e2e[name].append(res.e2e_s)
                 per_request[name].append((req.arrival_s[sel] + starts[k], res.e2e_s, ok))
         mine = [c for c in changes if c.phase == k]
         first = mine[0] if mine else None
         applied = [c for c in mine if c.switch_t is not None]
-        row = {"phase": label, "requests": req.n, "span_s": round(float(req.arrival_s[-1]), 1),
+        span = float(req.arrival_s[-1])
+        usd = {"static": oracle[0].predicted.usd_per_hour, "oracle": oracle[k].predicted.usd_per_hour,
+               "rescheduled": usd_over(timeline, starts[k], starts[k] + span)}
+        row = {"phase": label, "requests": req.n, "span_s": round(span, 1),
                **{name: round(met[name] / req.n, 4) for name in systems},
+               "p95_s": {name: round(float(np.percentile(np.concatenate(e2e[name]), 95)), 2) for name in systems},
+               "usd_per_hour": {name: round(v, 2) for name, v in usd.items()},
                "detect_after_s": None if first is None else round(first.detect_t - starts[k], 1),
                "replan_s": [round(c.replan_s, 3) for c in mine],
                "applied": [{"kind": c.kind, "serves_after_s": round(c.switch_t - starts[k], 1), "gpus": c.gpus}
@@ -273,18 +286,24 @@ def main(plot: str | None, setting: str = "pool", replay: bool = True) -> dict:
                               "worth_it": c.worth_it, "reason": c.reason} for c in mine]}
         rows.append(row)
         when = ", ".join(f"{c['kind']} serving after {c['serves_after_s']:.0f} s" for c in row["applied"]) or "-"
+        cost = (" ($/h " + "/".join(f"{usd[n]:.0f}" for n in systems) + ")") if usd["static"] else ""
         print(f"{label:8} static {row['static']:.3f}  rescheduled {row['rescheduled']:.3f}  oracle "
-              f"{row['oracle']:.3f}  detected after {row['detect_after_s']} s  re-plan {row['replan_s']} s  "
-              f"applied: {when}", flush=True)
+              f"{row['oracle']:.3f}  (p95 " + "/".join(f"{row['p95_s'][n]:.1f}" for n in systems) + f" s){cost}  "
+              f"detected after {row['detect_after_s']} s  re-plan {row['replan_s']} s  applied: {when}", flush=True)
     total = sum(r["requests"] for r in rows)
     overall = {name: round(sum(r[name] * r["requests"] for r in rows) / total, 4) for name in systems}
     print(f"overall  static {overall['static']:.3f}  rescheduled {overall['rescheduled']:.3f}  "
-          f"oracle {overall['oracle']:.3f}", flush=True)
+          f"oracle {overall['oracle']:.3f}  (static / rescheduled / oracle)", flush=True)
+    detects = [r["detect_after_s"] for r in rows[1:] if r["detect_after_s"] is not None]
+    replans = [c.replan_s for c in changes]
+    print(f"time to detect a switch: {detects} s; re-plan wall time: median {np.median(replans):.2f} s, max "
+          f"{max(replans):.2f} s over {len(replans)} re-plans" if replans else "no re-plan", flush=True)
     if plot:
         write_plot(plot, per_request, starts, [p[0] for p in PHASES], changes, scale_slo, setting)
         print(f"plot: {plot}", flush=True)
     out = {"benchmark": "reschedule", "setting": setting, "phase_replays": replay, "slo_scale": round(scale_slo, 3), "attainment": overall, "phases": rows,
            "replan_s_median": round(float(np.median([c.replan_s for c in changes])), 3) if changes else None,
+           "detect_after_switch_s": [r["detect_after_s"] for r in rows[1:]],
            "apply_delay_model_s": APPLY_DELAY_S, "windows": base.reschedule.windows,
            "windows_down": base.reschedule.windows_down, "interval_s": base.reschedule.interval_s,
            "loadavg_1min": round(os.getloadavg()[0], 2), "plot": plot}

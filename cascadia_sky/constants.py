@@ -150,6 +150,8 @@ RESCHEDULE_DOWN_HEADROOM_FACTOR = 1.25       # a scale-down must hold the observ
 RESCHEDULE_HISTORY_ROWS = 10                 # `cascadia status NAME` shows this many re-schedule events
 RESCHEDULE_DRAIN_TIMEOUT_SECONDS = 120.0     # a replica taken out of the router gets this long to finish (SkyServe)
 RESCHEDULE_DRAIN_POLL_SECONDS = 0.5          # how often a draining replica is asked whether it is idle
+RESCHEDULE_PANIC_RATE_FACTOR = 2.0           # during the cool-down, `windows` windows at this x the planned rate drift up
+                                             # at once (Knative's panic mode: desired >= 2x current capacity)
 RESCHEDULE_REACH_TOLERANCE_POINTS = 0.02     # re-plan: re-weight the profile to the observed reach only when a stage's
                                              # reach is off by more (below: the count's own noise over a few windows)
 RESCHEDULE_REACH_NOISE_Z = 3.0               # ... and by more than this many standard errors of the two counts

@@ -133,3 +133,16 @@ def test_a_reach_move_within_the_windows_own_noise_is_not_drift() -> None:
     assert detect(few, REF, S, now=30).verdict is Verdict.STEADY
     many = [obs(10.0 * (i + 1), 4.0, reach2=0.45, window=75.0) for i in range(3)]
     assert detect(many, REF, S, now=30).verdict is Verdict.DRIFT_UP
+
+
+def test_panic_during_the_cooldown_only_for_a_load_far_above_the_new_plan() -> None:
+    """A change at t=40 (cool-down 60 s, windows of 10 s): three windows since, at 2x the rate planned for or more,
+    drift up before the cool-down ends; at 1.5x they wait for it; windows from before the change never count."""
+    s60 = RescheduleSpec(interval_s=10, windows=3, windows_down=6, cooldown_s=60, min_requests=20)
+    heavy = [obs(40.0 + 10.0 * (i + 1), 8.5) for i in range(3)]        # t = 50, 60, 70 (began at 40, 50, 60)
+    d = detect(heavy, REF, s60, now=70, last_change_t=40.0)
+    assert d.verdict is Verdict.DRIFT_UP and "cool-down" in d.reasons[0] and d.peak_rate_rps == 8.5
+    assert d.target is not None and d.target.rate_rps == 8.5
+    assert detect([obs(40.0 + 10.0 * (i + 1), 6.0) for i in range(3)], REF, s60, now=70,
+                  last_change_t=40.0).verdict is Verdict.COOLDOWN
+    assert detect([obs(40.0, 9.0), *heavy[:2]], REF, s60, now=60, last_change_t=40.0).verdict is Verdict.COOLDOWN

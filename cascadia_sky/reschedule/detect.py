@@ -10,8 +10,9 @@ the reference workload, the settings, the clock and the time of the last change.
 - A window with fewer than `min_requests` requests tells only its rate (lengths and reach need samples), and
   only when the plan expected at least `min_requests` in it: when both the observed and the expected counts are
   that small the window is *sparse* (Poisson noise, not evidence) and neither drifts nor resets the count.
-- Windows that began before the last change measured the old deployment and are ignored; no verdict at all during
-  the cool-down.
+- Windows that began before the last change measured the old deployment and are ignored; no verdict during the
+  cool-down, except *panic*: `windows` windows since the change all at 2x the rate just planned for or more (the
+  plan applied is far too small; Knative's panic mode) drift up at once.
 - The workload to re-plan for (`Detection.target`) is the mean of the drifted windows, with their peak rate beside
   it: the re-planner sizes a smaller deployment for peak x down_headroom (the load of the replicas it removes
   must fit on the ones it keeps), and the *reference* after the change is the observed mean, so a constant load
@@ -26,7 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from cascadia_sky.constants import RESCHEDULE_REACH_NOISE_Z
+from cascadia_sky.constants import (
+    RESCHEDULE_PANIC_RATE_FACTOR,
+    RESCHEDULE_REACH_NOISE_Z,
+)
 from cascadia_sky.reschedule.observe import Observation, Reference
 from cascadia_sky.spec import RescheduleSpec
 
@@ -124,10 +128,30 @@ def _mean_reference(drifted: Sequence[Observation], ref: Reference, s: Reschedul
                      requests=sum(o.requests for o in rich))
 
 
+def _panic(observations: Sequence[Observation], reference: Reference, settings: RescheduleSpec,
+           since: float) -> Detection | None:
+    """During the cool-down: `windows` windows (all begun after the change) at RESCHEDULE_PANIC_RATE_FACTOR x the
+    reference rate or more. The plan just applied is far too small (it was made for a load that has moved on since);
+    waiting out the cool-down would leave it overloaded. Knative's autoscaler does the same in its panic mode
+    (desired capacity >= 2x the current one: scale up at once, never down)."""
+    fresh = [o for o in observations if _usable(o, since) and not sparse(o, reference, settings)]
+    run = fresh[-settings.windows:]
+    if (len(run) < settings.windows or reference.rate_rps <= 0
+            or any(o.rate_rps < RESCHEDULE_PANIC_RATE_FACTOR * reference.rate_rps for o in run)):
+        return None
+    why = (f"rate {run[-1].rate_rps:.3g}/s >= {RESCHEDULE_PANIC_RATE_FACTOR:g} x the {reference.rate_rps:.3g}/s "
+           f"just planned for, during the cool-down",)
+    return Detection(Verdict.DRIFT_UP, why, len(run), settings.windows, target=_mean_reference(run, reference, settings),
+                     peak_rate_rps=max(o.rate_rps for o in run))
+
+
 def detect(observations: Sequence[Observation], reference: Reference, settings: RescheduleSpec, now: float,
            last_change_t: float | None = None) -> Detection:
     """The verdict on a series of observations (oldest first). Pure: reads only its arguments."""
     if last_change_t is not None and now - last_change_t < settings.cooldown_s:
+        panic = _panic(observations, reference, settings, last_change_t)
+        if panic is not None:
+            return panic
         return Detection(Verdict.COOLDOWN, (f"{settings.cooldown_s - (now - last_change_t):.0f} s of cool-down "
                                             f"left",))
     usable = [o for o in observations if _usable(o, last_change_t) and not sparse(o, reference, settings)]

@@ -67,7 +67,12 @@ def reach_transform(current: Plan, spec: CascadeSpec, target: Reference) -> Prof
     if not needs_reweighting(own, target.reach, target.requests, profile.n_prompts):
         return None
     reach = tuple(target.reach)
-    return lambda part: reweight(part, thresholds, reach)[0]
+
+    def transform(part: QualityProfile) -> QualityProfile:
+        return reweight(part, thresholds, reach)[0]
+
+    transform.profile_reach = tuple(float(x) for x in own)   # type: ignore[attr-defined]  (for the reason)
+    return transform
 
 
 def observed_spec(spec: CascadeSpec, target: Reference, rate_rps: float) -> CascadeSpec:
@@ -322,7 +327,9 @@ def replan(current: Plan, spec: CascadeSpec, target: Reference, peak_rate_rps: f
     if not worth and not same:
         why += f" (gain below {min_gain:.0%}: not applied)" if "fewer" not in why else " (not applied)"
     if transform is not None:
-        why += "; planned for the observed reach " + "/".join(f"{r:.2f}" for r in target.reach)
+        why += ("; planned for the observed reach " + "/".join(f"{r:.2f}" for r in target.reach)
+                + " (the profile gives " + "/".join(f"{r:.2f}" for r in transform.profile_reach)  # type: ignore
+                + f" at these thresholds; {target.requests} requests)")
     # Once the new plan serves, drift is measured against the observed rate and lengths, and against the reach the
     # new thresholds give on that workload (the new plan's shares, on the re-weighted profile when there is one):
     # the observed reach was counted with the old thresholds and would read as a reach drift right away.
