@@ -253,6 +253,12 @@ def _plan(spec: CascadeSpec, key: str, reuse: bool, transform: ProfileTransform 
     return plan
 
 
+def forget() -> None:
+    """Drop every kept latency curve (a fresh watcher's state; benchmarks measure cold re-plans with it)."""
+    _WARM.clear()
+    _SETS.clear()
+
+
 def warm_up(spec: CascadeSpec) -> float:
     """Plan the spec once to fill the warm cache (what `watch` does at start); returns the seconds it took."""
     import numpy as np
@@ -346,4 +352,4 @@ def _deployment_key(plan: Plan) -> tuple:
     return tuple((s.name, s.gpu_type, s.tp, s.pp, s.replicas, s.instance_type, s.threshold) for s in plan.stages)
 
 
-__all__ = ["Replan", "current_objective", "observed_spec", "reach_transform", "replan", "warm_up"]
+__all__ = ["Replan", "current_objective", "forget", "observed_spec", "reach_transform", "replan", "warm_up"]
