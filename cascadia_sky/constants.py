@@ -167,5 +167,11 @@ QUALITY_WATCH_WINDOWS_SECONDS = (600, 3600)  # the windows /stats reports the me
 QUALITY_WATCH_LEVEL = 0.90                   # two-sided level of the Wilson interval of the measured quality
 QUALITY_WATCH_MIN_CHECKS = 30                # fewer checks in the verdict window: "unverified" (no verdict, no change)
 QUALITY_WATCH_MARGIN_POINTS = 0.02           # measured mean this far below the promise is "at risk" (not noise)
+RESCHEDULE_PANIC_RATE_FACTOR = 2.0           # during the cool-down, `windows` windows at this x the planned rate drift up
+                                             # at once (Knative's panic mode: desired >= 2x current capacity)
+RESCHEDULE_REACH_TOLERANCE_POINTS = 0.02     # re-plan: re-weight the profile to the observed reach only when a stage's
+                                             # reach is off by more (below: the count's own noise over a few windows)
+RESCHEDULE_REACH_NOISE_Z = 3.0               # ... and by more than this many standard errors of the two counts
+RESCHEDULE_REACH_MAX_GROWTH = 4.0            # re-weighted profile: at most this many x the profile's prompts (copies)
 LOCAL_MAX_REPLICAS = 4                       # most llama.cpp engines per stage the local planner considers
 LOCAL_REPLICA_GAIN_FRACTION = 0.10           # one more local engine (a CPU core) must cut the stage's p95 by this

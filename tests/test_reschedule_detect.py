@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 
 from cascadia_sky.reschedule.detect import Verdict, detect
-from cascadia_sky.reschedule.observe import Observation, Reference, StageObservation, observation_from_stats
+from cascadia_sky.reschedule.observe import (
+    Observation,
+    Reference,
+    StageObservation,
+    observation_from_stats,
+)
 from cascadia_sky.spec import RescheduleSpec
 
 S = RescheduleSpec(interval_s=10, windows=3, windows_down=6, cooldown_s=30, min_requests=20)
@@ -106,3 +111,38 @@ def test_observation_from_router_stats_shape() -> None:
     o = observation_from_stats(snap, ["small", "large"], interval_s=10, t=5.0)
     assert (o.requests, o.rate_rps, o.input_p50, o.output_p50, o.reach()) == (40, 4.0, 90.0, None, (1.0, 0.25))
     assert o.stages[1].failed == 1 and o.errors == 1
+
+
+def test_a_switch_that_reads_down_on_rate_and_up_on_lengths_drifts_up_after_the_up_windows() -> None:
+    """Another kind of traffic (fewer, longer prompts): some windows are out of band only downwards (rate), others
+    upwards (input length). Every window is off the plan: drift after `windows`, not reset by the direction."""
+    mixed = [obs(10.0, 2.0, input_p50=200.0), obs(20.0, 2.0, input_p50=110.0), obs(30.0, 2.0, input_p50=200.0)]
+    d = detect(mixed, REF, S, now=30)
+    assert d.verdict is Verdict.DRIFT_UP and d.reasons == ("input p50 200 vs 100 tokens",)
+    assert d.target is not None and d.target.rate_rps == 2.0 and d.windows_out == 3
+    # only downwards for fewer than windows_down windows: still watching
+    assert detect(series([2.0] * 5), REF, S, now=50).verdict is Verdict.WATCHING
+    # an in-band window between them still resets the run
+    assert detect([*mixed[:2], obs(30.0, 4.0), obs(40.0, 2.0, input_p50=200.0)], REF, S,
+                  now=40).verdict is Verdict.WATCHING
+
+
+def test_a_reach_move_within_the_windows_own_noise_is_not_drift() -> None:
+    """30 requests a window: a reach of 0.3 reads 0.45 by chance (3 standard errors are 0.25); 300: it does not."""
+    few = [obs(10.0 * (i + 1), 4.0, reach2=0.45, window=7.5) for i in range(3)]
+    assert detect(few, REF, S, now=30).verdict is Verdict.STEADY
+    many = [obs(10.0 * (i + 1), 4.0, reach2=0.45, window=75.0) for i in range(3)]
+    assert detect(many, REF, S, now=30).verdict is Verdict.DRIFT_UP
+
+
+def test_panic_during_the_cooldown_only_for_a_load_far_above_the_new_plan() -> None:
+    """A change at t=40 (cool-down 60 s, windows of 10 s): three windows since, at 2x the rate planned for or more,
+    drift up before the cool-down ends; at 1.5x they wait for it; windows from before the change never count."""
+    s60 = RescheduleSpec(interval_s=10, windows=3, windows_down=6, cooldown_s=60, min_requests=20)
+    heavy = [obs(40.0 + 10.0 * (i + 1), 8.5) for i in range(3)]        # t = 50, 60, 70 (began at 40, 50, 60)
+    d = detect(heavy, REF, s60, now=70, last_change_t=40.0)
+    assert d.verdict is Verdict.DRIFT_UP and "cool-down" in d.reasons[0] and d.peak_rate_rps == 8.5
+    assert d.target is not None and d.target.rate_rps == 8.5
+    assert detect([obs(40.0 + 10.0 * (i + 1), 6.0) for i in range(3)], REF, s60, now=70,
+                  last_change_t=40.0).verdict is Verdict.COOLDOWN
+    assert detect([obs(40.0, 9.0), *heavy[:2]], REF, s60, now=60, last_change_t=40.0).verdict is Verdict.COOLDOWN

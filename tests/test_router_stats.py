@@ -87,7 +87,8 @@ def test_stats_json_keys_stay_as_they_were():
     w = snap["windows"]["60"]
     assert {"window_s", "requests", "arrival_rate_per_s", "errors", "fallbacks", "input_tokens", "output_tokens",
             "latency_s", "stages"} <= set(w)
-    assert {"count", "mean", "p10", "p50", "p90", "p95", "p99"} == set(w["input_tokens"])
+    assert {"count", "mean", "p1", "p5", "p10", "p25", "p50", "p75", "p90", "p95", "p99"} == set(w["input_tokens"])
+    assert {"count", "mean", "p10", "p50", "p90", "p95", "p99"} == set(w["latency_s"])
     assert {"reached", "answered", "answered_share", "escalated_share", "early_escalated", "failed", "score",
             "latency_s"} <= set(w["stages"]["small"])
     assert w["requests"] == 1 and w["stages"]["small"]["answered_share"] == 1.0

@@ -110,20 +110,64 @@ def workload_from_spec(spec: CascadeSpec) -> Workload:
     return Workload(rate_rps=w.rate_rps * w.rate_scale, input_tokens=ins, output_tokens=outs, source="spec")
 
 
-def build_context(spec: CascadeSpec, target_override: float | None = None) -> PlanningContext:
-    """Load the profile and the workload, split the profile, and fix the quality target."""
+ProfileTransform = Callable[[QualityProfile], QualityProfile]
+_PROFILES: dict[tuple, QualityProfile] = {}   # (file, mtime, size, stage models, aliases) -> profile (arrays read-only)
+
+
+def spec_profile(spec: CascadeSpec) -> QualityProfile:
+    """The spec's quality profile, read once per file version: a re-scheduling watcher plans the same cascade again
+    and again (reading a 2,000-prompt profile costs ~0.3 s)."""
+    path = spec.resolve(spec.quality.profile)
+    models = tuple(st.model for st in spec.stages)
+    aliases = {a: st.model for st in spec.stages for a in st.aliases}
+    try:
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size, models, tuple(sorted(aliases.items())))
+    except OSError:
+        return load_profile(path, list(models), aliases)   # its own clear error
+    if key not in _PROFILES:
+        if len(_PROFILES) >= 8:
+            _PROFILES.clear()
+        _PROFILES[key] = load_profile(path, list(models), aliases)
+    return _PROFILES[key]
+
+
+def _joined(a: QualityProfile, b: QualityProfile) -> QualityProfile:
+    """Two profiles of the same stage models, one after the other."""
+    out = QualityProfile(*(np.vstack([x, y]) for x, y in ((a.scores, b.scores), (a.quality, b.quality),
+                                                           (a.input_tokens, b.input_tokens),
+                                                           (a.output_tokens, b.output_tokens))),
+                         prompt_ids=a.prompt_ids + b.prompt_ids, stage_models=a.stage_models, source=a.source)
+    out.provenance = a.provenance
+    return out
+
+
+def build_context(spec: CascadeSpec, target_override: float | None = None,
+                  profile_transform: ProfileTransform | None = None) -> PlanningContext:
+    """Load the profile and the workload, split the profile, and fix the quality target.
+
+    `profile_transform` (re-scheduling: the profile re-weighted to the observed per-stage reach,
+    `reschedule/reach.py`) is applied to the planning and the held-out part each on its own, after the split, so a
+    prompt it repeats cannot land on both sides."""
     stages = []
     for i, (name, st) in enumerate(zip(spec.stage_names(), spec.stages)):
         stages.append(StageSetup(index=i, name=name, model=get_model(_model_ref(spec, st.model)),
                                  precision=st.precision, max_context=st.max_context,
                                  gpu_types=tuple(allowed_gpu_types(spec, i)), tp_pin=st.tp, pp_pin=st.pp))
-    aliases = {a: st.model for st in spec.stages for a in st.aliases}
-    profile = load_profile(spec.resolve(spec.quality.profile), [st.model for st in spec.stages], aliases)
+    profile = spec_profile(spec)
     if spec.quality.holdout_fraction > 0 and profile.n_prompts >= 10:
         train_idx, hold_idx = profile.split(spec.quality.holdout_fraction, PLANNER_SEED)
     else:
         train_idx, hold_idx = np.arange(profile.n_prompts), np.zeros(0, dtype=np.intp)
     train = profile.subset(train_idx)
+    if profile_transform is not None:
+        train = profile_transform(train)
+        if hold_idx.size:
+            hold = profile_transform(profile.subset(hold_idx))
+            profile = _joined(train, hold)
+            hold_idx = np.arange(train.n_prompts, profile.n_prompts)
+        else:
+            profile = train
     z1, z2 = train.z1(), train.z2()
     if target_override is not None:
         q_min = target_override
@@ -271,14 +315,15 @@ def search(ctx: PlanningContext, progress: Progress | None = None,
 
 
 def make_plan(spec: CascadeSpec, progress: Progress | None = None, target_override: float | None = None,
-              level_factory: Callable[[PlanningContext], DeploymentLevel] | None = None) -> Plan:
+              level_factory: Callable[[PlanningContext], DeploymentLevel] | None = None,
+              profile_transform: ProfileTransform | None = None) -> Plan:
     """Plan the cascade: thresholds, per-stage deployment, predicted quality/latency/cost.
 
     `level_factory` builds the deployment level from the context (default `DeploymentLevel`); the baselines of
-    `sim/baselines.py` pass restricted ones.
+    `sim/baselines.py` pass restricted ones. `profile_transform`: see `build_context`.
     """
     t0 = time.perf_counter()
-    ctx = build_context(spec, target_override)
+    ctx = build_context(spec, target_override, profile_transform)
     if progress:
         progress(f"profile: {ctx.profile.n_prompts} prompts ({ctx.train.n_prompts} for planning), z1={ctx.z1:.4f} "
                  f"z2={ctx.z2:.4f}, target {ctx.q_min:.4f}; workload {ctx.workload.rate_rps:.2f} req/s")
