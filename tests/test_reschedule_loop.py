@@ -77,3 +77,19 @@ def test_an_interrupted_apply_is_resumed(fake_sky: RecordingSkyApi, tmp_path: Pa
     events = History(store).events("deepseek")
     assert (events[-1].step, events[-1].reason) == ("applied", "resumed: test")
     assert r.detection.verdict.value == "cooldown"      # the resumed change starts the cool-down
+
+
+def test_a_no_change_decision_starts_no_cool_down(fake_sky: RecordingSkyApi, tmp_path: Path) -> None:
+    """A re-plan that keeps the running deployment only moves the reference: the next pass judges the traffic
+    again (a real change does start the cool-down, as the tests above show)."""
+    from cascadia_sky.reschedule.history import Event
+
+    store = StateStore(tmp_path)
+    plan = example_plan("deepseek").with_launch(backend="skyserve", ready_timeout_s=30)
+    launcher.up(launcher.Target(plan, SPEC), store=store)
+    History(store).record(Event("deepseek", 1_000_000.0, "applied", "none", "drift; the running plan carries it",
+                                "", plan.to_json(), ""))
+    assert History(store).last_change("deepseek").kind == "none"
+    assert History(store).last_change("deepseek", changed_only=True) is None
+    r = reschedule_pass("deepseek", store=store, stats=_stats(plan.workload_rate_rps, plan), now=1_000_060.0)
+    assert r.detection.verdict.value == "steady"

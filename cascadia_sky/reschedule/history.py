@@ -85,10 +85,11 @@ class History:
                               "LIMIT ?", (name, limit)).fetchall()
         return [Event(*r) for r in reversed(rows)]
 
-    def last_change(self, name: str) -> Event | None:
-        """The newest applied change (its time starts the cool-down; its reference is what drift is measured
-        against)."""
-        return next((e for e in reversed(self.events(name, 1000)) if e.step == "applied"), None)
+    def last_change(self, name: str, changed_only: bool = False) -> Event | None:
+        """The newest applied step (its reference is what drift is measured against); `changed_only`: the newest
+        that changed the deployment (its time starts the cool-down; a "no change" decision does not)."""
+        return next((e for e in reversed(self.events(name, 1000))
+                     if e.step == "applied" and not (changed_only and e.kind == "none")), None)
 
     def unfinished(self, name: str) -> Event | None:
         """An `applying` step with no outcome after it (an interrupted apply)."""

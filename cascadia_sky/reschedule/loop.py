@@ -128,8 +128,8 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
     snapshot = stats if stats is not None else fetch_stats(rec.endpoint, rec.api_key_file)
     obs = observation_from_stats(snapshot, [s.name for s in plan.stages], settings.interval_s, now)
     history.add_observation(name, obs)
-    last = history.last_change(name)
-    reference = history.reference(name) or spec_reference(plan, rec.spec_path)
+    last = history.last_change(name, changed_only=True)   # a "no change" decision moves the reference only: it
+    reference = history.reference(name) or spec_reference(plan, rec.spec_path)   # starts no cool-down
     det = detect(history.observations(name), reference, settings, now, last.t if last else None)
     result = PassResult(name, obs, det)
     if plan.launch.quality_watch.enabled:   # the promise first: a threshold swap is the cheapest change there is
@@ -163,13 +163,14 @@ def reschedule_pass(name: str, *, apply: bool = False, store: StateStore | None 
         result.message = "no change"
         if apply:   # the observed workload becomes the reference: the current plan carries it well enough
             history.record(Event(name, now, "applied", "none", f"{det.describe()}; {rp.reason}", "", rec.plan_json,
-                                 det.target.to_json()))
+                                 (rp.reference or det.target).to_json()))
         return result
     if not apply:
         result.message = "dry run: `cascadia reschedule NAME --apply` acts"
         return result
     event = Event(name, now, "applying", result.kind, f"{det.describe()}; {rp.reason}",
-                  "\n".join(a.describe() for a in result.actions), rp.plan.to_json(), det.target.to_json())
+                  "\n".join(a.describe() for a in result.actions), rp.plan.to_json(),
+                  (rp.reference or det.target).to_json())   # the new thresholds' reach, once the new plan serves
     history.record(event)   # before anything acts
     try:
         up(Target(rp.plan, rec.spec_path), store=store, progress=progress)
