@@ -312,26 +312,35 @@ def _add_budget_constraints(m: _Model) -> None:
 
 
 def _add_round_trip_constraints(m: _Model) -> dict[int, pulp.LpVariable]:
-    """rtt_s{k}_{c}_{p}:  r_k >= rtt(p, place_c) (x[c] + sum_{c0 in C_0 at p} x[c0] - 1)   for k >= 1, c in C_k and
-    every place p of stage 0 (the router's place): r_k is the round trip of stage k (the product linearised)."""
+    """rtt_s{k}_{q}_{p}:  r_k >= rtt(p, q) (sum_{c in C_k at q} x[c] + sum_{c0 in C_0 at p} x[c0] - 1)   for k >= 1
+    and every place q of stage k and p of stage 0 (the router's place): r_k is the round trip of stage k. Each stage
+    picks exactly one deployment (choice_s), so each sum is 0 or 1 and this linearises the product exactly, with one
+    constraint per pair of places rather than per candidate."""
+    import pulp
+
     r: dict[int, Any] = {}
     if not m.problem.rtt_s or not m.cands:
         return r
-    homes: dict[str, list[int]] = {}
-    for j, c0 in enumerate(m.cands[0]):
-        if (p := place_of(c0)) is not None:
-            homes.setdefault(p, []).append(j)
-    for k in range(1, len(m.cands)):
+
+    def by_place(k: int) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
         for j, c in enumerate(m.cands[k]):
-            here = place_of(c)
-            for p, js in sorted(homes.items()):
-                rtt = m.problem.rtt_s.get((p, here), 0.0) if here is not None and here != p else 0.0
+            if (p := place_of(c)) is not None:
+                out.setdefault(p, []).append(m.x[k, j])
+        return out
+
+    homes = {p: pulp.lpSum(xs) for p, xs in sorted(by_place(0).items())}
+    for k in range(1, len(m.cands)):
+        for q, xs in sorted(by_place(k).items()):
+            there = None
+            for p, home in homes.items():
+                rtt = m.problem.rtt_s.get((p, q), 0.0) if q != p else 0.0
                 if rtt <= 0:
                     continue
                 if k not in r:
                     r[k] = m.prob.add_variable(f"r_s{k}", lowBound=0)
-                home = sum(m.x[0, j0] for j0 in js)
-                m.prob += (r[k] >= rtt * (m.x[k, j] + home - 1), f"rtt_s{k}_{_safe_name(c.key)}_{_safe_name(p)}")
+                there = pulp.lpSum(xs) if there is None else there
+                m.prob += (r[k] >= rtt * (there + home - 1), f"rtt_s{k}_{_safe_name(q)}_{_safe_name(p)}")
     return r
 
 
