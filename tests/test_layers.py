@@ -24,7 +24,7 @@ FLOORS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("cascadia_sky.catalog", "cascadia_sky.catalog_view", "cascadia_sky.bundled", "cascadia_sky.workload",
               "cascadia_sky.rtt",
               "cascadia_sky.cloud")),
-    ("spec and performance model", ("cascadia_sky.spec", "cascadia_sky.perf")),
+    ("spec and performance model", ("cascadia_sky.spec", "cascadia_sky.spec_sections", "cascadia_sky.perf")),
     ("planner", ("cascadia_sky.planner",)),
     ("engines, simulator, launch parts", ("cascadia_sky.engines", "cascadia_sky.sim", "cascadia_sky.launch.state",
                                           "cascadia_sky.launch.status", "cascadia_sky.launch.procs",
