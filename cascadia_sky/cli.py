@@ -499,7 +499,14 @@ def status(
                               highlight=False)
     views = launch_status(name)
     if as_json:
-        print(json.dumps(status_json(views), indent=2))
+        out = status_json(views)
+        if name is not None and out["deployments"]:   # the same extras as the tables: promise and history
+            from cascadia_sky.reschedule.history import history_json
+            from cascadia_sky.reschedule.quality import quality_status
+
+            out["deployments"][0]["quality"] = quality_status(name)
+            out["deployments"][0]["reschedule"] = history_json(name)
+        print(json.dumps(out, indent=2))
         return
     console.print(*status_report(views), sep="\n")
     if name is not None:

@@ -13,13 +13,14 @@ import pytest
 from cascadia_sky.launch import launcher
 from cascadia_sky.launch.state import StateStore
 from cascadia_sky.quality import QualityProfile
-from cascadia_sky.reschedule.history import History, history_lines
+from cascadia_sky.reschedule.history import History, history_json, history_lines
 from cascadia_sky.reschedule.loop import reschedule_pass
 from cascadia_sky.reschedule.quality import (
     Promise,
     keep_floors,
     quality_floors,
     quality_lines,
+    quality_status,
     quality_verdict,
     refit_threshold,
     refit_thresholds,
@@ -148,6 +149,13 @@ def test_the_loop_raises_thresholds_when_the_promise_slips(fake_sky: RecordingSk
     assert any("quality watch: promise: broken" in line for line in lines), lines
     shown = quality_lines("deepseek", store, fetch=lambda url, key: broken)
     assert shown[0].startswith("promise: broken (50 checks in 600 s") and "vs promised 0.80" in shown[1]
+    data = quality_status("deepseek", store, fetch=lambda url, key: broken)      # status --json: the same, as data
+    assert data["state"] == "broken" and data["checks"] == 50
+    assert data["stages"][0]["promise"] == pytest.approx(0.8) and data["stages"][0]["quality"] < 0.8
+    hist = history_json("deepseek", store)
+    assert hist["last_change"]["kind"] == "router" and "promise: broken" in hist["last_change"]["reason"]
+    assert [e["step"] for e in hist["events"]][-3:] == ["quality", "applying", "applied"]
+    assert quality_status("deepseek", store, fetch=_unanswered)["state"] == "unknown"
     r = reschedule_pass("deepseek", apply=True, store=store, stats=broken, now=1_240.0)
     assert r.detection.verdict.value == "cooldown"
 
@@ -161,3 +169,9 @@ def test_a_load_replan_keeps_the_floors(example_plan) -> None:
     kept = keep_floors(rp, floors)
     assert kept.plan.stages[0].threshold == plan.stages[0].threshold + 1.0 and "floors" in kept.reason
     assert keep_floors(rp, {plan.stages[0].name: plan.stages[0].threshold - 1.0}) is rp
+
+
+def _unanswered(url: str, key: str) -> dict:
+    from cascadia_sky.errors import LaunchError
+
+    raise LaunchError(f"{url}: connection refused")

@@ -132,6 +132,21 @@ def history_lines(name: str, store: StateStore | None = None) -> list[str]:
     return lines
 
 
+def history_json(name: str, store: StateStore | None = None, limit: int = 20) -> dict | None:
+    """`cascadia status NAME --json`: the re-schedule settings, the last change and its reason, recent steps."""
+    store = store or StateStore()
+    rec = store.get(name)
+    if rec is None or rec.plan is None:
+        return None
+    rs = rec.plan.launch.reschedule
+    hist = History(store)
+    last = hist.last_change(name)
+    return {"enabled": rs.enabled, "interval_s": rs.interval_s,
+            "last_change": None if last is None else {"t": last.t, "kind": last.kind, "reason": last.reason},
+            "events": [{"t": e.t, "step": e.step, "kind": e.kind, "reason": e.reason}
+                       for e in hist.events(name, limit)]}
+
+
 def now_s() -> float:
     return time.time()
 

@@ -260,10 +260,11 @@ def _reference_of(plan: Plan, spec_path: str) -> Any:
     return spec_reference(plan, spec_path)
 
 
-def quality_lines(name: str, store: StateStore | None = None,
-                  fetch: Callable[[str, str], dict] | None = None) -> list[str]:
-    """What `cascadia status NAME` shows: `promise: held / at risk / broken / unverified (n checks)`, per stage the
-    measured quality with its interval next to the promise; nothing when the watch is off."""
+def quality_status(name: str, store: StateStore | None = None,
+                   fetch: Callable[[str, str], dict] | None = None) -> dict | None:
+    """The deployment's quality promise as data (`cascadia status NAME --json`): None when the watch is off; else
+    `{"state", "checks", "window_s", "shadow", "stages": [...]}`, or `{"state": "unknown", "error"}` when the
+    router's /stats does not answer."""
     from cascadia_sky.errors import CascadiaError
     from cascadia_sky.launch.state import StateStore as _Store
     from cascadia_sky.reschedule.observe import fetch_stats
@@ -271,17 +272,32 @@ def quality_lines(name: str, store: StateStore | None = None,
     store = store or _Store()
     rec = store.get(name)
     if rec is None or rec.plan is None or not rec.plan.launch.quality_watch.enabled:
-        return []
+        return None
     try:
         snap = (fetch or fetch_stats)(rec.endpoint, rec.api_key_file)
     except CascadiaError as exc:
-        return [f"promise: unknown (the router's /stats did not answer: {exc})"]
+        return {"state": "unknown", "error": f"the router's /stats did not answer: {exc}"}
     v = quality_verdict(snap, rec.plan.launch.quality_watch)
-    shadow = (snap.get("quality") or {}).get("shadow") or {}
-    lines = [f"promise: {v.state.value} ({v.checks} checks in {v.window_s:g} s; shadow requests: "
+    return {"state": v.state.value, "checks": v.checks, "window_s": v.window_s,
+            "shadow": dict((snap.get("quality") or {}).get("shadow") or {}),
+            "stages": [{"name": st.name, "state": st.state.value, "checks": st.checks, "quality": st.quality,
+                        "interval": [st.lower, st.upper], "promise": st.promise, "threshold": st.threshold,
+                        "describe": st.describe()} for st in v.stages]}
+
+
+def quality_lines(name: str, store: StateStore | None = None,
+                  fetch: Callable[[str, str], dict] | None = None) -> list[str]:
+    """What `cascadia status NAME` shows: `promise: held / at risk / broken / unverified (n checks)`, per stage the
+    measured quality with its interval next to the promise; nothing when the watch is off."""
+    q = quality_status(name, store, fetch)
+    if q is None:
+        return []
+    if "error" in q:
+        return [f"promise: unknown ({q['error']})"]
+    shadow = q["shadow"]
+    lines = [f"promise: {q['state']} ({q['checks']} checks in {q['window_s']:g} s; shadow requests: "
              + ", ".join(f"{k} {shadow[k]}" for k in sorted(shadow)) + ")"]
-    lines += [f"  {s.describe()}" for s in v.stages]
-    return lines
+    return lines + [f"  {st['describe']}" for st in q["stages"]]
 
 
 __all__ = [
@@ -293,6 +309,7 @@ __all__ = [
     "keep_floors",
     "quality_floors",
     "quality_lines",
+    "quality_status",
     "quality_step",
     "quality_verdict",
     "refit_threshold",
