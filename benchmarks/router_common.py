@@ -2,6 +2,7 @@
 light keep-alive HTTP client, and process helpers. Everything binds 127.0.0.1.
 
 Run a fake engine alone: python benchmarks/router_common.py --port 9001 [--fail-rate 0.1] [--hang-rate 0.01]
+[--delay-s 0.01 --slots 8] [--low-rate 0.1 --low-logprob -2]
 """
 
 from __future__ import annotations
@@ -53,10 +54,15 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, bytes] | Non
     return path, body
 
 
-def serve_fake(port: int, fail_rate: float, hang_rate: float, hang_s: float, logprob: float, seed: int) -> None:
-    """A minimal OpenAI-style engine: instant answers (2 tokens with logprobs), some 500s and hangs if asked."""
+def serve_fake(port: int, fail_rate: float, hang_rate: float, hang_s: float, logprob: float, seed: int,
+               delay_s: float = 0.0, slots: int = 0, low_rate: float = 0.0, low_logprob: float = -2.0) -> None:
+    """A minimal OpenAI-style engine: instant answers (2 tokens with logprobs), some 500s and hangs if asked.
+    `delay_s`: each answer takes this long, at most `slots` at once (0: no limit; more wait their turn, as in an
+    engine's batch); `low_rate`: this share of answers carries `low_logprob` instead (a cascade escalates them)."""
     rng = random.Random(seed)
-    canned = {(c, s): _answer(c, s, logprob) for c in (True, False) for s in (True, False)}
+    canned = {(c, s, lp): _answer(c, s, lp) for c in (True, False) for s in (True, False)
+              for lp in (logprob, low_logprob)}
+    busy = asyncio.Semaphore(slots) if slots > 0 else None
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -73,8 +79,15 @@ def serve_fake(port: int, fail_rate: float, hang_rate: float, hang_s: float, log
                         payload = b'{"error":{"message":"injected","type":"server_error"}}'
                         status, ctype = "500 Internal Server Error", "application/json"
                     else:
+                        if delay_s > 0:
+                            if busy is None:
+                                await asyncio.sleep(delay_s)
+                            else:
+                                async with busy:
+                                    await asyncio.sleep(delay_s)
                         stream = b'"stream": true' in body or b'"stream":true' in body
-                        payload = canned[(b"chat" in path.encode(), stream)]
+                        lp = low_logprob if low_rate > 0 and rng.random() < low_rate else logprob
+                        payload = canned[(b"chat" in path.encode(), stream, lp)]
                         status, ctype = "200 OK", "text/event-stream" if stream else "application/json"
                 writer.write(f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {len(payload)}\r\n"
                              f"\r\n".encode() + payload)
@@ -199,5 +212,10 @@ if __name__ == "__main__":
     ap.add_argument("--hang-s", type=float, default=5.0)
     ap.add_argument("--logprob", type=float, default=-0.1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--delay-s", type=float, default=0.0)
+    ap.add_argument("--slots", type=int, default=0)
+    ap.add_argument("--low-rate", type=float, default=0.0)
+    ap.add_argument("--low-logprob", type=float, default=-2.0)
     a = ap.parse_args()
-    serve_fake(a.port, a.fail_rate, a.hang_rate, a.hang_s, a.logprob, a.seed)
+    serve_fake(a.port, a.fail_rate, a.hang_rate, a.hang_s, a.logprob, a.seed, a.delay_s, a.slots, a.low_rate,
+               a.low_logprob)
