@@ -136,6 +136,7 @@ def test_explicit_gpu_quotas_win_over_auto(aws: FakeAws, tmp_path: Path) -> None
     assert "P" in _family(plan)   # the spec says 64 H100/H200 may run: the P vCPU quota does not apply to them
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_refreshed_spot_prices_set_the_plans_cost_and_skypilot_agrees(aws: FakeAws, tmp_path: Path) -> None:
     from cascadia_sky.launch.skypilot import check_tasks
     from cascadia_sky.launch.tasks import stage_task

@@ -48,6 +48,7 @@ def random_spec(tmp: Path, seed: int) -> Path:
     return path
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_random_cloud_plans_are_accepted_and_priced_by_skypilot(tmp_path: Path) -> None:
     pytest.importorskip("sky")
     from cascadia_sky.launch.skypilot import check_tasks

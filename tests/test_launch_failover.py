@@ -80,6 +80,7 @@ def test_narrow_band_and_single_region_shorten_the_list(tmp_path: Path) -> None:
         assert {(o.cloud, o.region) for o in stage.offers} == {(stage.cloud, stage.region)}
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_skypilot_resolves_the_band_in_order_and_fails_over_to_the_next(plan: Plan) -> None:
     pytest.importorskip("sky")
     from cascadia_sky.launch.skypilot import check_tasks
@@ -205,6 +206,7 @@ def test_status_shows_a_preempted_replica(fake_sky, example_plan, home: Path) ->
     launcher.down("multicloud", store=store)
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_dryrun_fails_when_skypilot_prices_a_stage_otherwise(plan: Plan, tmp_path: Path) -> None:
     """The plan's prices edited by 1 %: `up --dryrun` exits non-zero naming the stage and both prices."""
     pytest.importorskip("sky")

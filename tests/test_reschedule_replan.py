@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from cascadia_sky.constants import RESCHEDULE_REACH_MAX_GROWTH
 from cascadia_sky.planner.planner import build_context, make_plan, workload_from_spec
@@ -126,6 +127,7 @@ def test_planning_on_a_reweighted_profile_keeps_train_and_holdout_apart() -> Non
     assert np.allclose(ctx.train.evaluate([-0.43, -0.37]).reach, (1.0, 0.7, 0.4), atol=2e-3)
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_a_reach_shift_at_a_flat_rate_gives_the_later_stages_more_capacity() -> None:
     spec = _min_cost(30.0)
     plan = make_plan(spec)

@@ -74,6 +74,7 @@ def test_sdk_adapter_update_matches_skypilots_signatures(tmp_path) -> None:
         SkyApi().serve_update(cfg, "deepseek-small", {}, "canary")   # not a SkyServe update mode
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_clusters_scale_up_then_drain_down_under_load(tmp_path, monkeypatch) -> None:
     """Clusters backend (real local engines behind the fake SkyPilot, the real supervised router): a replica added
     by `scale_stage` joins the router once it serves; removed again, it leaves the router first, drains, and only

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CSV = REPO.parent / "shared" / "data" / "perf" / "aiconfigurator" / "vllm_measured.csv"
 
 
+@pytest.mark.e2e   # 10-16 s (SkyPilot's optimizer in child processes, or a long replay): CI's e2e stage
 def test_closed_loop_against_measured_rows() -> None:
     """Every modellable measured row replayed as a closed-loop benchmark. Measured on the shipped rows: TTFT median
     error 24 %, TPOT 8 % (the analytical model: 18 % / 8 %)."""
