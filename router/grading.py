@@ -1,8 +1,9 @@
 """Grading inside the router, for the quality watch (router/quality.py): plain functions, no web framework.
 
-The router imports nothing of cascadia_sky, so these are a thin copy of the calibration graders'
-(`cascadia_sky/calibrate/graders.py`) pieces the watch needs; `tests/test_quality_watch.py` checks that both give
-the same grade on a corpus of answers (real calibration answers included):
+The router imports nothing of cascadia_sky, so the text pieces live here and the calibration graders
+(`cascadia_sky/calibrate/graders.py`) call them: `normalise`, `parse_number`, `answer_number`, `NUMBER`. `agreement`
+restates calibrate's `grade_agreement` on these pieces; `tests/test_quality_watch.py` checks that both give the same
+grade on a corpus of answers (real calibration answers included):
 
 - `agreement(answer, reference)`: does an earlier stage's answer agree with the last stage's answer to the same
   request? `calibrate.graders.grade_agreement`: numeric when the reference answer carries a number (the same
@@ -35,7 +36,8 @@ Reply with the score only, a single number.
 Score:
 """
 _PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in ".-"})
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
+NUMBER = re.compile(  # a number in text; calibrate's graders read numbers with it too
+    r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
 _ANSWER_MARK = re.compile(r"answer\s*(?:is|:)", re.IGNORECASE)
 
 
@@ -48,7 +50,7 @@ def normalise(text: str) -> str:
 
 def parse_number(text: str) -> float | None:
     """The first number in text ('1,234', '-3.5', '3/4'); None when there is none."""
-    m = _NUMBER.search(text)
+    m = NUMBER.search(text)
     if not m:
         return None
     tok = m.group(0).replace(",", "")
@@ -65,7 +67,7 @@ def answer_number(answer: str) -> float | None:
         value = parse_number(answer[marks[-1].end():])
         if value is not None:
             return value
-    numbers = list(_NUMBER.finditer(answer))
+    numbers = list(NUMBER.finditer(answer))
     return parse_number(numbers[-1].group(0)) if numbers else None
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import math
 import re
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +33,6 @@ Grader = Callable[[Prompt, str], float]
 NUMERIC_DEFAULT_TOLERANCE = 1e-6  # relative (and absolute near 0) when the prompt gives none
 DEFAULT_RUBRIC = Path(__file__).with_name("judge_rubric.txt")
 
-_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in ".-"})
-_NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?")
-_ANSWER_MARK = re.compile(r"answer\s*(?:is|:)", re.IGNORECASE)
 
 
 class GradeError(UserInputError):
@@ -44,11 +40,11 @@ class GradeError(UserInputError):
 
 
 def normalise(text: str) -> str:
-    """Lower case, punctuation (but '.' inside numbers and '-') to spaces, no articles, single spaces."""
-    t = text.lower().translate(_PUNCT)
-    t = re.sub(r"\.(?!\d)", " ", t)
-    words = [w for w in t.split() if w not in ("a", "an", "the")]
-    return " ".join(words)
+    """Lower case, punctuation (but '.' inside numbers and '-') to spaces, no articles, single spaces (one
+    implementation with the router's quality watch: router/grading.py)."""
+    from router.grading import normalise as _normalise
+
+    return _normalise(text)
 
 
 def _need_ref(prompt: Prompt, grader: str) -> str:
@@ -70,26 +66,18 @@ def grade_contains(prompt: Prompt, answer: str) -> float:
 
 
 def parse_number(text: str) -> float | None:
-    """The first number in text ('1,234', '-3.5', '3/4'); None when there is none."""
-    m = _NUMBER.search(text)
-    if not m:
-        return None
-    tok = m.group(0).replace(",", "")
-    if "/" in tok:
-        num, den = tok.split("/")
-        return float(num) / float(den) if float(den) else None
-    return float(tok)
+    """The first number in text ('1,234', '-3.5', '3/4'); None when there is none (router/grading.py)."""
+    from router.grading import parse_number as _parse_number
+
+    return _parse_number(text)
 
 
 def answer_number(answer: str) -> float | None:
-    """The answer's number: after the last 'answer is' / 'answer:', else the last number in the answer."""
-    marks = list(_ANSWER_MARK.finditer(answer))
-    if marks:
-        value = parse_number(answer[marks[-1].end():])
-        if value is not None:
-            return value
-    numbers = list(_NUMBER.finditer(answer))
-    return parse_number(numbers[-1].group(0)) if numbers else None
+    """The answer's number: after the last 'answer is' / 'answer:', else the last number in the answer
+    (router/grading.py)."""
+    from router.grading import answer_number as _answer_number
+
+    return _answer_number(answer)
 
 
 def grade_numeric(prompt: Prompt, answer: str) -> float:
@@ -163,7 +151,9 @@ def auto_grader_name(prompt: Prompt) -> str:
         return prompt.grader
     if prompt.choices:
         return "choice"
-    if prompt.reference is not None and re.fullmatch(r"\s*" + _NUMBER.pattern + r"\s*", prompt.reference):
+    from router.grading import NUMBER
+
+    if prompt.reference is not None and re.fullmatch(r"\s*" + NUMBER.pattern + r"\s*", prompt.reference):
         return "numeric"
     return "contains"
 
