@@ -75,17 +75,6 @@ def estimate(stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, replicas: int, r
         return None
 
 
-def estimate_rates(stage: StageSetup, gpu: GpuSpec, tp: int, pp: int, replicas: int, rates_rps: Sequence[float],
-                   lengths: LengthDist, *, p95_only: bool = False) -> list[OpenLoopEstimate] | None:
-    """`estimate` at many total rates (split evenly over `replicas`), sharing the model's work; None when the
-    configuration cannot serve at all."""
-    dep = Deployment(model=stage.model, gpu=gpu, tp=tp, pp=pp, precision=stage.precision)
-    try:
-        return open_loop_rates(dep, [float(r) / replicas for r in rates_rps], lengths, p95_only=p95_only)
-    except PerfError:
-        return None
-
-
 def _p95(est: OpenLoopEstimate | None) -> float:
     return est.e2e_p95_s if est is not None and est.stable else math.inf
 

@@ -37,7 +37,7 @@ from cascadia_sky.constants import (
     PLANNER_SEED,
 )
 from cascadia_sky.perf.local import local_open_loop
-from cascadia_sky.planner.candidates import Burst, estimate, estimate_rates
+from cascadia_sky.planner.candidates import Burst, estimate
 from cascadia_sky.errors import PerfError
 from cascadia_sky.perf.serving import RequestSampler, request_sampler
 from cascadia_sky.perf.step import Deployment
@@ -124,15 +124,10 @@ def _capacity(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candi
 
 def _stage_percentiles(ctx: PlanningContext, level: DeploymentLevel, stage: int, c: Candidate,
                        rates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(p50, p95) of a stage's latency at each (sustainable) rate; inf where the model says it cannot keep up."""
+    """(p50, p95) of a local engine's latency at each (sustainable) rate; inf where it cannot keep up."""
     p50, p95 = np.full(rates.size, math.inf), np.full(rates.size, math.inf)
-    if ctx.spec.resources.local is not None:
-        ests = [_estimate(ctx, level, stage, c, float(rate)) for rate in rates]
-    else:
-        st = ctx.stages[stage]
-        ests = estimate_rates(st, get_gpu(c.gpu_type), c.tp, c.pp, c.replicas, rates, level.lengths(stage)) \
-            or [None] * rates.size
-    for k, e in enumerate(ests):
+    for k, rate in enumerate(rates):
+        e = _estimate(ctx, level, stage, c, float(rate))
         if e is not None and e.stable:
             p50[k], p95[k] = e.e2e_p50_s, e.e2e_p95_s
     return p50, p95
