@@ -162,6 +162,7 @@ def create_app(config: RouterConfig, secrets: Secrets | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.metrics.config_version.set(1)
     app.state.watch = QualityWatch(app.state.metrics)
+    app.state.in_flight = {}   # config version -> client requests in flight that started on it
     app.include_router(api)
     app.add_exception_handler(RouterError, _router_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
@@ -238,8 +239,10 @@ async def completions(request: Request) -> Response:
 
 async def _serve(request: Request, kind: str) -> Response:
     _auth_api(request)
-    rt: Runtime = request.app.state.runtime  # one snapshot for the whole request (hot swap safe)
-    body = parse_json(await _read_body(request, rt.config.max_request_bytes))
+    body = parse_json(await _read_body(request, request.app.state.runtime.config.max_request_bytes))
+    # one snapshot for the whole request (hot swap safe), taken after the last await before _Finish counts it as in
+    # flight on its version: a drain that waits for no request on an older version misses none
+    rt: Runtime = request.app.state.runtime
     req = validate_request(kind, body)  # typed view; `body` (unknown fields kept) goes to the engines
     model = req.model or rt.config.name
     if model != rt.config.name and model not in rt.stages:
@@ -253,7 +256,7 @@ async def _serve(request: Request, kind: str) -> Response:
     wants = req.wants()
     cascade = Cascade(rt, request.app.state.client)
     trace = Trace(model=model)
-    done = _Finish(request, trace)
+    done = _Finish(request, trace, rt.version)
     watch: QualityWatch = request.app.state.watch
     shadow = rt.config.quality_watch is not None and pinned is None
     if req.stream:
@@ -284,19 +287,28 @@ async def _offer(watch: QualityWatch, rt: Runtime, client: Any, kind: str, body:
 
 
 class _Finish:
-    """Called once when a request ends: in-flight gauge, Prometheus metrics and /stats."""
+    """Called once when a request ends: in-flight gauge and count per config version (GET /admin/config), Prometheus
+    metrics and /stats."""
 
-    def __init__(self, request: Request, trace: Trace) -> None:
+    def __init__(self, request: Request, trace: Trace, version: int) -> None:
         self.metrics: Metrics = request.app.state.metrics
         self.stats: Stats = request.app.state.stats
+        self.active: dict[int, int] = request.app.state.in_flight
+        self.version = version
         self.trace = trace
         self.t0 = time.perf_counter()
         self.metrics.in_flight.inc()
+        self.active[version] = self.active.get(version, 0) + 1
 
     def __call__(self, ok: bool, result: str | None = None) -> None:
         ok = ok and self.trace.error is None
         seconds = time.perf_counter() - self.t0
         self.metrics.in_flight.dec()
+        left = self.active.get(self.version, 0) - 1
+        if left > 0:
+            self.active[self.version] = left
+        else:
+            self.active.pop(self.version, None)
         if result is None:
             result = ("fallback" if self.trace.fallback else "ok") if ok else "error"
         self.metrics.record(self.trace, result, seconds)
@@ -345,7 +357,10 @@ async def get_config(request: Request) -> Response:
     _auth_admin(request)
     rt: Runtime = request.app.state.runtime
     # model_dump_json writes a -inf threshold as "-Infinity" (RouterConfig's ser_json_inf_nan); JSONResponse would fail
-    return Response(f'{{"version": {rt.version}, "config": {rt.config.model_dump_json()}}}',
+    # in_flight: client requests per config version they started on; a replica taken out of the config gets no
+    # more traffic once no request on an older version is in flight (requests keep their snapshot to the end)
+    in_flight = json.dumps({str(v): n for v, n in sorted(request.app.state.in_flight.items())})
+    return Response(f'{{"version": {rt.version}, "in_flight": {in_flight}, "config": {rt.config.model_dump_json()}}}',
                     media_type="application/json")
 
 

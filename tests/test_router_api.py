@@ -54,6 +54,30 @@ def test_api_keys_and_admin_key(fakes):
     assert "user-key" not in repr(secrets) and "admin-key" not in repr(secrets)
 
 
+def test_admin_config_counts_requests_in_flight_per_version(fakes):
+    """GET /admin/config says how many client requests are in flight on each config version: a slow stream (pinned
+    to a stage: relayed as it comes) that started on version 1 is counted there after a swap to version 2 (a replica
+    the swap took out may still get its escalation), and nowhere once it has finished."""
+    (small, small_url), (big, big_url), _ = fakes
+    small.token_delay_s = 0.1
+    admin = {"authorization": "Bearer adm"}
+    with serve_app(create_app(parse_config(_doc(fakes), "t"), Secrets(admin_key="adm"))) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=30)
+        idle = httpx.get(url + "/admin/config", headers=admin).json()
+        with client.chat.completions.with_streaming_response.create(model="small", messages=MSG,
+                                                                    stream=True) as slow:
+            during = httpx.get(url + "/admin/config", headers=admin).json()
+            assert httpx.post(url + "/admin/config", json=_doc(fakes, threshold=0.0), headers=admin).status_code == 200
+            swapped = httpx.get(url + "/admin/config", headers=admin).json()
+            text = "".join(c.choices[0].delta.content or "" for c in slow.parse() if c.choices)
+        after = httpx.get(url + "/admin/config", headers=admin).json()
+    assert idle["in_flight"] == {}
+    assert during["version"] == 1 and during["in_flight"] == {"1": 1}
+    assert swapped["version"] == 2 and swapped["in_flight"] == {"1": 1}
+    assert text == "".join(f" small{i}" for i in range(8))
+    assert after["version"] == 2 and after["in_flight"] == {}
+
+
 def test_admin_disabled_without_key(fakes):
     with serve_app(create_app(parse_config(_doc(fakes), "t"))) as url:
         r = httpx.post(url + "/admin/config", json=_doc(fakes))

@@ -11,11 +11,12 @@ lines), starts the router once every engine is ready, and stops anything marked 
 Changes to a running deployment never restart the router: a new routing fingerprint (thresholds) and a change of
 the ready replicas are pushed through the router's admin API as one atomic config swap (requests in flight finish
 on the config they started with). A replica is added to the router once it answers; a replica to be removed is
-first taken out of the router, then drained (until the engine reports no request in progress, at most
-RESCHEDULE_DRAIN_TIMEOUT_SECONDS), then stopped. Changed engines go blue/green: the router keeps a stage's old
-engines until every new one answers, then switches to the new ones in one swap; the old ones drain and stop, and
-each successor (`small/0+next`) takes its replica's name. With `reschedule.enabled` in the plan the supervisor also
-runs one re-schedule pass every `reschedule.interval_s` (cascadia_sky/reschedule/loop.py) in a thread of its own.
+first taken out of the router, then drained (until no client request that started on an older router config is
+in flight and the engine reports no request in progress; at most RESCHEDULE_DRAIN_TIMEOUT_SECONDS), then stopped.
+Changed engines go blue/green: the router keeps a stage's old engines until every new one answers, then switches to
+the new ones in one swap; the old ones drain and stop, and each successor (`small/0+next`) takes its replica's
+name. With `reschedule.enabled` in the plan the supervisor also keeps the re-schedule loop running as a child
+process (`python -m cascadia_sky.reschedule`, one pass every `reschedule.interval_s`; cascadia_sky/reschedule/loop.py).
 """
 
 from __future__ import annotations
@@ -275,7 +276,23 @@ class Supervisor:
         if now < self.next_drain_poll.get(comp.name, 0.0):
             return False
         self.next_drain_poll[comp.name] = now + RESCHEDULE_DRAIN_POLL_SECONDS
+        if not self._router_settled():
+            return False   # a request that started on an older config may still escalate to this replica
         return engine_idle(comp.url, read_engine_keys(self.store.deployment_dir(self.name)).get(comp.stage, ""))
+
+    def _router_settled(self) -> bool:
+        """No client request in flight on a config older than the router's current one (GET /admin/config's
+        `in_flight`): requests keep the config they started with, endpoints included, to their end. No router
+        running: settled; a router that does not answer: not (the drain deadline bounds the wait)."""
+        child = self.children.get("router")
+        if child is None or not child.proc.alive():
+            return True
+        key = self._admin_key_file().read_text().strip()
+        code, body = http_get(child.proc.url + "/admin/config", {"Authorization": f"Bearer {key}"})
+        if code != 200 or not isinstance(body, dict):
+            return False
+        current = int(body.get("version", 0))
+        return not any(int(v) < current and n for v, n in (body.get("in_flight") or {}).items())
 
     def _start(self, rec: DeploymentRecord, comp: ComponentRecord, engines: list[ComponentRecord]) -> None:
         """Start one component; its pid, port and log are recorded right after the fork, before any wait."""
