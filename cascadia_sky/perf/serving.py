@@ -402,10 +402,18 @@ class RequestSampler:
     core: _Core
 
     def deterministic(self, level: np.ndarray, isl: np.ndarray, osl: np.ndarray) -> np.ndarray:
+        return self.first_token(level, isl) + (np.maximum(osl, 1.0) - 1) * self.core.tpot[level]
+
+    def first_token(self, level: np.ndarray, isl: np.ndarray) -> np.ndarray:
+        """The deterministic time to the first token (host cost, the running step's residual, prefill chunks)."""
         c = self.core
         b = c.bstar[level] / self.pp
         pf, _ = _prefill(self.sm, b, np.maximum(np.asarray(isl, dtype=float), 1.0), self.c_dec)
-        return _REQUEST_S + c.tpot[level] / 2 + pf + (np.maximum(osl, 1.0) - 1) * c.tpot[level]
+        return _REQUEST_S + c.tpot[level] / 2 + pf
+
+    def tpot(self, level: np.ndarray) -> np.ndarray:
+        """Time per output token at each level."""
+        return self.core.tpot[level]
 
     def waits(self, level: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         c, n = self.core, np.size(level)

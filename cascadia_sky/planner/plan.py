@@ -95,7 +95,8 @@ class StagePlan(_Frozen):
     path_p95_latency_s: float | None = Field(
         None, description="p95 latency of a request answered by this stage (it waited for every stage up to it).")
     bursty_p95_latency_s: float | None = Field(
-        None, description="This stage's p95 under the trace's short-window rates (pointwise-stationary model).")
+        None, description="This stage's p95 under the trace's arrivals (its window rates and backlog, transient service; "
+                         "fed by the earlier stage's departures).")
     rtt_s: float = Field(0.0, description="Round trip between the router (in the first stage's region) and this "
                                           "stage's region, added to every request that reaches it (catalogs/rtt.csv; "
                                           "0 in the same region or when unknown). Counted in p95_latency_s of the "
@@ -132,7 +133,8 @@ class Predicted(_Frozen):
     request_p95_latency_s: float | None = Field(
         None, description="p95 over requests (mixture over exit stages), Poisson arrivals at the mean rate.")
     request_p95_latency_bursty_s: float | None = Field(
-        None, description="The same under the trace's short-window rates (pointwise-stationary); traces only.")
+        None, description="The same under the trace's arrivals (window rates, backlog, transient service); traces "
+                         "only.")
     trace_burstiness: dict[str, float] | None = Field(
         None, description="The trace's rate per window: window_s, mean_rps, p95_rps, max_rps, dispersion.")
     quality_holdout_interval: list[float] | None = Field(
