@@ -293,6 +293,8 @@ def reference_latency(dep: Deployment, input_tokens: np.ndarray, output_tokens: 
         x = np.minimum(isl - done, budget)
         last = (done + x >= isl) & (x > 0)
         t = sm.step_time(0.0, x / pp, 0.0, done + x / 2.0, last / pp)
+        if pp > 1:   # the last chunk crosses every stage at the whole model's pace (engine.py, StageRequests.lag)
+            t = np.where(last, np.maximum(t, sm.step_time(0.0, x, 0.0, done + x / 2.0, 1.0)), t)
         total += np.where(x > 0, t, 0.0)
         done += x
     decode = (osl - 1) * sm.step_time(1.0 / pp, 0.0, isl + osl / 2.0, 0.0, 1.0 / pp)
