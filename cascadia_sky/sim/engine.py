@@ -21,9 +21,9 @@ chunk sits in one microbatch and crosses every stage: when a prompt's last chunk
 iteration's prefill tokens (a lone prompt at low load), its first token, and so the rest of the request, comes no
 earlier than the whole model's time for that chunk beside the decodes (`StageRequests.lag`, added to the request's
 times when `run_stage` ends; the iteration's pace, and so throughput, is unchanged). Without it the simulator
-pipelined a lone 2,048-token prompt as if split over the microbatches, and PP=2 stages at 15-21 % load came out
-10-18 % faster than the performance model, which prices a chunk as vLLM runs it. (`run_closed_loop`, which replays
-the measured benchmarks, all PP=1, does not apply it.)
+pipelined a lone 2,048-token prompt as if split over the microbatches, and paths through PP=2 stages at 15-21 %
+load came out 9-15 % faster than the performance model's, which prices a chunk as vLLM runs it.
+(`run_closed_loop`, which replays the measured benchmarks, all PP=1, does not apply it.)
 
 Speed: between events nothing changes but the context lengths, so runs of pure decode iterations (no prefill,
 no admission possible) are advanced in bulk: k iterations until the next completion or the KV cache fills, with
