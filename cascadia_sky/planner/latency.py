@@ -219,17 +219,18 @@ def _transient_samples(ctx: PlanningContext, level: DeploymentLevel, stage: int,
     return np.where(sampler.stable(long_at), lat, math.inf)
 
 
-def _departures(fine: np.ndarray, stage_lat: np.ndarray) -> np.ndarray:
-    """Rate factors per short window of a stage's departures: its arrivals convolved with its latency's
-    distribution (binned by short window), scaled back to mean 1."""
-    lat = stage_lat[np.isfinite(stage_lat)]
-    if lat.size == 0 or fine.size == 0:
-        return fine
-    bins = np.minimum((lat // BURST_FLUID_WINDOW_SECONDS).astype(np.intp), fine.size - 1)
+def _departures(served: np.ndarray, service_s: np.ndarray) -> np.ndarray:
+    """Rate factors per short window of a stage's departures: the requests it took into service per short window
+    (the fluid queue's output) convolved with the distribution of its service times (binned by short window),
+    scaled to mean 1."""
+    lat = service_s[np.isfinite(service_s)]
+    if lat.size == 0 or served.size == 0:
+        return served / max(float(served.mean()), 1e-12)
+    bins = np.minimum((lat // BURST_FLUID_WINDOW_SECONDS).astype(np.intp), served.size - 1)
     kernel = np.bincount(bins, minlength=int(bins.max()) + 1) / lat.size
-    out = np.convolve(fine, kernel)[:fine.size]
+    out = np.convolve(served, kernel)[:served.size]
     mean = float(out.mean())
-    return out / mean if mean > 0 else fine
+    return out / mean if mean > 0 else served
 
 
 def _shift(window: np.ndarray, stage_lat: np.ndarray, size: int) -> np.ndarray:
